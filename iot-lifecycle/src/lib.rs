@@ -1,0 +1,4 @@
+#![no_std]
+#![doc = include_str!("../README.md")]
+
+pub use iot_core;

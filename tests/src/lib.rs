@@ -1,0 +1,1 @@
+//! Cross-crate integration, conformance and property tests live in `tests/tests/`.
