@@ -16,8 +16,10 @@ extern crate std;
 
 pub mod codec;
 pub mod error;
+pub mod flow;
 pub mod id;
 pub mod message;
+pub mod power;
 #[cfg(feature = "protobuf")]
 pub mod proto;
 pub mod telemetry;
