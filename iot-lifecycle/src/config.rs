@@ -1,0 +1,484 @@
+//! Versioned device configuration: validation with distinct errors, and a store that applies
+//! only strictly newer, valid versions and otherwise keeps the configuration in force.
+//!
+//! ```
+//! use iot_lifecycle::config::{ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, Interval, ValidationError};
+//!
+//! let mut store = ConfigStore::new();
+//! let v2 = DeviceConfig { version: 2, telemetry_interval_ms: 60_000, ..DeviceConfig::DEFAULT };
+//! assert_eq!(store.apply(v2), Ok(ApplyOutcome::Applied { previous_version: 0 }));
+//!
+//! // Invalid: rejected with the reason, version 2 stays in force.
+//! let bad = DeviceConfig { version: 3, heartbeat_interval_ms: 0, ..DeviceConfig::DEFAULT };
+//! assert_eq!(store.apply(bad), Err(ConfigError::Invalid(ValidationError::ZeroInterval(Interval::Heartbeat))));
+//! assert_eq!(store.current().version, 2);
+//!
+//! // Older: rejected as stale.
+//! let old = DeviceConfig { version: 1, ..DeviceConfig::DEFAULT };
+//! assert!(matches!(store.apply(old), Err(ConfigError::Stale { current: 2, offered: 1 })));
+//! ```
+
+use iot_core::codec::DecodeError;
+use iot_core::{Error, ErrorKind};
+use minicbor::{CborLen, Decode, Encode};
+
+use crate::health::HealthThresholds;
+use crate::wire;
+
+/// One of the agent's periodic activities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Interval {
+    /// Heartbeats.
+    Heartbeat,
+    /// Telemetry.
+    Telemetry,
+    /// Health checks.
+    Health,
+    /// Shadow synchronisation.
+    Sync,
+}
+
+/// A pair of health thresholds (warning and critical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Threshold {
+    /// Battery charge.
+    BatteryPercent,
+    /// Battery voltage.
+    BatteryVoltage,
+    /// Received signal strength.
+    Rssi,
+    /// Consecutive send failures.
+    SendFailures,
+    /// Free memory.
+    FreeMemory,
+    /// Errors per check.
+    Errors,
+}
+
+/// Why a configuration is invalid.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ValidationError {
+    /// An interval is zero.
+    #[error("{0:?} interval is zero")]
+    ZeroInterval(Interval),
+    /// An interval exceeds [`MAX_INTERVAL_MS`] (one day).
+    #[error("{0:?} interval exceeds one day")]
+    IntervalTooLong(Interval),
+    /// The telemetry deadband is negative or not a number.
+    #[error("telemetry deadband must be a finite, non-negative number")]
+    InvalidDeadband,
+    /// The degraded-mode telemetry factor is outside `1..=100`.
+    #[error("degraded telemetry factor must be within 1..=100")]
+    InvalidDegradedFactor,
+    /// A warning threshold lies beyond its critical threshold.
+    #[error("{0:?} warning threshold lies beyond its critical threshold")]
+    ThresholdOrder(Threshold),
+    /// A battery percentage exceeds 100.
+    #[error("battery threshold above 100 %")]
+    PercentOutOfRange,
+    /// The plausible reading range is empty or not finite.
+    #[error("reading range is empty or not finite")]
+    InvalidReadingRange,
+    /// A stuck-sensor run length of 1 would flag every reading.
+    #[error("stuck-sensor run length must be 0 (off) or at least 2")]
+    StuckReadingsTooSmall,
+    /// Recovery needs at least one healthy check.
+    #[error("recovery needs at least one healthy check")]
+    ZeroRecoveryChecks,
+}
+
+impl Error for ValidationError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}
+
+/// The longest allowed interval: one day.
+pub const MAX_INTERVAL_MS: u32 = 86_400_000;
+
+/// Everything a backend can configure on a device: the payload of `MessageKind::ConfigUpdate`.
+///
+/// Defaults ([`DeviceConfig::DEFAULT`], version 0) are the device lab's: heartbeat every
+/// 10 s, telemetry every 30 s, health check every 5 s, shadow sync every 15 s, deadband 0.5,
+/// telemetry 3x slower in degraded mode, and [`HealthThresholds::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct DeviceConfig {
+    /// Configuration version; only a strictly newer version replaces the one in force.
+    #[n(0)]
+    pub version: u32,
+    /// Milliseconds between heartbeats.
+    #[n(1)]
+    pub heartbeat_interval_ms: u32,
+    /// Milliseconds between telemetry reports.
+    #[n(2)]
+    pub telemetry_interval_ms: u32,
+    /// Milliseconds between health checks.
+    #[n(3)]
+    pub health_interval_ms: u32,
+    /// Milliseconds between shadow synchronisations (changes are also sent at once).
+    #[n(4)]
+    pub sync_interval_ms: u32,
+    /// Report-on-change deadband: smaller changes are not sent early.
+    #[n(5)]
+    #[cbor(with = "wire::f32c")]
+    pub telemetry_deadband: f32,
+    /// In `Degraded`, telemetry runs this many times slower.
+    #[n(6)]
+    pub degraded_telemetry_factor: u8,
+    /// Health thresholds.
+    #[n(7)]
+    pub thresholds: HealthThresholds,
+}
+
+impl DeviceConfig {
+    /// The documented defaults, version 0.
+    pub const DEFAULT: Self = Self {
+        version: 0,
+        heartbeat_interval_ms: 10_000,
+        telemetry_interval_ms: 30_000,
+        health_interval_ms: 5_000,
+        sync_interval_ms: 15_000,
+        telemetry_deadband: 0.5,
+        degraded_telemetry_factor: 3,
+        thresholds: HealthThresholds::DEFAULT,
+    };
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        for (interval, ms) in [
+            (Interval::Heartbeat, self.heartbeat_interval_ms),
+            (Interval::Telemetry, self.telemetry_interval_ms),
+            (Interval::Health, self.health_interval_ms),
+            (Interval::Sync, self.sync_interval_ms),
+        ] {
+            if ms == 0 {
+                return Err(ValidationError::ZeroInterval(interval));
+            }
+            if ms > MAX_INTERVAL_MS {
+                return Err(ValidationError::IntervalTooLong(interval));
+            }
+        }
+        if !self.telemetry_deadband.is_finite() || self.telemetry_deadband < 0.0 {
+            return Err(ValidationError::InvalidDeadband);
+        }
+        if !(1..=100).contains(&self.degraded_telemetry_factor) {
+            return Err(ValidationError::InvalidDegradedFactor);
+        }
+        self.thresholds.validate()
+    }
+
+    /// The telemetry interval in force in degraded mode (saturating).
+    pub const fn degraded_telemetry_interval_ms(&self) -> u32 {
+        self.telemetry_interval_ms
+            .saturating_mul(self.degraded_telemetry_factor as u32)
+    }
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why a configuration was not applied. The configuration in force is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ConfigError {
+    /// The offered version is not newer than the one in force (or equals it with
+    /// different content).
+    #[error("configuration version {offered} is not newer than {current}")]
+    Stale {
+        /// Version in force.
+        current: u32,
+        /// Version offered.
+        offered: u32,
+    },
+    /// The configuration failed validation.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The payload could not be decoded.
+    #[error("undecodable configuration: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl Error for ConfigError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Stale { .. } => ErrorKind::Conflict,
+            Self::Invalid(e) => e.kind(),
+            Self::Decode(e) => e.kind(),
+        }
+    }
+}
+
+/// What [`ConfigStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ApplyOutcome {
+    /// The offered configuration is now in force.
+    Applied {
+        /// The version it replaced.
+        previous_version: u32,
+    },
+    /// The identical configuration was already in force (a redelivery); nothing changed.
+    AlreadyCurrent,
+}
+
+/// The configuration in force. Only strictly newer, valid versions replace it.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ConfigStore {
+    current: DeviceConfig,
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigStore {
+    /// A store holding [`DeviceConfig::DEFAULT`] (version 0).
+    pub const fn new() -> Self {
+        Self {
+            current: DeviceConfig::DEFAULT,
+        }
+    }
+
+    /// A store holding `initial` (for example read back from flash), if it is valid.
+    pub fn with_config(initial: DeviceConfig) -> Result<Self, ValidationError> {
+        initial.validate()?;
+        Ok(Self { current: initial })
+    }
+
+    /// The configuration in force.
+    pub const fn current(&self) -> &DeviceConfig {
+        &self.current
+    }
+
+    /// Applies `candidate` if it is newer and valid; otherwise returns why and keeps the
+    /// configuration in force. Redelivery of the configuration in force is not an error.
+    pub fn apply(&mut self, candidate: DeviceConfig) -> Result<ApplyOutcome, ConfigError> {
+        if candidate.version == self.current.version && candidate == self.current {
+            return Ok(ApplyOutcome::AlreadyCurrent);
+        }
+        if candidate.version <= self.current.version {
+            return Err(ConfigError::Stale {
+                current: self.current.version,
+                offered: candidate.version,
+            });
+        }
+        candidate.validate()?;
+        let previous_version = self.current.version;
+        self.current = candidate;
+        Ok(ApplyOutcome::Applied { previous_version })
+    }
+
+    /// Decodes a `ConfigUpdate` payload and applies it.
+    pub fn apply_cbor(&mut self, payload: &[u8]) -> Result<ApplyOutcome, ConfigError> {
+        let candidate: DeviceConfig = iot_core::codec::decode(payload)?;
+        self.apply(candidate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::codec::{decode, encode_into, encoded_len};
+
+    fn v(version: u32) -> DeviceConfig {
+        DeviceConfig {
+            version,
+            ..DeviceConfig::DEFAULT
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_degraded_is_three_times_slower() {
+        assert_eq!(DeviceConfig::DEFAULT.validate(), Ok(()));
+        assert_eq!(
+            DeviceConfig::DEFAULT.degraded_telemetry_interval_ms(),
+            90_000
+        );
+    }
+
+    #[test]
+    fn each_validation_error_is_distinct() {
+        let d = DeviceConfig::DEFAULT;
+        let cases = [
+            (
+                DeviceConfig {
+                    heartbeat_interval_ms: 0,
+                    ..d
+                },
+                ValidationError::ZeroInterval(Interval::Heartbeat),
+            ),
+            (
+                DeviceConfig {
+                    telemetry_interval_ms: 0,
+                    ..d
+                },
+                ValidationError::ZeroInterval(Interval::Telemetry),
+            ),
+            (
+                DeviceConfig {
+                    health_interval_ms: 0,
+                    ..d
+                },
+                ValidationError::ZeroInterval(Interval::Health),
+            ),
+            (
+                DeviceConfig {
+                    sync_interval_ms: MAX_INTERVAL_MS + 1,
+                    ..d
+                },
+                ValidationError::IntervalTooLong(Interval::Sync),
+            ),
+            (
+                DeviceConfig {
+                    telemetry_deadband: -0.1,
+                    ..d
+                },
+                ValidationError::InvalidDeadband,
+            ),
+            (
+                DeviceConfig {
+                    telemetry_deadband: f32::NAN,
+                    ..d
+                },
+                ValidationError::InvalidDeadband,
+            ),
+            (
+                DeviceConfig {
+                    degraded_telemetry_factor: 0,
+                    ..d
+                },
+                ValidationError::InvalidDegradedFactor,
+            ),
+            (
+                DeviceConfig {
+                    degraded_telemetry_factor: 101,
+                    ..d
+                },
+                ValidationError::InvalidDegradedFactor,
+            ),
+            (
+                DeviceConfig {
+                    thresholds: HealthThresholds {
+                        rssi_critical_dbm: -10,
+                        ..HealthThresholds::DEFAULT
+                    },
+                    ..d
+                },
+                ValidationError::ThresholdOrder(Threshold::Rssi),
+            ),
+        ];
+        for (cfg, err) in cases {
+            assert_eq!(cfg.validate(), Err(err));
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn only_strictly_newer_valid_versions_apply() {
+        let mut store = ConfigStore::new();
+        assert_eq!(
+            store.apply(v(5)),
+            Ok(ApplyOutcome::Applied {
+                previous_version: 0
+            })
+        );
+        assert_eq!(store.apply(v(5)), Ok(ApplyOutcome::AlreadyCurrent));
+        let different_same_version = DeviceConfig {
+            heartbeat_interval_ms: 1,
+            ..v(5)
+        };
+        assert_eq!(
+            store.apply(different_same_version),
+            Err(ConfigError::Stale {
+                current: 5,
+                offered: 5
+            })
+        );
+        assert_eq!(
+            store.apply(v(4)),
+            Err(ConfigError::Stale {
+                current: 5,
+                offered: 4
+            })
+        );
+        assert_eq!(
+            store.apply(v(6)),
+            Ok(ApplyOutcome::Applied {
+                previous_version: 5
+            })
+        );
+        assert_eq!(store.current(), &v(6));
+    }
+
+    #[test]
+    fn invalid_configuration_rolls_back_to_the_one_in_force() {
+        let mut store = ConfigStore::with_config(v(7)).unwrap();
+        let bad = DeviceConfig {
+            degraded_telemetry_factor: 0,
+            ..v(8)
+        };
+        assert_eq!(
+            store.apply(bad),
+            Err(ConfigError::Invalid(ValidationError::InvalidDegradedFactor))
+        );
+        assert_eq!(store.current(), &v(7));
+        // The rejected version number is not burnt: a corrected v8 applies.
+        assert_eq!(
+            store.apply(v(8)),
+            Ok(ApplyOutcome::Applied {
+                previous_version: 7
+            })
+        );
+        assert!(
+            ConfigStore::with_config(DeviceConfig {
+                health_interval_ms: 0,
+                ..v(1)
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_bad_bytes_keep_the_config() {
+        let cfg = DeviceConfig {
+            version: 42,
+            telemetry_deadband: 0.25,
+            ..DeviceConfig::DEFAULT
+        };
+        let mut buf = [0u8; 160];
+        let n = encode_into(&cfg, &mut buf).unwrap();
+        assert_eq!(n, encoded_len(&cfg));
+        assert_eq!(decode::<DeviceConfig>(&buf[..n]), Ok(cfg));
+
+        let mut store = ConfigStore::new();
+        assert_eq!(
+            store.apply_cbor(&buf[..n]),
+            Ok(ApplyOutcome::Applied {
+                previous_version: 0
+            })
+        );
+        assert_eq!(
+            store.apply_cbor(&buf[..n - 1]),
+            Err(ConfigError::Decode(DecodeError::Truncated))
+        );
+        assert_eq!(
+            store.apply_cbor(&[0xff]).map_err(|e| e.kind()),
+            Err(ErrorKind::Decode)
+        );
+        assert_eq!(store.current(), &cfg);
+    }
+}
