@@ -2,7 +2,8 @@
 //! only strictly newer, valid versions and otherwise keeps the configuration in force.
 //!
 //! ```
-//! use iot_lifecycle::config::{ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, Interval, ValidationError};
+//! use iot_lifecycle::config::{ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, ValidationError};
+//! use iot_lifecycle::schedule::Duty;
 //!
 //! let mut store = ConfigStore::new();
 //! let v2 = DeviceConfig { version: 2, telemetry_interval_ms: 60_000, ..DeviceConfig::DEFAULT };
@@ -10,7 +11,7 @@
 //!
 //! // Invalid: rejected with the reason, version 2 stays in force.
 //! let bad = DeviceConfig { version: 3, heartbeat_interval_ms: 0, ..DeviceConfig::DEFAULT };
-//! assert_eq!(store.apply(bad), Err(ConfigError::Invalid(ValidationError::ZeroInterval(Interval::Heartbeat))));
+//! assert_eq!(store.apply(bad), Err(ConfigError::Invalid(ValidationError::ZeroInterval(Duty::Heartbeat))));
 //! assert_eq!(store.current().version, 2);
 //!
 //! // Older: rejected as stale.
@@ -23,21 +24,8 @@ use iot_core::{Error, ErrorKind};
 use minicbor::{CborLen, Decode, Encode};
 
 use crate::health::HealthThresholds;
+use crate::schedule::Duty;
 use crate::wire;
-
-/// One of the agent's periodic activities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Interval {
-    /// Heartbeats.
-    Heartbeat,
-    /// Telemetry.
-    Telemetry,
-    /// Health checks.
-    Health,
-    /// Shadow synchronisation.
-    Sync,
-}
 
 /// A pair of health thresholds (warning and critical).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,10 +52,10 @@ pub enum Threshold {
 pub enum ValidationError {
     /// An interval is zero.
     #[error("{0:?} interval is zero")]
-    ZeroInterval(Interval),
+    ZeroInterval(Duty),
     /// An interval exceeds [`MAX_INTERVAL_MS`] (one day).
     #[error("{0:?} interval exceeds one day")]
-    IntervalTooLong(Interval),
+    IntervalTooLong(Duty),
     /// The telemetry deadband is negative or not a number.
     #[error("telemetry deadband must be a finite, non-negative number")]
     InvalidDeadband,
@@ -153,17 +141,13 @@ impl DeviceConfig {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        for (interval, ms) in [
-            (Interval::Heartbeat, self.heartbeat_interval_ms),
-            (Interval::Telemetry, self.telemetry_interval_ms),
-            (Interval::Health, self.health_interval_ms),
-            (Interval::Sync, self.sync_interval_ms),
-        ] {
+        for duty in Duty::ALL {
+            let ms = self.period_ms(duty);
             if ms == 0 {
-                return Err(ValidationError::ZeroInterval(interval));
+                return Err(ValidationError::ZeroInterval(duty));
             }
             if ms > MAX_INTERVAL_MS {
-                return Err(ValidationError::IntervalTooLong(interval));
+                return Err(ValidationError::IntervalTooLong(duty));
             }
         }
         if !self.telemetry_deadband.is_finite() || self.telemetry_deadband < 0.0 {
@@ -173,6 +157,16 @@ impl DeviceConfig {
             return Err(ValidationError::InvalidDegradedFactor);
         }
         self.thresholds.validate()
+    }
+
+    /// The normal-mode period of `duty` in milliseconds.
+    pub const fn period_ms(&self, duty: Duty) -> u32 {
+        match duty {
+            Duty::HealthCheck => self.health_interval_ms,
+            Duty::Heartbeat => self.heartbeat_interval_ms,
+            Duty::ShadowSync => self.sync_interval_ms,
+            Duty::Telemetry => self.telemetry_interval_ms,
+        }
     }
 
     /// The telemetry interval in force in degraded mode (saturating).
@@ -319,28 +313,28 @@ mod tests {
                     heartbeat_interval_ms: 0,
                     ..d
                 },
-                ValidationError::ZeroInterval(Interval::Heartbeat),
+                ValidationError::ZeroInterval(Duty::Heartbeat),
             ),
             (
                 DeviceConfig {
                     telemetry_interval_ms: 0,
                     ..d
                 },
-                ValidationError::ZeroInterval(Interval::Telemetry),
+                ValidationError::ZeroInterval(Duty::Telemetry),
             ),
             (
                 DeviceConfig {
                     health_interval_ms: 0,
                     ..d
                 },
-                ValidationError::ZeroInterval(Interval::Health),
+                ValidationError::ZeroInterval(Duty::HealthCheck),
             ),
             (
                 DeviceConfig {
                     sync_interval_ms: MAX_INTERVAL_MS + 1,
                     ..d
                 },
-                ValidationError::IntervalTooLong(Interval::Sync),
+                ValidationError::IntervalTooLong(Duty::ShadowSync),
             ),
             (
                 DeviceConfig {

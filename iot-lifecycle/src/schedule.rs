@@ -13,9 +13,10 @@
 //! once and resumes the cadence from now instead of bursting.
 //!
 //! ```
-//! use iot_lifecycle::schedule::{Duty, Intervals, Mode, Schedule};
+//! use iot_lifecycle::config::DeviceConfig;
+//! use iot_lifecycle::schedule::{Duty, Schedule};
 //!
-//! let mut schedule = Schedule::new(Intervals::LAB, 0)?;
+//! let mut schedule = Schedule::new(&DeviceConfig::DEFAULT, 0)?;
 //! let mut heartbeats = 0;
 //! let mut now = 0;
 //! while now <= 60_000 {
@@ -27,10 +28,10 @@
 //!     now = schedule.next_deadline().unwrap_or(u64::MAX);
 //! }
 //! assert_eq!(heartbeats, 7); // at 0, 10, 20, 30, 40, 50 and 60 s
-//! # Ok::<(), iot_lifecycle::schedule::ScheduleError>(())
+//! # Ok::<(), iot_lifecycle::config::ValidationError>(())
 //! ```
 
-use iot_core::error::{Error, ErrorKind};
+use crate::config::{DeviceConfig, ValidationError};
 
 /// A periodic duty of the device agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,96 +81,12 @@ pub enum Mode {
     Suspended,
 }
 
-/// Periods of the duties, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct Intervals {
-    /// Health check period.
-    pub health_check_ms: u64,
-    /// Heartbeat period.
-    pub heartbeat_ms: u64,
-    /// Shadow sync period.
-    pub shadow_sync_ms: u64,
-    /// Telemetry period in normal mode.
-    pub telemetry_ms: u64,
-    /// Telemetry slow-down in degraded mode.
-    pub degraded_telemetry_factor: u32,
-}
-
-impl Intervals {
-    /// The device lab's cadence: health 5 s, heartbeat 10 s, sync 15 s, telemetry 30 s, and
-    /// telemetry three times slower when degraded.
-    pub const LAB: Self = Self {
-        health_check_ms: 5_000,
-        heartbeat_ms: 10_000,
-        shadow_sync_ms: 15_000,
-        telemetry_ms: 30_000,
-        degraded_telemetry_factor: 3,
-    };
-
-    /// Checks that every period is positive and the degraded factor at least 1.
-    pub fn validate(&self) -> Result<(), ScheduleError> {
-        for (duty, period) in [
-            (Duty::HealthCheck, self.health_check_ms),
-            (Duty::Heartbeat, self.heartbeat_ms),
-            (Duty::ShadowSync, self.shadow_sync_ms),
-            (Duty::Telemetry, self.telemetry_ms),
-        ] {
-            if period == 0 {
-                return Err(ScheduleError::ZeroPeriod(duty));
-            }
-        }
-        if self.degraded_telemetry_factor == 0 {
-            return Err(ScheduleError::ZeroDegradedFactor);
-        }
-        Ok(())
-    }
-
-    /// The period of `duty` in `mode`, or `None` when the duty does not run in that mode.
-    pub fn period(&self, duty: Duty, mode: Mode) -> Option<u64> {
-        match (mode, duty) {
-            (Mode::Suspended, _) | (Mode::Maintenance, Duty::Telemetry) => None,
-            (_, Duty::HealthCheck) => Some(self.health_check_ms),
-            (_, Duty::Heartbeat) => Some(self.heartbeat_ms),
-            (_, Duty::ShadowSync) => Some(self.shadow_sync_ms),
-            (Mode::Degraded, Duty::Telemetry) => Some(
-                self.telemetry_ms
-                    .saturating_mul(u64::from(self.degraded_telemetry_factor)),
-            ),
-            (_, Duty::Telemetry) => Some(self.telemetry_ms),
-        }
-    }
-}
-
-impl Default for Intervals {
-    fn default() -> Self {
-        Self::LAB
-    }
-}
-
-/// Why a schedule cannot be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum ScheduleError {
-    /// A duty's period is zero, which would run it continuously.
-    #[error("the period of {0:?} is zero")]
-    ZeroPeriod(Duty),
-    /// The degraded telemetry factor is zero.
-    #[error("the degraded telemetry factor is zero")]
-    ZeroDegradedFactor,
-}
-
-impl Error for ScheduleError {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::InvalidInput
-    }
-}
-
 /// Deadlines of the four duties. See the [module documentation](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    intervals: Intervals,
+    /// Normal-mode period per duty.
+    periods: [u64; 4],
+    degraded_factor: u64,
     mode: Mode,
     /// Next deadline per duty (`None`: not running in this mode).
     next: [Option<u64>; 4],
@@ -178,36 +95,39 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// A schedule in [`Mode::Normal`] with every duty due at `now_ms`.
-    pub fn new(intervals: Intervals, now_ms: u64) -> Result<Self, ScheduleError> {
-        intervals.validate()?;
-        Ok(Self {
-            intervals,
-            mode: Mode::Normal,
-            next: [Some(now_ms); 4],
-            last_run: [None; 4],
-        })
+    /// A schedule in [`Mode::Normal`] with every duty due at `now_ms`, on the periods of a
+    /// valid `config`.
+    pub fn new(config: &DeviceConfig, now_ms: u64) -> Result<Self, ValidationError> {
+        let mut schedule = Self::suspended(config)?;
+        schedule.set_mode(Mode::Normal, now_ms);
+        Ok(schedule)
     }
 
     /// A schedule in [`Mode::Suspended`]: nothing runs until [`Schedule::set_mode`].
-    pub fn suspended(intervals: Intervals) -> Result<Self, ScheduleError> {
-        intervals.validate()?;
+    pub fn suspended(config: &DeviceConfig) -> Result<Self, ValidationError> {
+        config.validate()?;
         Ok(Self {
-            intervals,
+            periods: Duty::ALL.map(|d| u64::from(config.period_ms(d))),
+            degraded_factor: u64::from(config.degraded_telemetry_factor),
             mode: Mode::Suspended,
             next: [None; 4],
             last_run: [None; 4],
         })
     }
 
+    /// The period of `duty` in `mode`, or `None` when the duty does not run in that mode.
+    pub fn period(&self, duty: Duty, mode: Mode) -> Option<u64> {
+        let normal = self.periods.get(duty.slot()).copied()?;
+        match (mode, duty) {
+            (Mode::Suspended, _) | (Mode::Maintenance, Duty::Telemetry) => None,
+            (Mode::Degraded, Duty::Telemetry) => Some(normal.saturating_mul(self.degraded_factor)),
+            _ => Some(normal),
+        }
+    }
+
     /// The current mode.
     pub const fn mode(&self) -> Mode {
         self.mode
-    }
-
-    /// The periods in force.
-    pub const fn intervals(&self) -> &Intervals {
-        &self.intervals
     }
 
     /// When `duty` is next due, if it runs in the current mode.
@@ -228,7 +148,7 @@ impl Schedule {
             .filter_map(|&d| self.deadline(d).map(|t| (d, t)))
             .filter(|&(_, t)| t <= now_ms)
             .min_by_key(|&(d, t)| (t, d))?;
-        let period = self.intervals.period(duty, self.mode)?;
+        let period = self.period(duty, self.mode)?;
         let mut next = due.saturating_add(period);
         if next <= now_ms {
             // Fell behind by a whole period or more: run once, then resume from now.
@@ -241,7 +161,7 @@ impl Schedule {
     /// Makes `duty` due at `now_ms` (for example a shadow sync when state changed), if it
     /// runs in the current mode. Its period restarts from that run.
     pub fn run_now(&mut self, duty: Duty, now_ms: u64) {
-        if self.intervals.period(duty, self.mode).is_some() {
+        if self.period(duty, self.mode).is_some() {
             let earlier = self.deadline(duty).map_or(now_ms, |t| t.min(now_ms));
             let last = self.last_run.get(duty.slot()).copied().flatten();
             self.set_slot(duty, Some(earlier), last);
@@ -257,8 +177,8 @@ impl Schedule {
         let previous = self.mode;
         self.mode = mode;
         for duty in Duty::ALL {
-            let before = self.intervals.period(duty, previous);
-            let after = self.intervals.period(duty, mode);
+            let before = self.period(duty, previous);
+            let after = self.period(duty, mode);
             if before == after {
                 continue;
             }
@@ -271,22 +191,25 @@ impl Schedule {
         }
     }
 
-    /// Replaces the periods (a new configuration), re-spacing every duty from its last run.
-    pub fn set_intervals(
+    /// Adopts the periods of a new, valid configuration at `now_ms`, re-spacing every duty
+    /// from its last run. An invalid configuration changes nothing.
+    pub fn set_config(
         &mut self,
-        intervals: Intervals,
+        config: &DeviceConfig,
         now_ms: u64,
-    ) -> Result<(), ScheduleError> {
-        intervals.validate()?;
-        self.intervals = intervals;
+    ) -> Result<(), ValidationError> {
+        let mut updated = Self::suspended(config)?;
+        updated.mode = self.mode;
+        updated.last_run = self.last_run;
         for duty in Duty::ALL {
-            let last = self.last_run.get(duty.slot()).copied().flatten();
-            let next = intervals.period(duty, self.mode).map(|period| match last {
+            let last = updated.last_run.get(duty.slot()).copied().flatten();
+            let next = updated.period(duty, updated.mode).map(|period| match last {
                 Some(ran) => ran.saturating_add(period).max(now_ms),
                 None => now_ms,
             });
-            self.set_slot(duty, next, last);
+            updated.set_slot(duty, next, last);
         }
+        *self = updated;
         Ok(())
     }
 
@@ -342,7 +265,7 @@ mod tests {
     #[test]
     fn a_day_runs_every_duty_on_its_period() {
         let day = 24 * 3_600 * 1_000;
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         let ran = run(&mut s, 0, day);
         for (duty, period) in [
             (Duty::HealthCheck, 5_000),
@@ -358,7 +281,7 @@ mod tests {
 
     #[test]
     fn degraded_mode_slows_telemetry_threefold_and_recovers() {
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         let mut ran = run(&mut s, 0, 60_000); // telemetry at 0, 30, 60 s
         s.set_mode(Mode::Degraded, 61_000);
         ran.extend(run(&mut s, 61_000, 600_000));
@@ -377,7 +300,7 @@ mod tests {
 
     #[test]
     fn maintenance_pauses_telemetry_only_and_suspended_runs_nothing() {
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         s.set_mode(Mode::Maintenance, 0);
         let ran = run(&mut s, 0, 120_000);
         assert!(times(&ran, Duty::Telemetry).is_empty());
@@ -391,7 +314,7 @@ mod tests {
 
     #[test]
     fn run_now_pulls_a_sync_forward_and_restarts_its_period() {
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         run(&mut s, 0, 0);
         s.run_now(Duty::ShadowSync, 4_000);
         assert_eq!(s.deadline(Duty::ShadowSync), Some(4_000));
@@ -401,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_late_wakeup_runs_once_and_does_not_burst() {
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         run(&mut s, 0, 0);
         // Asleep for 95 s: each duty runs exactly once on waking.
         let mut woke = Vec::new();
@@ -413,43 +336,38 @@ mod tests {
     }
 
     #[test]
-    fn invalid_intervals_are_rejected() {
-        let zero = Intervals {
-            heartbeat_ms: 0,
-            ..Intervals::LAB
+    fn invalid_configurations_are_rejected_and_change_nothing() {
+        let zero = DeviceConfig {
+            heartbeat_interval_ms: 0,
+            ..DeviceConfig::DEFAULT
         };
         assert_eq!(
-            Schedule::new(zero, 0),
-            Err(ScheduleError::ZeroPeriod(Duty::Heartbeat))
+            Schedule::new(&zero, 0),
+            Err(ValidationError::ZeroInterval(Duty::Heartbeat))
         );
-        let factor = Intervals {
-            degraded_telemetry_factor: 0,
-            ..Intervals::LAB
-        };
-        assert_eq!(
-            Schedule::new(factor, 0),
-            Err(ScheduleError::ZeroDegradedFactor)
-        );
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
-        assert!(s.set_intervals(zero, 5).is_err());
-        assert_eq!(s.intervals(), &Intervals::LAB);
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
+        let before = s.clone();
+        assert!(s.set_config(&zero, 5).is_err());
+        assert_eq!(s, before);
     }
 
     #[test]
-    fn new_intervals_respace_from_the_last_run() {
-        let mut s = Schedule::new(Intervals::LAB, 0).unwrap();
+    fn a_new_configuration_respaces_from_the_last_run() {
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, 0).unwrap();
         run(&mut s, 0, 30_000);
-        let slower = Intervals {
-            telemetry_ms: 60_000,
-            ..Intervals::LAB
+        let slower = DeviceConfig {
+            version: 1,
+            telemetry_interval_ms: 60_000,
+            ..DeviceConfig::DEFAULT
         };
-        s.set_intervals(slower, 31_000).unwrap();
+        s.set_config(&slower, 31_000).unwrap();
         assert_eq!(s.deadline(Duty::Telemetry), Some(90_000));
+        assert_eq!(s.period(Duty::Telemetry, Mode::Degraded), Some(180_000));
     }
 
     #[test]
     fn saturates_at_the_end_of_time() {
-        let mut s = Schedule::new(Intervals::LAB, u64::MAX - 1).unwrap();
+        let mut s = Schedule::new(&DeviceConfig::DEFAULT, u64::MAX - 1).unwrap();
         assert_eq!(s.poll(u64::MAX - 1), Some(Duty::HealthCheck));
         assert_eq!(s.deadline(Duty::HealthCheck), Some(u64::MAX));
     }
