@@ -1,0 +1,818 @@
+//! The engine: one implementation of delta, versioned updates, merge and reconciliation,
+//! generic over where the leaves live ([`FieldStore`]).
+
+use core::cmp::Ordering;
+
+use iot_core::codec::EncodeError;
+use iot_core::time::HlcTimestamp;
+
+use crate::cbor::{self, Header, Item, Kind};
+use crate::error::ShadowError;
+use crate::path::Path;
+use crate::policy::{CLIENT_TOKEN_CAPACITY, Limits, Resolver, settle};
+use crate::stamp::Policy;
+use crate::store::{FieldStore, Leaf, Section};
+use crate::update::{Outcome, Update, Write};
+use crate::value::Value;
+
+/// Persists the document version so versions are never reused across restarts.
+///
+/// [`Shadow::apply_with`] saves the new version *before* changing the document: if saving
+/// fails, nothing changes.
+pub trait VersionStore {
+    /// The last saved version (0 when nothing was ever saved).
+    fn load(&mut self) -> Result<u64, ShadowError>;
+    /// Saves `version`.
+    fn save(&mut self, version: u64) -> Result<(), ShadowError>;
+}
+
+/// A [`VersionStore`] that keeps nothing (volatile shadows and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Volatile;
+
+impl VersionStore for Volatile {
+    fn load(&mut self) -> Result<u64, ShadowError> {
+        Ok(0)
+    }
+    fn save(&mut self, _version: u64) -> Result<(), ShadowError> {
+        Ok(())
+    }
+}
+
+/// An in-memory [`VersionStore`] that survives a simulated restart, and can be told to fail.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryVersionStore {
+    /// The saved version.
+    pub saved: u64,
+    /// When `true`, every save fails with [`ShadowError::Storage`].
+    pub failing: bool,
+}
+
+impl VersionStore for MemoryVersionStore {
+    fn load(&mut self) -> Result<u64, ShadowError> {
+        Ok(self.saved)
+    }
+    fn save(&mut self, version: u64) -> Result<(), ShadowError> {
+        if self.failing {
+            return Err(ShadowError::Storage);
+        }
+        self.saved = version;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TokenEntry {
+    token: heapless::String<CLIENT_TOKEN_CAPACITY>,
+    outcome: Outcome,
+    at_ms: u64,
+}
+
+/// What one write does to the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing: stale, equal or a removal of an absent leaf.
+    None,
+    /// A new key.
+    Insert,
+    /// Replaces the stored leaf.
+    Replace,
+}
+
+/// How a write is applied: `Update` collapses equal values (no-op updates change nothing),
+/// `Merge` is the pure last-writer-wins join (commutative, associative, idempotent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Update,
+    Merge,
+    Force,
+}
+
+/// A shadow document: desired and reported leaves with stamps, a version, a client-token
+/// cache of `T` entries, limits and a [`Resolver`] of field policies.
+///
+/// The same type serves devices (`Shadow<FixedStore<N>>`, no allocation) and backends
+/// (`Shadow<MapStore>`), so both run one implementation of every rule.
+#[derive(Debug, Clone)]
+pub struct Shadow<S, R = Policy, const T: usize = 8> {
+    store: S,
+    version: u64,
+    resolver: R,
+    limits: Limits,
+    tokens: heapless::Deque<TokenEntry, T>,
+}
+
+impl<S: FieldStore + Default> Default for Shadow<S> {
+    fn default() -> Self {
+        Self::new(S::default(), Policy::LastWriterWins, Limits::DEFAULT)
+    }
+}
+
+impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
+    /// An empty document at version 0 over an empty `store`.
+    pub const fn new(store: S, resolver: R, limits: Limits) -> Self {
+        Self {
+            store,
+            version: 0,
+            resolver,
+            limits,
+            tokens: heapless::Deque::new(),
+        }
+    }
+
+    /// An empty document resuming at the version saved in `versions` (after a restart), so
+    /// the next change gets a version never used before.
+    pub fn open<V: VersionStore>(
+        store: S,
+        resolver: R,
+        limits: Limits,
+        versions: &mut V,
+    ) -> Result<Self, ShadowError> {
+        let mut shadow = Self::new(store, resolver, limits);
+        shadow.version = versions.load()?;
+        Ok(shadow)
+    }
+
+    /// The document version: raised by exactly one by every update that changes it.
+    pub const fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The limits in force.
+    pub const fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The field policies.
+    pub const fn resolver(&self) -> &R {
+        &self.resolver
+    }
+
+    /// The underlying store.
+    pub const fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The stored leaf (tombstones included).
+    pub fn leaf(&self, section: Section, path: &Path) -> Option<&Leaf> {
+        self.store.get(section, path)
+    }
+
+    /// The value at `path`, `None` if absent or removed.
+    pub fn value(&self, section: Section, path: &Path) -> Option<&Value> {
+        self.store
+            .get(section, path)
+            .map(|l| &l.value)
+            .filter(|v| !v.is_null())
+    }
+
+    /// Every leaf of `section` in canonical order (tombstones included).
+    pub fn section(&self, section: Section) -> impl Iterator<Item = (&Path, &Leaf)> + Clone {
+        self.store
+            .entries()
+            .filter(move |(s, _, _)| *s == section)
+            .map(|(_, p, l)| (p, l))
+    }
+
+    /// The delta: desired leaves whose value is absent from reported or differs from it,
+    /// in canonical order. Reported-only leaves never appear; values compare as a whole.
+    pub fn delta(&self) -> impl Iterator<Item = (&Path, &Leaf)> + Clone {
+        self.section(Section::Desired).filter(|(path, leaf)| {
+            !leaf.value.is_null() && self.value(Section::Reported, path) != Some(&leaf.value)
+        })
+    }
+
+    /// `true` when desired and reported agree: no delta notification is due.
+    pub fn delta_is_empty(&self) -> bool {
+        self.delta().next().is_none()
+    }
+
+    /// Number of tombstones (removals not yet acknowledged).
+    pub fn tombstones(&self) -> usize {
+        self.store
+            .entries()
+            .filter(|(_, _, l)| l.value.is_null())
+            .count()
+    }
+
+    /// Exact size of [`Shadow::encode_document`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let header = Header {
+            kind: Kind::Document,
+            version: Some(self.version),
+            client_token: None,
+        };
+        cbor::message_len(
+            &header,
+            self.store
+                .entries()
+                .map(|(s, p, l)| cbor::LeafCost::of(s, p, &l.value, &l.stamp)),
+        )
+    }
+
+    fn check_path(&self, path: &Path) -> Result<(), ShadowError> {
+        let depth = path.depth();
+        if depth > self.limits.max_depth {
+            return Err(ShadowError::TooDeep {
+                depth,
+                max: self.limits.max_depth,
+            });
+        }
+        let key = path.longest_key();
+        if key > self.limits.max_key_len {
+            return Err(ShadowError::KeyTooLong {
+                len: key,
+                max: self.limits.max_key_len,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_token(&self, token: &str) -> Result<(), ShadowError> {
+        let max = self.limits.max_token_len.min(CLIENT_TOKEN_CAPACITY);
+        if token.len() > max {
+            return Err(ShadowError::TokenTooLong {
+                len: token.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn effect(
+        mode: Mode,
+        existing: Option<&Leaf>,
+        value: &Value,
+        stamp: &crate::Stamp,
+    ) -> Result<Effect, ShadowError> {
+        let Some(e) = existing else {
+            return Ok(if mode != Mode::Merge && value.is_null() {
+                Effect::None
+            } else {
+                Effect::Insert
+            });
+        };
+        if e.stamp.same_instant(stamp) {
+            return if e.value == *value && e.stamp == *stamp {
+                Ok(Effect::None)
+            } else {
+                Err(ShadowError::ContradictoryWrite)
+            };
+        }
+        if mode == Mode::Update && e.value == *value {
+            return Ok(Effect::None);
+        }
+        if mode == Mode::Force {
+            return Ok(if e.value == *value && e.stamp == *stamp {
+                Effect::None
+            } else {
+                Effect::Replace
+            });
+        }
+        Ok(match stamp.cmp_precedence(&e.stamp) {
+            Ordering::Greater => Effect::Replace,
+            _ => Effect::None,
+        })
+    }
+
+    /// The leaf at (`section`, `path`) as it will be after the batch `items`.
+    fn projected<'a, I>(
+        &self,
+        mode: Mode,
+        mut items: I,
+        section: Section,
+        path: &Path,
+    ) -> Result<Option<Leaf>, ShadowError>
+    where
+        I: Iterator<Item = (Section, Item<'a>)>,
+    {
+        let stored = self.store.get(section, path);
+        if let Some((_, (_, v, st))) = items.find(|(s, (p, _, _))| *s == section && *p == path)
+            && Self::effect(mode, stored, v, st)? != Effect::None
+        {
+            return Ok(Some(Leaf {
+                value: v.clone(),
+                stamp: *st,
+            }));
+        }
+        Ok(stored.cloned())
+    }
+
+    /// Validates a batch of writes against the limits and the document without changing
+    /// anything; returns the projected (changed, leaf count, entries length).
+    fn plan<'a, I>(&self, mode: Mode, items: I, reconcile: bool) -> Result<bool, ShadowError>
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
+        let mut changed = false;
+        let mut new_keys = 0usize;
+        for (i, (section, (path, value, stamp))) in items.clone().enumerate() {
+            self.check_path(path)?;
+            for (other_section, (other, _, _)) in items.clone().take(i) {
+                if other_section != section {
+                    continue;
+                }
+                if other == path {
+                    return Err(ShadowError::DuplicateWrite);
+                }
+                if other.overlaps(path) {
+                    return Err(ShadowError::PathConflict);
+                }
+            }
+            let existing = self.store.get(section, path);
+            let effect = Self::effect(mode, existing, value, stamp)?;
+            if effect != Effect::None {
+                changed = true;
+            }
+            if effect == Effect::Insert {
+                if self
+                    .store
+                    .entries()
+                    .any(|(s, p, _)| s == section && p.overlaps(path))
+                {
+                    return Err(ShadowError::PathConflict);
+                }
+                new_keys = new_keys.saturating_add(1);
+            }
+            if reconcile
+                && section == Section::Reported
+                && self.settled(mode, items.clone(), path)?.is_some()
+            {
+                changed = true;
+            }
+        }
+        let count = self.store.len().saturating_add(new_keys);
+        if count > self.limits.max_fields {
+            return Err(ShadowError::TooManyFields {
+                count,
+                max: self.limits.max_fields,
+            });
+        }
+        if count > self.store.capacity() {
+            return Err(ShadowError::StoreFull {
+                capacity: self.store.capacity(),
+            });
+        }
+        if changed {
+            let header = Header {
+                kind: Kind::Document,
+                version: Some(self.version.saturating_add(1)),
+                client_token: None,
+            };
+            let stored = self.store.entries().filter_map(|(s, p, _)| {
+                self.final_leaf(mode, items.clone(), reconcile, s, p)
+                    .map(|l| cbor::LeafCost::of(s, p, &l.value, &l.stamp))
+            });
+            let inserted = items
+                .clone()
+                .filter(|(s, (p, _, _))| self.store.get(*s, p).is_none())
+                .filter_map(|(s, (p, _, _))| {
+                    self.final_leaf(mode, items.clone(), reconcile, s, p)
+                        .map(|l| cbor::LeafCost::of(s, p, &l.value, &l.stamp))
+                });
+            let size = cbor::message_len(&header, stored.chain(inserted));
+            if size > self.limits.max_encoded_len {
+                return Err(ShadowError::TooLarge {
+                    size,
+                    max: self.limits.max_encoded_len,
+                });
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The desired tombstone reconciliation will write at `path`, if a reported write in
+    /// the batch stands there and wins against the (projected) desired value.
+    fn settled<'a, I>(&self, mode: Mode, items: I, path: &Path) -> Result<Option<Leaf>, ShadowError>
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
+        let Some((_, (_, value, stamp))) = items
+            .clone()
+            .find(|(s, (p, _, _))| *s == Section::Reported && *p == path)
+        else {
+            return Ok(None);
+        };
+        let existing = self.store.get(Section::Reported, path);
+        let stands = Self::effect(mode, existing, value, stamp)? != Effect::None
+            || existing.is_some_and(|e| e.value == *value && e.stamp == *stamp);
+        if !stands {
+            return Ok(None);
+        }
+        let reported = Leaf {
+            value: value.clone(),
+            stamp: *stamp,
+        };
+        Ok(self
+            .projected(mode, items, Section::Desired, path)?
+            .and_then(|d| settle(&self.resolver, path, &d, &reported)))
+    }
+
+    /// The leaf at (`section`, `path`) after the batch, reconciliation included.
+    fn final_leaf<'a, I>(
+        &self,
+        mode: Mode,
+        items: I,
+        reconcile: bool,
+        section: Section,
+        path: &Path,
+    ) -> Option<Leaf>
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
+        if reconcile
+            && section == Section::Desired
+            && let Ok(Some(t)) = self.settled(mode, items.clone(), path)
+        {
+            return Some(t);
+        }
+        self.projected(mode, items, section, path).ok().flatten()
+    }
+
+    /// Stores a leaf. Capacity was checked by `plan`, so the insert cannot fail.
+    fn put(&mut self, section: Section, path: &Path, leaf: Leaf) {
+        let _ = self.store.insert(section, path, leaf);
+    }
+
+    fn commit<'a, I>(&mut self, mode: Mode, items: I, reconcile: bool)
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
+        for (section, (path, value, stamp)) in items.clone() {
+            let existing = self.store.get(section, path);
+            if matches!(
+                Self::effect(mode, existing, value, stamp),
+                Ok(Effect::Insert | Effect::Replace)
+            ) {
+                self.put(
+                    section,
+                    path,
+                    Leaf {
+                        value: value.clone(),
+                        stamp: *stamp,
+                    },
+                );
+            }
+        }
+        if reconcile {
+            for (section, (path, value, stamp)) in items {
+                let stands = self
+                    .store
+                    .get(section, path)
+                    .is_some_and(|l| l.value == *value && l.stamp == *stamp);
+                if section == Section::Reported && stands {
+                    self.reconcile(path);
+                }
+            }
+        }
+    }
+
+    /// Settles a disagreement at `path` that the reported side wins by clearing desired.
+    fn reconcile(&mut self, path: &Path) {
+        let (Some(d), Some(r)) = (
+            self.store.get(Section::Desired, path),
+            self.store.get(Section::Reported, path),
+        ) else {
+            return;
+        };
+        if let Some(tombstone) = settle(&self.resolver, path, d, r) {
+            self.put(Section::Desired, path, tombstone);
+        }
+    }
+
+    fn replay(&self, token: &str, now_ms: u64) -> Option<Outcome> {
+        self.tokens
+            .iter()
+            .find(|e| {
+                e.token.as_str() == token
+                    && now_ms.saturating_sub(e.at_ms) <= self.limits.token_window_ms
+            })
+            .map(|e| e.outcome)
+    }
+
+    fn remember(&mut self, token: &str, outcome: Outcome, now_ms: u64) {
+        let window = self.limits.token_window_ms;
+        while self
+            .tokens
+            .front()
+            .is_some_and(|e| now_ms.saturating_sub(e.at_ms) > window)
+        {
+            self.tokens.pop_front();
+        }
+        let mut stored = heapless::String::new();
+        if stored.push_str(token).is_err() {
+            return;
+        }
+        let entry = TokenEntry {
+            token: stored,
+            outcome,
+            at_ms: now_ms,
+        };
+        if self.tokens.is_full() {
+            self.tokens.pop_front();
+        }
+        let _ = self.tokens.push_back(entry);
+    }
+
+    /// Applies an update without persisting the version; see [`Shadow::apply_with`].
+    pub fn apply(&mut self, update: &Update<'_>, now_ms: u64) -> Result<Outcome, ShadowError> {
+        self.apply_with(update, now_ms, &mut Volatile)
+    }
+
+    /// Applies an update atomically:
+    ///
+    /// 1. a client token longer than the limit is refused; a token seen within the window
+    ///    returns the first outcome again, without a second mutation;
+    /// 2. an `expected_version` other than the current one is a [`ShadowError::Conflict`];
+    /// 3. every limit, contradiction and capacity is checked before anything changes;
+    /// 4. each write takes effect if its stamp outranks the stored leaf's and its value
+    ///    differs (equal values, stale writes and removals of absent leaves are no-ops);
+    /// 5. a reported write that wins against a differing desired value clears the desired
+    ///    value (per the field's policy), so the delta cannot recur;
+    /// 6. if anything changed, the version rises by exactly one and is saved to `versions`
+    ///    before the document changes.
+    pub fn apply_with<V: VersionStore>(
+        &mut self,
+        update: &Update<'_>,
+        now_ms: u64,
+        versions: &mut V,
+    ) -> Result<Outcome, ShadowError> {
+        if let Some(token) = update.client_token {
+            self.check_token(token)?;
+            if let Some(outcome) = self.replay(token, now_ms) {
+                return Ok(outcome);
+            }
+        }
+        if let Some(expected) = update.expected_version
+            && expected != self.version
+        {
+            return Err(ShadowError::Conflict {
+                expected,
+                current: self.version,
+            });
+        }
+        let items = write_items(update.writes);
+        let changed = self.plan(Mode::Update, items.clone(), true)?;
+        let outcome = if changed {
+            let next = self
+                .version
+                .checked_add(1)
+                .ok_or(ShadowError::VersionExhausted)?;
+            versions.save(next)?;
+            self.commit(Mode::Update, items, true);
+            self.version = next;
+            Outcome {
+                version: next,
+                changed: true,
+            }
+        } else {
+            Outcome {
+                version: self.version,
+                changed: false,
+            }
+        };
+        if let Some(token) = update.client_token {
+            self.remember(token, outcome, now_ms);
+        }
+        Ok(outcome)
+    }
+
+    /// Applies writes the way [`Shadow::apply`] does but without touching the version or
+    /// the token cache: a device recording its own changes in its replica.
+    pub fn apply_local(&mut self, writes: &[Write]) -> Result<bool, ShadowError> {
+        let items = write_items(writes);
+        let changed = self.plan(Mode::Update, items.clone(), true)?;
+        if changed {
+            self.commit(Mode::Update, items, true);
+        }
+        Ok(changed)
+    }
+
+    /// Checks a batch of writes on its own: limits of every path, no leaf twice, no leaf
+    /// inside another. Changes nothing.
+    pub fn check_writes(&self, writes: &[Write]) -> Result<(), ShadowError> {
+        for (i, w) in writes.iter().enumerate() {
+            self.check_path(&w.path)?;
+            for o in writes.iter().take(i) {
+                if o.section != w.section {
+                    continue;
+                }
+                if o.path == w.path {
+                    return Err(ShadowError::DuplicateWrite);
+                }
+                if o.path.overlaps(&w.path) {
+                    return Err(ShadowError::PathConflict);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one leaf whatever the stored stamp says (limits and capacity still apply):
+    /// a device recording a decision its policies already made. Returns whether it changed.
+    pub fn set_leaf(&mut self, write: &Write) -> Result<bool, ShadowError> {
+        let items = write_items(core::slice::from_ref(write));
+        let changed = self.plan(Mode::Force, items.clone(), false)?;
+        if changed {
+            self.commit(Mode::Force, items, false);
+        }
+        Ok(changed)
+    }
+
+    /// Joins stamped leaves into this document by last-writer-wins on
+    /// (policy rank, HLC, node): commutative, associative and idempotent. Tombstones take
+    /// part like values. The version becomes the greater of both. Nothing changes on error.
+    pub fn merge_writes(&mut self, writes: &[Write], version: u64) -> Result<bool, ShadowError> {
+        let items = write_items(writes);
+        let changed = self.plan(Mode::Merge, items.clone(), false)?;
+        if changed {
+            self.commit(Mode::Merge, items, false);
+        }
+        self.version = self.version.max(version);
+        Ok(changed)
+    }
+
+    /// Joins another replica's document into this one; see [`Shadow::merge_writes`].
+    pub fn merge<S2: FieldStore, R2, const T2: usize>(
+        &mut self,
+        other: &Shadow<S2, R2, T2>,
+    ) -> Result<bool, ShadowError> {
+        let items = other
+            .store
+            .entries()
+            .map(|(s, p, l)| (s, (p, &l.value, &l.stamp)));
+        let changed = self.plan(Mode::Merge, items.clone(), false)?;
+        if changed {
+            self.commit(Mode::Merge, items, false);
+        }
+        self.version = self.version.max(other.version);
+        Ok(changed)
+    }
+
+    /// Drops the tombstones stamped at or before `through`: call it once the ack that
+    /// carries those removals has been delivered. Returns how many were dropped.
+    pub fn prune_tombstones(&mut self, through: HlcTimestamp) -> usize {
+        self.store
+            .retain(|_, _, l| !(l.value.is_null() && l.stamp.hlc() <= through))
+    }
+
+    /// Deletes every leaf. The version still rises by one (and is saved first), so a
+    /// re-created document never reuses a version.
+    pub fn delete_with<V: VersionStore>(
+        &mut self,
+        versions: &mut V,
+    ) -> Result<Outcome, ShadowError> {
+        let next = self
+            .version
+            .checked_add(1)
+            .ok_or(ShadowError::VersionExhausted)?;
+        versions.save(next)?;
+        self.store.clear();
+        self.tokens.clear();
+        self.version = next;
+        Ok(Outcome {
+            version: next,
+            changed: true,
+        })
+    }
+
+    /// Removes the leaves for which `keep` is false (bookkeeping stays exact).
+    pub fn retain(&mut self, keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
+        self.store.retain(keep)
+    }
+
+    /// Encodes the whole document (kind `Document`) as canonical CBOR.
+    pub fn encode_document(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let header = Header {
+            kind: Kind::Document,
+            version: Some(self.version),
+            client_token: None,
+        };
+        cbor::encode_into(
+            &header,
+            self.section(Section::Desired).map(cbor::leaf_item),
+            self.section(Section::Reported).map(cbor::leaf_item),
+            buf,
+        )
+    }
+
+    /// Encodes the whole document into a new vector.
+    #[cfg(feature = "alloc")]
+    pub fn to_cbor(&self) -> alloc::vec::Vec<u8> {
+        let mut out = alloc::vec![0u8; self.encoded_len()];
+        let n = self.encode_document(&mut out).unwrap_or(0);
+        out.truncate(n);
+        out
+    }
+
+    /// Encodes the delta notification, or `Ok(None)` when the delta is empty: an empty
+    /// delta produces no notification.
+    pub fn encode_delta(&self, buf: &mut [u8]) -> Result<Option<usize>, EncodeError> {
+        if self.delta_is_empty() {
+            return Ok(None);
+        }
+        let header = Header {
+            kind: Kind::Delta,
+            version: Some(self.version),
+            client_token: None,
+        };
+        cbor::encode_into(
+            &header,
+            self.delta().map(cbor::leaf_item),
+            core::iter::empty(),
+            buf,
+        )
+        .map(Some)
+    }
+
+    /// Encodes the ack of an applied update: both halves of every leaf it wrote (removals as
+    /// tombstones), at the outcome's version, echoing the client token.
+    pub fn encode_accepted(
+        &self,
+        update: &Update<'_>,
+        outcome: &Outcome,
+        buf: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let header = Header {
+            kind: Kind::Accepted,
+            version: Some(outcome.version),
+            client_token: update.client_token,
+        };
+        cbor::encode_into(
+            &header,
+            Touched::new(&self.store, update.writes, Section::Desired),
+            Touched::new(&self.store, update.writes, Section::Reported),
+            buf,
+        )
+    }
+}
+
+fn write_items(writes: &[Write]) -> impl Iterator<Item = (Section, Item<'_>)> + Clone {
+    writes
+        .iter()
+        .map(|w| (w.section, (&w.path, &w.value, &w.stamp)))
+}
+
+/// Stored leaves of one section at the paths an update wrote, in canonical order.
+#[derive(Debug)]
+struct Touched<'a, S> {
+    store: &'a S,
+    paths: cbor::Sorted<'a>,
+    other: cbor::Sorted<'a>,
+    section: Section,
+    last: Option<&'a Path>,
+}
+
+impl<'a, S> Touched<'a, S> {
+    fn new(store: &'a S, writes: &'a [Write], section: Section) -> Self {
+        Self {
+            store,
+            paths: cbor::Sorted::new(writes, Section::Desired),
+            other: cbor::Sorted::new(writes, Section::Reported),
+            section,
+            last: None,
+        }
+    }
+}
+
+impl<S> Clone for Touched<'_, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store,
+            paths: self.paths.clone(),
+            other: self.other.clone(),
+            section: self.section,
+            last: self.last,
+        }
+    }
+}
+
+impl<'a, S: FieldStore> Iterator for Touched<'a, S> {
+    type Item = Item<'a>;
+    fn next(&mut self) -> Option<Item<'a>> {
+        loop {
+            // Merge the two sorted path streams, skipping paths already yielded.
+            let last = self.last;
+            let a = self
+                .paths
+                .clone()
+                .find(|(p, _, _)| last.is_none_or(|l| *p > l))
+                .map(|(p, _, _)| p);
+            let b = self
+                .other
+                .clone()
+                .find(|(p, _, _)| last.is_none_or(|l| *p > l))
+                .map(|(p, _, _)| p);
+            let next = match (a, b) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => return None,
+            };
+            self.last = Some(next);
+            if let Some(leaf) = self.store.get(self.section, next) {
+                return Some((next, &leaf.value, &leaf.stamp));
+            }
+        }
+    }
+}

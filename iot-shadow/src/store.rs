@@ -1,0 +1,256 @@
+//! Where a shadow keeps its leaves: [`FieldStore`], with a fixed-capacity [`FixedStore`] for
+//! devices and a heap-backed `MapStore` (feature `alloc`) for backends.
+//!
+//! The engine ([`Shadow`](crate::Shadow)) is generic over the store, so the device and the
+//! backend run the same delta, merge and versioning code. Stores iterate in canonical order
+//! (section, then [`Path`] order), which is the order of the canonical CBOR encoding.
+
+use crate::path::Path;
+use crate::stamp::Stamp;
+use crate::value::Value;
+
+/// The two halves of a shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Section {
+    /// What the backend wants the device to be.
+    Desired,
+    /// What the device says it is.
+    Reported,
+}
+
+/// One stored leaf: a value (or a `Null` tombstone) and its stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Leaf {
+    /// The value; `Null` is a tombstone awaiting acknowledgement.
+    pub value: Value,
+    /// Who wrote it, when, under which policy.
+    pub stamp: Stamp,
+}
+
+/// The store is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StoreFull;
+
+/// Ordered storage of leaves keyed by (section, path).
+///
+/// Implementations must iterate in ascending (section, path) order and must not change
+/// anything when `insert` fails.
+pub trait FieldStore {
+    /// The leaf at `path` in `section`.
+    fn get(&self, section: Section, path: &Path) -> Option<&Leaf>;
+    /// Inserts or replaces a leaf; fails only when a new key does not fit.
+    fn insert(&mut self, section: Section, path: &Path, leaf: Leaf) -> Result<(), StoreFull>;
+    /// Removes a leaf.
+    fn remove(&mut self, section: Section, path: &Path) -> Option<Leaf>;
+    /// Number of stored leaves (tombstones included).
+    fn len(&self) -> usize;
+    /// `true` when no leaf is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Maximum number of leaves (`usize::MAX` for heap stores).
+    fn capacity(&self) -> usize;
+    /// Removes every leaf.
+    fn clear(&mut self);
+    /// Every leaf in canonical order.
+    fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone;
+    /// Removes every leaf for which `keep` returns `false`; returns how many were removed.
+    fn retain(&mut self, keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize;
+}
+
+/// A fixed-capacity store of at most `N` leaves in a sorted inline vector. No allocation.
+#[derive(Debug, Clone, Default)]
+pub struct FixedStore<const N: usize> {
+    entries: heapless::Vec<(Section, Path, Leaf), N>,
+}
+
+impl<const N: usize> FixedStore<N> {
+    /// An empty store; usable in a `static`.
+    pub const fn new() -> Self {
+        Self {
+            entries: heapless::Vec::new(),
+        }
+    }
+
+    fn find(&self, section: Section, path: &Path) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|(s, p, _)| (*s, p).cmp(&(section, path)))
+    }
+}
+
+impl<const N: usize> FieldStore for FixedStore<N> {
+    fn get(&self, section: Section, path: &Path) -> Option<&Leaf> {
+        let i = self.find(section, path).ok()?;
+        self.entries.get(i).map(|(_, _, leaf)| leaf)
+    }
+
+    fn insert(&mut self, section: Section, path: &Path, leaf: Leaf) -> Result<(), StoreFull> {
+        match self.find(section, path) {
+            Ok(i) => {
+                if let Some(slot) = self.entries.get_mut(i) {
+                    slot.2 = leaf;
+                }
+                Ok(())
+            }
+            // `insert` checks the index (binary search returns at most `len`) and capacity.
+            Err(i) => self
+                .entries
+                .insert(i, (section, path.clone(), leaf))
+                .map_err(|_| StoreFull),
+        }
+    }
+
+    fn remove(&mut self, section: Section, path: &Path) -> Option<Leaf> {
+        let i = self.find(section, path).ok()?;
+        // `i` was just found, so it is in bounds.
+        Some(self.entries.remove(i).2)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn capacity(&self) -> usize {
+        N
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone {
+        self.entries.iter().map(|(s, p, l)| (*s, p, l))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(s, p, l)| keep(*s, p, l));
+        before.saturating_sub(self.entries.len())
+    }
+}
+
+/// A heap-backed store without a capacity limit (backends). Feature `alloc`.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, Default)]
+pub struct MapStore {
+    entries: alloc::collections::BTreeMap<(Section, Path), Leaf>,
+}
+
+#[cfg(feature = "alloc")]
+impl MapStore {
+    /// An empty store.
+    pub const fn new() -> Self {
+        Self {
+            entries: alloc::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl FieldStore for MapStore {
+    fn get(&self, section: Section, path: &Path) -> Option<&Leaf> {
+        self.entries.get(&(section, path.clone()))
+    }
+
+    fn insert(&mut self, section: Section, path: &Path, leaf: Leaf) -> Result<(), StoreFull> {
+        self.entries.insert((section, path.clone()), leaf);
+        Ok(())
+    }
+
+    fn remove(&mut self, section: Section, path: &Path) -> Option<Leaf> {
+        self.entries.remove(&(section, path.clone()))
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn capacity(&self) -> usize {
+        usize::MAX
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone {
+        self.entries.iter().map(|((s, p), l)| (*s, p, l))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(s, p), l| keep(*s, p, l));
+        before.saturating_sub(self.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(dead_code)]
+    fn leaf(i: i64) -> Leaf {
+        Leaf {
+            value: Value::Int(i),
+            stamp: Stamp::default(),
+        }
+    }
+
+    #[cfg(feature = "alloc")]
+    fn exercise<S: FieldStore>(s: &mut S) -> std::vec::Vec<(Section, std::string::String)> {
+        let p = |x: &str| Path::new(x).unwrap();
+        s.insert(Section::Reported, &p("b"), leaf(1)).unwrap();
+        s.insert(Section::Desired, &p("a.b"), leaf(2)).unwrap();
+        s.insert(Section::Desired, &p("c"), leaf(3)).unwrap();
+        s.insert(Section::Desired, &p("c"), leaf(4)).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.get(Section::Desired, &p("c")), Some(&leaf(4)));
+        assert_eq!(s.remove(Section::Reported, &p("b")), Some(leaf(1)));
+        assert_eq!(s.get(Section::Reported, &p("b")), None);
+        s.insert(Section::Reported, &p("z"), leaf(5)).unwrap();
+        s.entries()
+            .map(|(sec, p, _)| (sec, std::string::String::from(p.as_str())))
+            .collect()
+    }
+
+    #[test]
+    fn fixed_store_keeps_canonical_order_and_refuses_when_full() {
+        let mut s = FixedStore::<2>::new();
+        let p = |x: &str| Path::new(x).unwrap();
+        s.insert(Section::Reported, &p("a"), leaf(1)).unwrap();
+        s.insert(Section::Desired, &p("bb"), leaf(2)).unwrap();
+        assert_eq!(s.insert(Section::Desired, &p("c"), leaf(3)), Err(StoreFull));
+        let order: heapless::Vec<Section, 2> = s.entries().map(|(sec, _, _)| sec).collect();
+        assert_eq!(order.as_slice(), [Section::Desired, Section::Reported]);
+    }
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn fixed_and_map_stores_agree() {
+        let mut fixed = FixedStore::<3>::new();
+        let mut map = MapStore::new();
+        let a = exercise(&mut fixed);
+        assert_eq!(a, exercise(&mut map));
+        assert_eq!(
+            a.iter()
+                .map(|(_, p)| p.as_str())
+                .collect::<std::vec::Vec<_>>(),
+            ["c", "a.b", "z"]
+        );
+        // Full: a new key fails without changing anything; replacing still works.
+        assert_eq!(
+            fixed.insert(Section::Reported, &Path::new("y").unwrap(), leaf(0)),
+            Err(StoreFull)
+        );
+        assert_eq!(fixed.len(), 3);
+        fixed
+            .insert(Section::Reported, &Path::new("z").unwrap(), leaf(9))
+            .unwrap();
+        assert_eq!(fixed.retain(|_, _, l| l.value != Value::Int(9)), 1);
+        assert_eq!(fixed.len(), 2);
+    }
+}
