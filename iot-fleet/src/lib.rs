@@ -1,6 +1,41 @@
 #![no_std]
 #![doc = include_str!("../README.md")]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
 
 extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
 
 pub use iot_core;
+
+pub mod access;
+pub mod audit;
+pub mod fleet;
+pub mod health;
+pub mod metering;
+pub mod planning;
+pub mod proof;
+pub mod registry;
+pub mod retention;
+pub mod rollout;
+pub mod topology;
+
+pub use access::{AccessError, Principal, Role, Scope};
+pub use audit::{Actor, AuditAction, AuditEntry, AuditLog};
+pub use fleet::{Decommissioned, Fleet, FleetError, ScopedRollout, ServerShadow};
+pub use health::{HealthCounts, HealthPolicy, HealthReport, HealthStatus};
+pub use metering::{CostModel, Sla, Usage};
+pub use proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier, answer};
+pub use registry::{
+    AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, Registration, RegistrationError,
+};
+pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus};

@@ -1,0 +1,862 @@
+//! The [`Fleet`] facade: every tenant-facing read and write takes a [`Principal`] and is
+//! checked against its tenant, scope and role before any data is touched (see
+//! [`crate::access`] for what `NotFound` and `Forbidden` mean), and every state-changing
+//! operation appends to the [audit trail](crate::audit) (routine device traffic --
+//! heartbeats, usage, the device's own shadow reports -- is metered, not audited entry by
+//! entry).
+//!
+//! Device-facing methods ([`Fleet::register`], [`Fleet::heartbeat`],
+//! [`Fleet::report_transition`], [`Fleet::record_usage`], [`Fleet::report_update`],
+//! [`Fleet::device_shadow_update`]) take
+//! the device's id: the device proved its identity when registering, and the transport
+//! session (for example mutual TLS) is expected to bind later messages to that id.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use iot_core::{DeviceId, Error, ErrorKind, TenantId};
+use iot_lifecycle::registration::{RegistrationRequest, RegistrationResponse};
+use iot_lifecycle::{DeviceConfig, Event, State, TransitionError, transition};
+use iot_shadow::{Limits, MapStore, Origin, Outcome, Policy, Shadow, ShadowError, Update};
+
+use crate::access::{AccessError, Principal, Role, Scope};
+use crate::audit::{Actor, AuditAction, AuditEntry, AuditLog};
+use crate::health::{self, BatteryReplacement, HealthCounts, HealthPolicy, HealthReport};
+use crate::metering::{Availability, TenantMetering, Usage};
+use crate::proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier};
+use crate::registry::{
+    AssignmentRule, DeviceRecord, ImportError, ManufacturingRecord, Registration,
+    RegistrationError, Registry, ReportError,
+};
+use crate::rollout::{Instruction, Progress, Rollout, RolloutConfig, RolloutError};
+
+/// Any error of a fleet operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// Refused by access control.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A manufacturing import was refused.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// A registration was refused.
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    /// A device report was refused (and flagged if it was an illegal transition).
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// An operator-requested transition is not allowed by the lifecycle.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// A rollout could not be created or updated.
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    /// The shadow engine refused an update (nothing changed).
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+}
+
+impl Error for FleetError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Access(e) => e.kind(),
+            Self::Import(e) => e.kind(),
+            Self::Registration(e) => e.kind(),
+            Self::Report(e) => e.kind(),
+            Self::Transition(e) => e.kind(),
+            Self::Rollout(e) => e.kind(),
+            Self::Shadow(e) => e.kind(),
+        }
+    }
+}
+
+/// The backend's copy of a device shadow: iot-shadow's engine (the same delta, merge and
+/// conflict rules the device runs) over a heap store, with a four-entry client-token cache.
+pub type ServerShadow = Shadow<MapStore, Policy, 4>;
+
+/// A rollout and the scope it was started for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopedRollout {
+    /// The scope whose devices are targets.
+    pub scope: Scope,
+    /// The rollout.
+    pub rollout: Rollout,
+}
+
+/// What decommissioning did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decommissioned {
+    /// The state the device was in.
+    pub previous: State,
+    /// Whether the lifecycle has no edge from `previous` to `Decommissioned`, so the
+    /// operator's decision overrode it.
+    pub forced: bool,
+}
+
+/// The backend's fleet: registry, audit trail, health policy, rollouts and metering.
+#[derive(Debug)]
+pub struct Fleet<V: ProofVerifier = LifecycleHmac> {
+    registry: Registry,
+    audit: AuditLog,
+    policy: HealthPolicy,
+    verifier: V,
+    rollouts: BTreeMap<(TenantId, u32), ScopedRollout>,
+    next_rollout: BTreeMap<TenantId, u32>,
+    retired: BTreeMap<(TenantId, Scope), TenantMetering>,
+    shadows: BTreeMap<DeviceId, Box<ServerShadow>>,
+}
+
+impl Default for Fleet<LifecycleHmac> {
+    fn default() -> Self {
+        Self::new(HealthPolicy::DEFAULT)
+    }
+}
+
+impl Fleet<LifecycleHmac> {
+    /// An empty fleet checking iot-lifecycle's HMAC-SHA256 registration proofs.
+    pub const fn new(policy: HealthPolicy) -> Self {
+        Self::with_verifier(policy, LifecycleHmac)
+    }
+}
+
+/// The availability of `record` at `now_ms`.
+fn availability_of(record: &DeviceRecord, now_ms: u64) -> Availability {
+    let current_outage = if record.online {
+        0
+    } else {
+        now_ms.saturating_sub(record.last_seen_ms)
+    };
+    Availability {
+        monitored_ms: now_ms.saturating_sub(record.registered_at_ms),
+        downtime_ms: record.downtime_ms.saturating_add(current_outage),
+    }
+}
+
+impl<V: ProofVerifier> Fleet<V> {
+    /// An empty fleet checking registration proofs with `verifier`.
+    pub const fn with_verifier(policy: HealthPolicy, verifier: V) -> Self {
+        Self {
+            registry: Registry::new(),
+            audit: AuditLog::new(),
+            policy,
+            verifier,
+            rollouts: BTreeMap::new(),
+            next_rollout: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            shadows: BTreeMap::new(),
+        }
+    }
+
+    /// The health policy.
+    pub fn policy(&self) -> &HealthPolicy {
+        &self.policy
+    }
+
+    /// The audit log (for the backend operator; tenants use [`Fleet::audit_trail`]).
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// How many devices are registered across all tenants.
+    pub fn registered_count(&self) -> usize {
+        self.registry.registered_count()
+    }
+
+    fn log(
+        &mut self,
+        at_ms: u64,
+        actor: Actor,
+        tenant: TenantId,
+        scope: Scope,
+        device: Option<DeviceId>,
+        action: AuditAction,
+    ) {
+        self.audit
+            .append(at_ms, actor, tenant, scope, device, action);
+    }
+
+    fn visible_device(
+        &self,
+        p: &Principal,
+        id: &DeviceId,
+        needed: Role,
+    ) -> Result<&DeviceRecord, AccessError> {
+        // Only the caller's own tenant is searched; another tenant's device is `NotFound`.
+        let record = self
+            .registry
+            .tenant_device(&p.tenant, id)
+            .ok_or(AccessError::NotFound)?;
+        p.check(&record.tenant, &record.scope, needed)?;
+        Ok(record)
+    }
+
+    // ----- provisioning (tenant side) -------------------------------------------------
+
+    /// Imports a manufacturing list into `scope` (where devices no rule matches go).
+    /// Needs `Admin` over `scope`. All or nothing.
+    pub fn import_manufacturing(
+        &mut self,
+        p: &Principal,
+        scope: &Scope,
+        records: Vec<ManufacturingRecord>,
+        now_ms: u64,
+    ) -> Result<u32, FleetError> {
+        p.check_scope(scope, Role::Admin)?;
+        let count = self.registry.import(p.tenant, scope, records)?;
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope.clone(),
+            None,
+            AuditAction::ManufacturingImported { count },
+        );
+        Ok(count)
+    }
+
+    /// Adds a zero-touch assignment rule. Needs `Admin` over the rule's scope.
+    pub fn add_assignment_rule(
+        &mut self,
+        p: &Principal,
+        rule: AssignmentRule,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        p.check_scope(&rule.scope, Role::Admin)?;
+        let scope = rule.scope.clone();
+        self.registry.add_rule(p.tenant, rule);
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope,
+            None,
+            AuditAction::AssignmentRuleAdded,
+        );
+        Ok(())
+    }
+
+    // ----- device-facing path -----------------------------------------------------------
+
+    /// A device asks to register: `nonce` (fresh, from the caller's CSPRNG) becomes its
+    /// outstanding challenge. Unknown and revoked identities are refused here already.
+    pub fn challenge(
+        &mut self,
+        id: &DeviceId,
+        nonce: Nonce,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        self.registry
+            .challenge(id, nonce, now_ms)
+            .map_err(|e| self.rejected(id, e, now_ms))
+    }
+
+    fn rejected(&mut self, id: &DeviceId, e: RegistrationError, now_ms: u64) -> FleetError {
+        // Attempts on identities a tenant owns are security events for that tenant;
+        // unknown ids belong to nobody and are not recorded.
+        if let Some(tenant) = self.registry.identity_tenant(id) {
+            let scope = self
+                .registry
+                .device(id)
+                .map_or_else(Scope::root, |r| r.scope.clone());
+            self.log(
+                now_ms,
+                Actor::Device(*id),
+                tenant,
+                scope,
+                Some(*id),
+                AuditAction::RegistrationRejected(e),
+            );
+        }
+        e.into()
+    }
+
+    /// The device answers its challenge; a valid answer registers it (zero-touch: assigned
+    /// by the tenant's rules, `Unprovisioned -> Provisioning`). A repeated registration of a
+    /// registered device changes nothing but is accepted.
+    pub fn register(
+        &mut self,
+        id: &DeviceId,
+        answer: &ChallengeAnswer,
+        now_ms: u64,
+    ) -> Result<Registration, FleetError> {
+        match self.registry.register(id, answer, &self.verifier, now_ms) {
+            Ok(reg) => {
+                let action = if reg.first {
+                    AuditAction::Registered
+                } else {
+                    AuditAction::ReRegistered
+                };
+                self.log(
+                    now_ms,
+                    Actor::Device(*id),
+                    reg.tenant,
+                    reg.scope.clone(),
+                    Some(*id),
+                    action,
+                );
+                Ok(reg)
+            }
+            Err(e) => Err(self.rejected(id, e, now_ms)),
+        }
+    }
+
+    /// iot-lifecycle's registration protocol, backend side: a request without an answer is
+    /// challenged with `fresh_nonce`; a request with one is registered and accepted with
+    /// `config`, or rejected with the wire reason.
+    pub fn handle_registration(
+        &mut self,
+        request: &RegistrationRequest,
+        fresh_nonce: Nonce,
+        config: DeviceConfig,
+        now_ms: u64,
+    ) -> RegistrationResponse {
+        let outcome = match &request.answer {
+            None => self
+                .challenge(&request.device, fresh_nonce, now_ms)
+                .map(|()| RegistrationResponse::Challenge(fresh_nonce)),
+            Some(answer) => self
+                .register(&request.device, answer, now_ms)
+                .map(|_| RegistrationResponse::Accepted(config)),
+        };
+        match outcome {
+            Ok(response) => response,
+            Err(FleetError::Registration(e)) => RegistrationResponse::Rejected(e.rejection()),
+            // `challenge` and `register` only fail with registration errors.
+            Err(_) => RegistrationResponse::Rejected(
+                iot_lifecycle::registration::RegistrationRejection::InvalidProof,
+            ),
+        }
+    }
+
+    fn touch(&mut self, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
+        let record = self
+            .registry
+            .device_mut(id)
+            .ok_or(ReportError::NotRegistered)?;
+        let came_back = !record.online;
+        if came_back {
+            let outage = now_ms.saturating_sub(record.last_seen_ms);
+            record.downtime_ms = record.downtime_ms.saturating_add(outage);
+            record.online = true;
+        }
+        record.last_seen_ms = record.last_seen_ms.max(now_ms);
+        if came_back {
+            let (tenant, scope) = (record.tenant, record.scope.clone());
+            self.log(
+                now_ms,
+                Actor::Device(*id),
+                tenant,
+                scope,
+                Some(*id),
+                AuditAction::BackOnline,
+            );
+        }
+        Ok(())
+    }
+
+    /// A heartbeat, optionally with a battery reading in percent.
+    pub fn heartbeat(
+        &mut self,
+        id: &DeviceId,
+        battery_percent: Option<f32>,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        self.touch(id, now_ms)?;
+        if let (Some(p), Some(record)) = (battery_percent, self.registry.device_mut(id)) {
+            record.battery.record(now_ms, p);
+        }
+        Ok(())
+    }
+
+    /// The device reports a lifecycle transition (`event`, ending in `claimed`). It is
+    /// validated with [`iot_lifecycle::transition`]; an illegal one is flagged on the
+    /// record and in the audit trail, and not applied.
+    pub fn report_transition(
+        &mut self,
+        id: &DeviceId,
+        event: Event,
+        claimed: State,
+        now_ms: u64,
+    ) -> Result<State, FleetError> {
+        self.touch(id, now_ms)?;
+        let result = self.registry.apply_reported(id, event, claimed, now_ms);
+        let Some(record) = self.registry.device(id) else {
+            return Err(ReportError::NotRegistered.into());
+        };
+        let (tenant, scope) = (record.tenant, record.scope.clone());
+        let action = match &result {
+            Ok((from, to)) if from == to => return Ok(*to),
+            Ok((from, to)) => AuditAction::Transition {
+                from: *from,
+                event,
+                to: *to,
+            },
+            Err(ReportError::IllegalTransition(error)) => AuditAction::IllegalTransitionFlagged {
+                error: *error,
+                claimed,
+            },
+            Err(ReportError::StateMismatch { from, .. }) => AuditAction::IllegalTransitionFlagged {
+                error: TransitionError {
+                    state: *from,
+                    event,
+                },
+                claimed,
+            },
+            Err(e) => return Err((*e).into()),
+        };
+        self.log(now_ms, Actor::Device(*id), tenant, scope, Some(*id), action);
+        result.map(|(_, to)| to).map_err(FleetError::from)
+    }
+
+    /// Meters `usage` (messages received, bytes stored) for the device.
+    pub fn record_usage(
+        &mut self,
+        id: &DeviceId,
+        usage: Usage,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        self.touch(id, now_ms)?;
+        if let Some(record) = self.registry.device_mut(id) {
+            record.usage.add(usage);
+        }
+        Ok(())
+    }
+
+    fn shadow_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
+        self.shadows.entry(*id).or_insert_with(|| {
+            Box::new(Shadow::new(
+                MapStore::new(),
+                Policy::LastWriterWins,
+                Limits::DEFAULT,
+            ))
+        })
+    }
+
+    /// The device updates its shadow (normally its `reported` half). Every write must be
+    /// stamped `Origin::Device`, so a device cannot borrow the backend's precedence
+    /// (`Forbidden` otherwise). Reconciliation is iot-shadow's [`Shadow::apply`]. Device
+    /// shadow traffic is metered, not audited entry by entry.
+    pub fn device_shadow_update(
+        &mut self,
+        id: &DeviceId,
+        update: &Update<'_>,
+        now_ms: u64,
+    ) -> Result<Outcome, FleetError> {
+        self.touch(id, now_ms)?;
+        if update
+            .writes
+            .iter()
+            .any(|w| w.stamp.origin != Origin::Device)
+        {
+            return Err(AccessError::Forbidden.into());
+        }
+        Ok(self.shadow_mut(id).apply(update, now_ms)?)
+    }
+
+    /// Marks every device not heard from within the heartbeat timeout as offline and
+    /// returns the newly offline ones.
+    pub fn sweep(&mut self, now_ms: u64) -> Vec<DeviceId> {
+        let timeout = self.policy.heartbeat_timeout_ms;
+        let mut newly: Vec<(DeviceId, TenantId, Scope)> = Vec::new();
+        for record in self.registry.all_devices_mut() {
+            if record.online && now_ms.saturating_sub(record.last_seen_ms) > timeout {
+                record.online = false;
+                newly.push((record.id, record.tenant, record.scope.clone()));
+            }
+        }
+        let mut ids = Vec::with_capacity(newly.len());
+        for (id, tenant, scope) in newly {
+            self.log(
+                now_ms,
+                Actor::System,
+                tenant,
+                scope,
+                Some(id),
+                AuditAction::MarkedOffline,
+            );
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// What the device should do about the tenant's rollouts: `(rollout id, instruction)`
+    /// for every rollout that asks something of it.
+    pub fn instructions(&self, id: &DeviceId) -> Vec<(u32, Instruction)> {
+        let Some(tenant) = self.registry.device(id).map(|r| r.tenant) else {
+            return Vec::new();
+        };
+        self.rollouts
+            .range((tenant, 0)..=(tenant, u32::MAX))
+            .map(|((_, n), r)| (*n, r.rollout.instruction(id)))
+            .filter(|(_, i)| *i != Instruction::Wait)
+            .collect()
+    }
+
+    /// The device reports the result of installing the version of rollout `rollout`.
+    pub fn report_update(
+        &mut self,
+        id: &DeviceId,
+        rollout: u32,
+        success: bool,
+        now_ms: u64,
+    ) -> Result<Progress, FleetError> {
+        self.touch(id, now_ms)?;
+        let record = self.registry.device(id).ok_or(ReportError::NotRegistered)?;
+        let (tenant, scope) = (record.tenant, record.scope.clone());
+        let scoped = self
+            .rollouts
+            .get_mut(&(tenant, rollout))
+            .ok_or(RolloutError::NotAdmitted)?;
+        let progress = scoped.rollout.report(id, success)?;
+        let version = String::from(scoped.rollout.version());
+        let rollout_scope = scoped.scope.clone();
+        if success && let Some(record) = self.registry.device_mut(id) {
+            record.firmware = Some(version);
+        }
+        self.log(
+            now_ms,
+            Actor::Device(*id),
+            tenant,
+            scope,
+            Some(*id),
+            AuditAction::UpdateReported { rollout, success },
+        );
+        let action = match progress {
+            Progress::Unchanged => None,
+            Progress::Advanced(stage) => Some(AuditAction::RolloutAdvanced { rollout, stage }),
+            Progress::Halted(stage) => Some(AuditAction::RolloutHalted { rollout, stage }),
+            Progress::Completed => Some(AuditAction::RolloutCompleted { rollout }),
+        };
+        if let Some(action) = action {
+            self.log(now_ms, Actor::System, tenant, rollout_scope, None, action);
+        }
+        Ok(progress)
+    }
+
+    // ----- tenant-facing reads -----------------------------------------------------------
+
+    /// One device, if the caller may see it.
+    pub fn device(&self, p: &Principal, id: &DeviceId) -> Result<&DeviceRecord, FleetError> {
+        Ok(self.visible_device(p, id, Role::Viewer)?)
+    }
+
+    /// Every device the caller may see, by id.
+    pub fn devices<'a>(&'a self, p: &'a Principal) -> impl Iterator<Item = &'a DeviceRecord> + 'a {
+        self.registry
+            .tenant_devices(&p.tenant)
+            .filter(move |r| p.scope.contains(&r.scope))
+    }
+
+    fn devices_in<'a>(
+        &'a self,
+        p: &Principal,
+        scope: &'a Scope,
+    ) -> Result<impl Iterator<Item = &'a DeviceRecord> + 'a, FleetError> {
+        p.check_scope(scope, Role::Viewer)?;
+        Ok(self
+            .registry
+            .tenant_devices(&p.tenant)
+            .filter(move |r| scope.contains(&r.scope)))
+    }
+
+    /// Device counts by health and lifecycle state in `scope`, broken down by the scopes
+    /// one level below it.
+    pub fn health_report(
+        &self,
+        p: &Principal,
+        scope: &Scope,
+        now_ms: u64,
+    ) -> Result<HealthReport, FleetError> {
+        let mut counts = HealthCounts::default();
+        let mut children: BTreeMap<Scope, HealthCounts> = BTreeMap::new();
+        for record in self.devices_in(p, scope)? {
+            let status = health::status_of(record, now_ms, &self.policy);
+            counts.add(status, record.state);
+            if let Some(child) = scope.next_step_towards(&record.scope) {
+                children.entry(child).or_default().add(status, record.state);
+            }
+        }
+        Ok(HealthReport {
+            tenant: p.tenant,
+            scope: scope.clone(),
+            at_ms: now_ms,
+            counts,
+            children,
+        })
+    }
+
+    /// Battery replacements in `scope` predicted within `horizon_ms` from now, soonest
+    /// first (ties by device id).
+    pub fn battery_schedule(
+        &self,
+        p: &Principal,
+        scope: &Scope,
+        now_ms: u64,
+        horizon_ms: u64,
+    ) -> Result<Vec<BatteryReplacement>, FleetError> {
+        let until = now_ms.saturating_add(horizon_ms);
+        let level = self.policy.replace_at_percent;
+        let mut plan: Vec<BatteryReplacement> = self
+            .devices_in(p, scope)?
+            .filter_map(|r| {
+                let predicted_at_ms = r.battery.predict_time_at(level)?;
+                let battery_percent = r.battery.latest()?;
+                (predicted_at_ms <= until).then(|| BatteryReplacement {
+                    device: r.id,
+                    scope: r.scope.clone(),
+                    predicted_at_ms,
+                    battery_percent,
+                })
+            })
+            .collect();
+        plan.sort_by_key(|b| (b.predicted_at_ms, b.device));
+        Ok(plan)
+    }
+
+    /// Metering of `scope`: current devices, usage and availability, including devices
+    /// decommissioned there up to their decommissioning.
+    pub fn metering(
+        &self,
+        p: &Principal,
+        scope: &Scope,
+        now_ms: u64,
+    ) -> Result<TenantMetering, FleetError> {
+        let mut total = TenantMetering::default();
+        for record in self.devices_in(p, scope)? {
+            total.devices = total.devices.saturating_add(1);
+            total.usage.add(record.usage);
+            total.availability.add(availability_of(record, now_ms));
+        }
+        let retired = self
+            .retired
+            .range((p.tenant, Scope::root())..)
+            .take_while(|((t, _), _)| *t == p.tenant)
+            .filter(|((_, s), _)| scope.contains(s));
+        for (_, m) in retired {
+            total.usage.add(m.usage);
+            total.availability.add(m.availability);
+        }
+        Ok(total)
+    }
+
+    /// The audit entries the caller may read, oldest first.
+    pub fn audit_trail<'a>(
+        &'a self,
+        p: &'a Principal,
+    ) -> impl Iterator<Item = &'a AuditEntry> + 'a {
+        self.audit.visible_to(p)
+    }
+
+    /// The device's shadow (`None` until the first update), if the caller may see the device.
+    pub fn shadow(
+        &self,
+        p: &Principal,
+        id: &DeviceId,
+    ) -> Result<Option<&ServerShadow>, FleetError> {
+        self.visible_device(p, id, Role::Viewer)?;
+        Ok(self.shadows.get(id).map(|s| &**s))
+    }
+
+    /// A rollout, if the caller may see its scope.
+    pub fn rollout(&self, p: &Principal, rollout: u32) -> Result<&ScopedRollout, FleetError> {
+        let scoped = self
+            .rollouts
+            .get(&(p.tenant, rollout))
+            .ok_or(AccessError::NotFound)?;
+        p.check(&p.tenant, &scoped.scope, Role::Viewer)?;
+        Ok(scoped)
+    }
+
+    // ----- tenant-facing writes ----------------------------------------------------------
+
+    /// An operator applies a lifecycle `event` to a device (for example `ManualIntervention`
+    /// or `ScheduledUpdate`), validated like a device report. Needs `Operator`.
+    pub fn request_transition(
+        &mut self,
+        p: &Principal,
+        id: &DeviceId,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<State, FleetError> {
+        let record = self.visible_device(p, id, Role::Operator)?;
+        let from = record.state;
+        let to = transition(from, event)?;
+        let scope = record.scope.clone();
+        if let Some(record) = self.registry.device_mut(id) {
+            record.state = to;
+        }
+        if from != to {
+            self.log(
+                now_ms,
+                Actor::Principal(p.actor.clone()),
+                p.tenant,
+                scope,
+                Some(*id),
+                AuditAction::Transition { from, event, to },
+            );
+        }
+        Ok(to)
+    }
+
+    /// Updates the device's shadow (normally its `desired` half) for an operator. Every
+    /// write must be stamped `Origin::Cloud`. Needs `Operator`; a change is audited with the
+    /// new document version.
+    pub fn update_shadow(
+        &mut self,
+        p: &Principal,
+        id: &DeviceId,
+        update: &Update<'_>,
+        now_ms: u64,
+    ) -> Result<Outcome, FleetError> {
+        let scope = self.visible_device(p, id, Role::Operator)?.scope.clone();
+        if update
+            .writes
+            .iter()
+            .any(|w| w.stamp.origin != Origin::Cloud)
+        {
+            return Err(AccessError::Forbidden.into());
+        }
+        let outcome = self.shadow_mut(id).apply(update, now_ms)?;
+        if outcome.changed {
+            self.log(
+                now_ms,
+                Actor::Principal(p.actor.clone()),
+                p.tenant,
+                scope,
+                Some(*id),
+                AuditAction::ShadowUpdated {
+                    version: outcome.version,
+                },
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Moves a device to another scope; both must lie in the caller's scope. Needs
+    /// `Operator`.
+    pub fn move_device(
+        &mut self,
+        p: &Principal,
+        id: &DeviceId,
+        to: &Scope,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        self.visible_device(p, id, Role::Operator)?;
+        p.check_scope(to, Role::Operator)?;
+        let Some(record) = self.registry.device_mut(id) else {
+            return Err(AccessError::NotFound.into());
+        };
+        let from = core::mem::replace(&mut record.scope, to.clone());
+        if from != *to {
+            self.log(
+                now_ms,
+                Actor::Principal(p.actor.clone()),
+                p.tenant,
+                to.clone(),
+                Some(*id),
+                AuditAction::Moved { from },
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a staged rollout of `version` to the `Active` devices in `scope`. Needs
+    /// `Operator`. Returns the tenant-local rollout id.
+    pub fn start_rollout(
+        &mut self,
+        p: &Principal,
+        scope: &Scope,
+        version: &str,
+        previous: Option<&str>,
+        config: RolloutConfig,
+        now_ms: u64,
+    ) -> Result<u32, FleetError> {
+        p.check_scope(scope, Role::Operator)?;
+        let targets: Vec<DeviceId> = self
+            .registry
+            .tenant_devices(&p.tenant)
+            .filter(|r| scope.contains(&r.scope) && r.state == State::Active)
+            .map(|r| r.id)
+            .collect();
+        let rollout = Rollout::new(version, previous, targets, config)?;
+        let next = self.next_rollout.entry(p.tenant).or_insert(0);
+        let id = *next;
+        *next = next.saturating_add(1);
+        self.rollouts.insert(
+            (p.tenant, id),
+            ScopedRollout {
+                scope: scope.clone(),
+                rollout,
+            },
+        );
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope.clone(),
+            None,
+            AuditAction::RolloutStarted {
+                rollout: id,
+                version: String::from(version),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Decommissions a device: revokes its identity (the secret is wiped, later
+    /// registrations fail with `Revoked`), deletes its shadow, removes it from monitoring,
+    /// metering and rollouts, and keeps its audit entries. Needs `Admin`.
+    pub fn decommission(
+        &mut self,
+        p: &Principal,
+        id: &DeviceId,
+        now_ms: u64,
+    ) -> Result<Decommissioned, FleetError> {
+        let previous = self.visible_device(p, id, Role::Admin)?.state;
+        let forced = transition(previous, Event::EndOfLife).is_err()
+            && transition(previous, Event::Unrecoverable).is_err();
+        let record = self.registry.revoke(id).ok_or(AccessError::NotFound)?;
+        let retired = self
+            .retired
+            .entry((record.tenant, record.scope.clone()))
+            .or_default();
+        retired.usage.add(record.usage);
+        retired.availability.add(availability_of(&record, now_ms));
+        // The backend's copy of the device's state is wiped with it.
+        self.shadows.remove(id);
+        let mut decisions = Vec::new();
+        for ((_, rollout), scoped) in self
+            .rollouts
+            .range_mut((record.tenant, 0)..=(record.tenant, u32::MAX))
+        {
+            let action = match scoped.rollout.withdraw(id) {
+                Progress::Unchanged => continue,
+                Progress::Advanced(stage) => AuditAction::RolloutAdvanced {
+                    rollout: *rollout,
+                    stage,
+                },
+                Progress::Halted(stage) => AuditAction::RolloutHalted {
+                    rollout: *rollout,
+                    stage,
+                },
+                Progress::Completed => AuditAction::RolloutCompleted { rollout: *rollout },
+            };
+            decisions.push((scoped.scope.clone(), action));
+        }
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            record.scope,
+            Some(*id),
+            AuditAction::Decommissioned { previous, forced },
+        );
+        for (scope, action) in decisions {
+            self.log(now_ms, Actor::System, p.tenant, scope, None, action);
+        }
+        Ok(Decommissioned { previous, forced })
+    }
+}
