@@ -1,1 +1,4 @@
-//! Cross-crate integration, conformance and property tests live in `tests/tests/`.
+//! Cross-crate integration, conformance and property tests live in `tests/tests/`; this
+//! library holds what several of them share.
+
+pub mod proto_check;

@@ -8,81 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use iot_core::proto;
+use iot_tests::proto_check::{descriptor, rust_matches_schema, schema, schema_matches_rust};
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
-
-/// Compiles every `.proto` file in the workspace's `proto/` directory.
-pub fn schema() -> DescriptorPool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
-        .collect();
-    assert!(!files.is_empty(), "no .proto files in {}", dir.display());
-    let set = protox::compile(&files, [&dir]).expect("schema compiles");
-    DescriptorPool::from_file_descriptor_set(set).unwrap()
-}
-
-fn descriptor(pool: &DescriptorPool, name: &str) -> MessageDescriptor {
-    pool.get_message_by_name(name)
-        .unwrap_or_else(|| panic!("{name} is not in the schema"))
-}
-
-/// Rust -> schema: every schema field is set from the Rust value, none is unknown.
-/// `oneof_alternatives` lists the field names that are legitimately unset because a
-/// different member of their oneof is set.
-fn rust_matches_schema<M: Message>(
-    pool: &DescriptorPool,
-    name: &str,
-    value: &M,
-    unset_ok: &[&str],
-) {
-    let desc = descriptor(pool, name);
-    let bytes = value.encode_to_vec();
-    let dynamic =
-        DynamicMessage::decode(desc.clone(), bytes.as_slice()).expect("schema decodes Rust bytes");
-    assert_eq!(
-        dynamic.unknown_fields().count(),
-        0,
-        "{name}: Rust sends fields the schema lacks"
-    );
-    for field in desc.fields() {
-        if unset_ok.contains(&field.name()) {
-            continue;
-        }
-        assert!(
-            dynamic.has_field(&field),
-            "{name}.{}: set in Rust, missing in schema decode",
-            field.name()
-        );
-    }
-    // Byte-identical re-encoding proves types (varint vs zigzag vs fixed) agree.
-    assert_eq!(
-        dynamic.encode_to_vec(),
-        bytes,
-        "{name}: schema re-encodes differently"
-    );
-}
-
-/// Schema -> Rust: a dynamic message with every field set decodes into the Rust type and
-/// re-encodes to the same bytes.
-fn schema_matches_rust<M: Message + Default>(
-    pool: &DescriptorPool,
-    name: &str,
-    fill: impl Fn(&mut DynamicMessage),
-) {
-    let desc = descriptor(pool, name);
-    let mut dynamic = DynamicMessage::new(desc);
-    fill(&mut dynamic);
-    let bytes = dynamic.encode_to_vec();
-    let decoded = M::decode(bytes.as_slice()).expect("Rust decodes schema bytes");
-    assert_eq!(
-        decoded.encode_to_vec(),
-        bytes,
-        "{name}: Rust re-encodes differently"
-    );
-}
+use prost_reflect::Value;
 
 #[test]
 fn envelope_agrees_with_schema() {

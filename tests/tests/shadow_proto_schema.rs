@@ -3,75 +3,16 @@
 //! Same method as `proto_schema.rs`: the schema is compiled with `protox`; a fully populated
 //! Rust value must decode against the schema with every field present and nothing unknown and
 //! re-encode to the same bytes; a dynamic message with every schema field set must decode
-//! into the Rust type and re-encode to the same bytes. (Self-contained: the helpers are
-//! repeated here so the two files do not depend on each other.)
+//! into the Rust type and re-encode to the same bytes. The helpers live in
+//! `iot_tests::proto_check`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use iot_shadow::proto::{
     self, ShadowArray, ShadowLeaf, ShadowMessage, ShadowScalar, ShadowStamp, ShadowValue,
     shadow_scalar, shadow_value,
 };
-use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
-
-fn schema() -> DescriptorPool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
-        .collect();
-    let set = protox::compile(&files, [&dir]).expect("schema compiles");
-    DescriptorPool::from_file_descriptor_set(set).unwrap()
-}
-
-fn descriptor(pool: &DescriptorPool, name: &str) -> MessageDescriptor {
-    pool.get_message_by_name(name)
-        .unwrap_or_else(|| panic!("{name} is not in the schema"))
-}
-
-fn rust_matches_schema<M: Message>(
-    pool: &DescriptorPool,
-    name: &str,
-    value: &M,
-    unset_ok: &[&str],
-) {
-    let desc = descriptor(pool, name);
-    let bytes = value.encode_to_vec();
-    let dynamic = DynamicMessage::decode(desc.clone(), bytes.as_slice()).expect("schema decodes");
-    assert_eq!(
-        dynamic.unknown_fields().count(),
-        0,
-        "{name}: fields unknown to the schema"
-    );
-    for field in desc.fields() {
-        if unset_ok.contains(&field.name()) {
-            continue;
-        }
-        assert!(dynamic.has_field(&field), "{name}.{} missing", field.name());
-    }
-    assert_eq!(
-        dynamic.encode_to_vec(),
-        bytes,
-        "{name}: schema re-encodes differently"
-    );
-}
-
-fn schema_matches_rust<M: Message + Default>(
-    pool: &DescriptorPool,
-    name: &str,
-    fill: impl Fn(&mut DynamicMessage),
-) {
-    let mut dynamic = DynamicMessage::new(descriptor(pool, name));
-    fill(&mut dynamic);
-    let bytes = dynamic.encode_to_vec();
-    let decoded = M::decode(bytes.as_slice()).expect("Rust decodes schema bytes");
-    assert_eq!(
-        decoded.encode_to_vec(),
-        bytes,
-        "{name}: Rust re-encodes differently"
-    );
-}
+use iot_tests::proto_check::{descriptor, rust_matches_schema, schema, schema_matches_rust};
+use prost_reflect::Value;
 
 fn stamp() -> ShadowStamp {
     ShadowStamp {
