@@ -1,0 +1,1190 @@
+//! The device agent: registration, then heartbeats, telemetry, health checks and shadow
+//! syncs on the device lab's cadence, driven by health and by the backend's commands.
+//!
+//! [`Agent`] is *sans-IO*: it never sleeps, never reads a clock and never touches a link.
+//! The caller feeds it the time and every inbound message, and it answers through two small
+//! traits the caller implements:
+//!
+//! - [`Board`]: the sensors ([`Board::sample`]), the LED, wiping user data, and the
+//!   board-level commands (it is a [`CommandHandler`]);
+//! - [`Outbound`]: [`Outbound::send`] one message (on a device: enqueue it into an
+//!   `iot_transport::qos::ReliableEndpoint`; in tests: record it).
+//!
+//! The loop around it is always the same (the async [`runner`] does exactly this):
+//!
+//! 1. [`Agent::start`] once: sends the registration request.
+//! 2. For each inbound envelope, [`Agent::handle`].
+//! 3. [`Agent::poll`] runs every duty that is due and returns the next deadline: sleep
+//!    until then or until a message arrives, whichever comes first. No busy waiting.
+//!
+//! # What it does
+//!
+//! | when | what | kind (QoS) |
+//! |---|---|---|
+//! | `start`, then on the registration backoff until answered | registration request; the answer to the backend's challenge (HMAC proof) | `RegistrationRequest` (0) |
+//! | every `health_interval_ms` (5 s) | health check, report sent every time; drives `Degraded` and `AutoRecovery` | `HealthReport` (0) |
+//! | every `heartbeat_interval_ms` (10 s) | [`Heartbeat`] | `Heartbeat` (0) |
+//! | every `sync_interval_ms` (15 s), at once on a change | pending shadow changes, or a `ShadowGet` with the last version when nothing is pending | `ShadowUpdate` (1) / `ShadowGet` (0) |
+//! | every `telemetry_interval_ms` (30 s; x3 in `Degraded`; paused in `Maintenance`) | temperature, humidity, battery, report-on-change | `Telemetry` (1) |
+//! | each new command | exactly one ack | `CommandAck` (1) |
+//! | decommissioning | the [`AuditRecord`](crate::registration::AuditRecord), then silence | `Decommission` (1) |
+//!
+//! # Rules
+//!
+//! - **Report-on-change.** At each telemetry run every quantity is offered to its own
+//!   [`ReportOnChange`] filter (deadband: `telemetry_deadband` of the configuration; maximum
+//!   silence: [`SILENT_TELEMETRY_PERIODS`] normal telemetry periods). The message carries
+//!   the readings that passed; when none passed, nothing is sent. So a steady sensor is still
+//!   heard from at least every 4 periods (2 min on the lab's 30 s), and a changing one every
+//!   period.
+//! - **Health.** Every check's report is sent. A `Critical` check moves `Active` to
+//!   `Degraded` (telemetry `degraded_telemetry_factor` times slower); `recovery_checks`
+//!   healthy checks in a row move it back (`AutoRecovery`).
+//! - **Maintenance** is entered and left only by the commands `EnterMaintenance` and
+//!   `ExitMaintenance` (through [`DeviceCommands`]); telemetry pauses in between.
+//! - **Commands.** A command id is acked once. A redelivered command (same id, still in the
+//!   [`CommandProcessor`] window of `C` ids) is neither executed nor acked again: the first
+//!   ack travels at least once (QoS 1), so the transport repairs its loss.
+//! - **Configuration: who is the source of truth.** The versioned [`ConfigStore`] holds
+//!   everything the backend configures (registration, `ConfigUpdate`, `SetConfig`). The
+//!   telemetry interval is also a shadow field (`config.telemetry_interval_ms`,
+//!   last-writer-wins): an operator may change it through the shadow's desired state, and
+//!   the interval in force is the shadow's *reported* value. A newer configuration version
+//!   writes its interval into the shadow (the later write wins); a desired interval that the
+//!   configuration rules refuse (0, or above one day) is overwritten by the device with the
+//!   interval in force, which clears the desired value. The shadow also reports the lifecycle state and the
+//!   configuration version (device-owned) and the LED (last-writer-wins).
+//! - **Decommissioning** (`Decommission` message with a
+//!   [`DecommissionReason`]): user data and the secret are wiped by
+//!   [`registration::decommission`](crate::registration::decommission), the audit record is
+//!   sent, and the agent falls silent: [`Agent::poll`] returns `None` and every later message
+//!   is refused.
+//!
+//! No allocation: every buffer is inside the [`Agent`] (its size is the sum of its const
+//! generic capacities) or on the stack.
+
+pub mod runner;
+
+use iot_core::codec::{DecodeError, decode, encode_into};
+use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
+use iot_core::telemetry::{Measurement, Reading, Telemetry};
+use iot_core::{DeviceId, EnvelopeRef, Error, ErrorKind, MessageKind, NodeId, QoS};
+use iot_shadow::{DeviceShadow, Handled, Limits, ShadowError, Value};
+use iot_transport::SplitMix64;
+use iot_transport::retry::{Backoff, BackoffPolicy, Jitter};
+use minicbor::{CborLen, Decode, Encode};
+
+use crate::command::{CommandAck, CommandHandler, CommandProcessor, DeviceCommands, command_id};
+use crate::config::{ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, ValidationError};
+use crate::health::{HealthMonitor, HealthSample, HealthStatus};
+use crate::registration::{
+    DecommissionError, DecommissionReason, DeviceSecret, RegistrationRejection,
+    RegistrationRequest, RegistrationResponse, Wipe, decommission,
+};
+use crate::schedule::{Duty, Mode, Schedule};
+use crate::state::{Event, Lifecycle, State};
+
+iot_shadow::shadow_state! {
+    /// The part of the device's state it keeps in its shadow.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AgentState {
+        /// Telemetry interval in force, in milliseconds (the operator may change it).
+        pub telemetry_interval_ms: u32 => TELEMETRY_INTERVAL, "config.telemetry_interval_ms", LastWriterWins;
+        /// Status LED.
+        pub led: bool => LED, "led", LastWriterWins;
+        /// Lifecycle state (wire code of [`State`]); device-owned.
+        pub lifecycle: u8 => LIFECYCLE, "lifecycle", DeviceWins;
+        /// Configuration version in force; device-owned.
+        pub config_version: u32 => CONFIG_VERSION, "config.version", DeviceWins;
+    }
+}
+
+/// A steady reading is still reported after this many normal telemetry periods.
+pub const SILENT_TELEMETRY_PERIODS: u64 = 4;
+/// Readings per telemetry message: temperature, humidity, battery.
+pub const TELEMETRY_READINGS: usize = 3;
+/// Remote shadow stamps further ahead than this are not adopted by the device clock.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+/// Duties run by one [`Agent::poll`] at most (a bound, never reached in practice: four
+/// duties plus one immediate sync).
+const MAX_DUTIES_PER_POLL: usize = 16;
+
+/// The registration retry policy unless set with [`Agent::with_registration_backoff`]:
+/// 2 s doubling to 60 s, equal jitter, unlimited attempts.
+pub const DEFAULT_REGISTRATION_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(2_000, 60_000).with_jitter(Jitter::Equal);
+
+/// The QoS the agent requests for each kind of message it sends.
+pub const fn qos_for(kind: MessageKind) -> QoS {
+    match kind {
+        MessageKind::Telemetry
+        | MessageKind::ShadowUpdate
+        | MessageKind::CommandAck
+        | MessageKind::Decommission => QoS::AtLeastOnce,
+        _ => QoS::AtMostOnce,
+    }
+}
+
+/// One reading of the board's sensors and vital signs. Absent values are neither sent nor
+/// checked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SensorSample {
+    /// Temperature in degrees Celsius.
+    pub temperature_c: Option<f32>,
+    /// Relative humidity in percent.
+    pub humidity_percent: Option<f32>,
+    /// Battery charge in percent.
+    pub battery_percent: Option<u8>,
+    /// Battery voltage in millivolts.
+    pub battery_mv: Option<u16>,
+    /// Received signal strength in dBm.
+    pub rssi_dbm: Option<i16>,
+    /// Free memory in bytes.
+    pub free_memory_bytes: Option<u32>,
+    /// Sends that failed in a row, as the transport counts them.
+    pub consecutive_send_failures: u16,
+    /// Errors counted since boot (wrapping).
+    pub error_count: u32,
+}
+
+/// The board the agent runs on: sensors, LED, storage to wipe, and board-level commands.
+pub trait Board: CommandHandler {
+    /// Reads the sensors now.
+    fn sample(&mut self, now_ms: u64) -> SensorSample;
+    /// Switches the status LED (a shadow change). Does nothing by default.
+    fn set_led(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// Erases user data and logs when the device is decommissioned; `false` if it failed
+    /// (then nothing else is wiped and decommissioning can be retried).
+    fn wipe_user_data(&mut self) -> bool {
+        true
+    }
+}
+
+/// Where the agent's messages go.
+pub trait Outbound {
+    /// Why a message could not be sent (for example a full outbox).
+    type Error;
+    /// Sends (or queues) one message.
+    fn send(
+        &mut self,
+        kind: MessageKind,
+        qos: QoS,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<(), Self::Error>;
+}
+
+/// The payload of `MessageKind::Heartbeat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct Heartbeat {
+    /// Heartbeat counter since boot.
+    #[n(0)]
+    pub seq: u32,
+    /// Milliseconds since the agent started.
+    #[n(1)]
+    pub uptime_ms: u64,
+    /// Lifecycle state.
+    #[n(2)]
+    pub state: State,
+    /// Configuration version in force.
+    #[n(3)]
+    pub config_version: u32,
+    /// Latest health verdict.
+    #[n(4)]
+    pub health: HealthStatus,
+}
+
+/// Where registration stands.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RegistrationPhase {
+    /// Not started.
+    Idle,
+    /// Request sent, waiting for the backend's challenge.
+    AwaitingChallenge,
+    /// Challenge answered, waiting for the verdict.
+    AwaitingVerdict,
+    /// Accepted: the device is provisioned.
+    Registered,
+    /// Refused by the backend; the device is `Unprovisioned` again.
+    Rejected(RegistrationRejection),
+    /// The backoff policy ran out of attempts or time; the device is `Unprovisioned` again.
+    GaveUp,
+}
+
+/// Why the agent refused an inbound message or a call. The agent's state is consistent
+/// after every error; none is fatal.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AgentError {
+    /// The payload does not decode.
+    #[error("undecodable payload: {0}")]
+    Decode(#[from] DecodeError),
+    /// The message or call does not fit the lifecycle state.
+    #[error("not expected in state {0}")]
+    Unexpected(State),
+    /// The shadow refused a notification.
+    #[error("shadow: {0}")]
+    Shadow(#[from] ShadowError),
+    /// A configuration was not applied (the previous one stays in force).
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// Decommissioning is not allowed from this state; nothing was wiped.
+    #[error("cannot decommission from state {0}")]
+    DecommissionRefused(State),
+    /// Wiping user data failed; nothing else was wiped.
+    #[error("wiping user data failed")]
+    WipeFailed,
+    /// A message could not be encoded or sent (counted in [`AgentStats`]).
+    #[error("a message could not be sent")]
+    Send,
+}
+
+impl Error for AgentError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Decode(e) => e.kind(),
+            Self::Unexpected(_) | Self::DecommissionRefused(_) => ErrorKind::InvalidState,
+            Self::Shadow(e) => e.kind(),
+            Self::Config(e) => e.kind(),
+            Self::WipeFailed => ErrorKind::Storage,
+            Self::Send => ErrorKind::Transport,
+        }
+    }
+}
+
+/// Counters of what the agent did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AgentStats {
+    /// Messages handed to [`Outbound::send`] successfully.
+    pub sent: u32,
+    /// Messages [`Outbound::send`] refused.
+    pub send_errors: u32,
+    /// Messages that could not be encoded (buffer too small).
+    pub encode_errors: u32,
+    /// Inbound messages refused (see [`AgentError`]).
+    pub rejected: u32,
+    /// Registration requests sent, answers included.
+    pub registration_requests: u32,
+    /// Readings held back by report-on-change.
+    pub readings_suppressed: u32,
+    /// Desired values the device refused (an invalid telemetry interval).
+    pub desired_refused: u32,
+    /// Initial configurations (in a registration acceptance) that were stale or invalid;
+    /// the configuration in force was kept.
+    pub configs_refused: u32,
+}
+
+struct BoardWipe<'a, B: ?Sized>(&'a mut B);
+
+impl<B: Board + ?Sized> Wipe for BoardWipe<'_, B> {
+    type Error = ();
+    fn wipe(&mut self) -> Result<(), ()> {
+        if self.0.wipe_user_data() {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+/// The device agent. `H`: lifecycle history records; `C`: command ids remembered for
+/// idempotence; `S`: shadow leaves (at least 8 for [`AgentState`]: its four fields, desired
+/// and reported); `B`: bytes of the largest payload it encodes. See the [module
+/// documentation](self).
+pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize> {
+    device: DeviceId,
+    firmware_version: u32,
+    secret: DeviceSecret,
+    lifecycle: Lifecycle<H>,
+    health: HealthMonitor,
+    commands: CommandProcessor<C>,
+    config: ConfigStore,
+    /// The configuration the schedule and filters were built from (the store's, with the
+    /// shadow's telemetry interval).
+    in_force: DeviceConfig,
+    schedule: Schedule,
+    shadow: DeviceShadow<AgentState, S>,
+    filters: [Option<ReportOnChange>; TELEMETRY_READINGS],
+    registration: RegistrationPhase,
+    backoff: Backoff,
+    rng: SplitMix64,
+    retry_at: Option<u64>,
+    last_attempt: bool,
+    started_ms: Option<u64>,
+    heartbeat_seq: u32,
+    send_failures: u16,
+    led: bool,
+    stats: AgentStats,
+    buf: [u8; B],
+}
+
+impl<const H: usize, const C: usize, const S: usize, const B: usize> core::fmt::Debug
+    for Agent<H, C, S, B>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Agent")
+            .field("device", &self.device)
+            .field("state", &self.lifecycle.state())
+            .field("mode", &self.schedule.mode())
+            .field("registration", &self.registration)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One filter per quantity; `None` (never for a validated configuration) sends every reading.
+fn filters_for(config: &DeviceConfig) -> [Option<ReportOnChange>; TELEMETRY_READINGS] {
+    let silence = u64::from(config.telemetry_interval_ms).saturating_mul(SILENT_TELEMETRY_PERIODS);
+    let filter = ReportOnChange::new(config.telemetry_deadband)
+        .ok()
+        .map(|f| f.with_max_silence_ms(silence));
+    [filter.clone(), filter.clone(), filter]
+}
+
+const fn state_code(state: State) -> u8 {
+    match state {
+        State::Unprovisioned => 0,
+        State::Provisioning => 1,
+        State::Active => 2,
+        State::Degraded => 3,
+        State::Maintenance => 4,
+        State::Decommissioned => 5,
+    }
+}
+
+const fn mode_for(state: State) -> Mode {
+    match state {
+        State::Active => Mode::Normal,
+        State::Degraded => Mode::Degraded,
+        State::Maintenance => Mode::Maintenance,
+        State::Unprovisioned | State::Provisioning | State::Decommissioned => Mode::Suspended,
+    }
+}
+
+impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C, S, B> {
+    /// A factory-fresh agent (`Unprovisioned`, nothing scheduled) for `device` (for
+    /// example [`DeviceId::from_mac`]) holding its factory `secret`, starting from
+    /// `config` (the defaults, or the configuration read back from flash).
+    pub fn new(
+        device: DeviceId,
+        firmware_version: u32,
+        secret: DeviceSecret,
+        config: DeviceConfig,
+    ) -> Result<Self, ValidationError> {
+        let store = ConfigStore::with_config(config)?;
+        let schedule = Schedule::suspended(&config)?;
+        let node = NodeId::from_device_id(&device);
+        let state = AgentState {
+            telemetry_interval_ms: config.telemetry_interval_ms,
+            led: false,
+            lifecycle: state_code(State::Unprovisioned),
+            config_version: config.version,
+        };
+        Ok(Self {
+            device,
+            firmware_version,
+            secret,
+            lifecycle: Lifecycle::new(),
+            health: HealthMonitor::new(config.thresholds),
+            commands: CommandProcessor::new(),
+            config: store,
+            in_force: config,
+            schedule,
+            shadow: DeviceShadow::new(state, node, Limits::DEFAULT, MAX_CLOCK_DRIFT_MS),
+            filters: filters_for(&config),
+            registration: RegistrationPhase::Idle,
+            backoff: Backoff::new(DEFAULT_REGISTRATION_BACKOFF, 0),
+            rng: SplitMix64::new(u64::from(node.0)),
+            retry_at: None,
+            last_attempt: false,
+            started_ms: None,
+            heartbeat_seq: 0,
+            send_failures: 0,
+            led: false,
+            stats: AgentStats::default(),
+            buf: [0; B],
+        })
+    }
+
+    /// Retries registration on `policy` instead of [`DEFAULT_REGISTRATION_BACKOFF`].
+    #[must_use]
+    pub const fn with_registration_backoff(mut self, policy: BackoffPolicy) -> Self {
+        self.backoff = Backoff::new(policy, 0);
+        self
+    }
+
+    /// The device id.
+    pub const fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The lifecycle state.
+    pub const fn state(&self) -> State {
+        self.lifecycle.state()
+    }
+
+    /// The lifecycle, with its history.
+    pub const fn lifecycle(&self) -> &Lifecycle<H> {
+        &self.lifecycle
+    }
+
+    /// The scheduling mode.
+    pub const fn mode(&self) -> Mode {
+        self.schedule.mode()
+    }
+
+    /// The schedule (periods and deadlines).
+    pub const fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The versioned configuration store.
+    pub const fn config(&self) -> &ConfigStore {
+        &self.config
+    }
+
+    /// The configuration in force: the store's, with the shadow's telemetry interval.
+    pub const fn config_in_force(&self) -> &DeviceConfig {
+        &self.in_force
+    }
+
+    /// The device shadow.
+    pub const fn shadow(&self) -> &DeviceShadow<AgentState, S> {
+        &self.shadow
+    }
+
+    /// The health monitor.
+    pub const fn health(&self) -> &HealthMonitor {
+        &self.health
+    }
+
+    /// The command processor (remembered acks).
+    pub const fn commands(&self) -> &CommandProcessor<C> {
+        &self.commands
+    }
+
+    /// Where registration stands.
+    pub const fn registration(&self) -> RegistrationPhase {
+        self.registration
+    }
+
+    /// Counters.
+    pub const fn stats(&self) -> AgentStats {
+        self.stats
+    }
+
+    /// Whether the device secret has been wiped (decommissioned).
+    pub const fn is_wiped(&self) -> bool {
+        self.secret.is_wiped()
+    }
+
+    /// The earliest time [`Agent::poll`] has work: a duty or a registration retry. `None`
+    /// when nothing will run until a message arrives or [`Agent::start`] is called.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match (self.schedule.next_deadline(), self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Starts (or restarts) registration at `now_ms`: `Unprovisioned -> Provisioning` and
+    /// the first registration request. Later attempts follow the backoff in
+    /// [`Agent::poll`] until the backend answers.
+    pub fn start<O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        match self.lifecycle.state() {
+            State::Unprovisioned => {
+                self.lifecycle
+                    .apply(Event::RegistrationInitiated, now_ms, &mut ())
+                    .map_err(|e| AgentError::Unexpected(e.state))?;
+            }
+            State::Provisioning => {}
+            other => return Err(AgentError::Unexpected(other)),
+        }
+        self.started_ms.get_or_insert(now_ms);
+        self.backoff.reset(now_ms);
+        self.last_attempt = false;
+        self.send_registration(now_ms, None, out)
+    }
+
+    /// Restores remembered command acks (persisted from [`Agent::commands`] before a
+    /// reboot), so a command redelivered after the reboot is not executed again.
+    pub fn restore_acks<I: IntoIterator<Item = CommandAck>>(&mut self, acks: I) {
+        for ack in acks {
+            self.commands.remember(ack);
+        }
+    }
+
+    /// Switches the LED locally (a button, say) and syncs the shadow at once.
+    pub fn set_led<D: Board + ?Sized>(
+        &mut self,
+        on: bool,
+        now_ms: u64,
+        board: &mut D,
+    ) -> Result<(), AgentError> {
+        self.shadow.set(AgentState::LED, Value::Bool(on), now_ms)?;
+        self.apply_led(board);
+        self.schedule.run_now(Duty::ShadowSync, now_ms);
+        Ok(())
+    }
+
+    /// Handles one inbound message at `now_ms`. Afterwards call [`Agent::poll`] (a change
+    /// may have made a shadow sync due at once).
+    pub fn handle<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        envelope: &EnvelopeRef<'_>,
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let result = self.dispatch(now_ms, envelope, board, out);
+        if result.is_err() {
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+        }
+        result
+    }
+
+    fn dispatch<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        envelope: &EnvelopeRef<'_>,
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let state = self.lifecycle.state();
+        let operating = matches!(state, State::Active | State::Degraded | State::Maintenance);
+        let payload = envelope.payload;
+        match envelope.kind {
+            MessageKind::RegistrationResponse => self.on_registration(now_ms, payload, out),
+            MessageKind::ShadowDelta
+            | MessageKind::ShadowAccepted
+            | MessageKind::ShadowDocument
+                if operating =>
+            {
+                self.on_shadow(now_ms, payload, board, out)
+            }
+            MessageKind::Command if operating => self.on_command(now_ms, payload, board, out),
+            MessageKind::ConfigUpdate if operating => {
+                if self.config.apply_cbor(payload)? != ApplyOutcome::AlreadyCurrent {
+                    self.adopt_config(now_ms);
+                }
+                Ok(())
+            }
+            MessageKind::Decommission if operating => {
+                self.on_decommission(now_ms, payload, board, out)
+            }
+            _ => Err(AgentError::Unexpected(state)),
+        }
+    }
+
+    /// Runs every duty due at `now_ms` (and a registration retry if one is due), then
+    /// returns the next deadline: sleep until then, or until a message arrives. `None`
+    /// when nothing will run (not started, gave up or was refused registration, or
+    /// decommissioned). A returned deadline is later than `now_ms`, except after more than
+    /// 16 duties fell due at once (then it is `now_ms`: poll again).
+    pub fn poll<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        board: &mut D,
+        out: &mut O,
+    ) -> Option<u64> {
+        if self.retry_at.is_some_and(|at| at <= now_ms) {
+            self.retry_registration(now_ms, out);
+        }
+        for _ in 0..MAX_DUTIES_PER_POLL {
+            let Some(duty) = self.schedule.poll(now_ms) else {
+                break;
+            };
+            match duty {
+                Duty::HealthCheck => self.check_health(now_ms, board, out),
+                Duty::Heartbeat => self.heartbeat(now_ms, out),
+                Duty::ShadowSync => self.sync_shadow(now_ms, out),
+                Duty::Telemetry => self.telemetry(now_ms, board, out),
+            }
+        }
+        self.next_deadline()
+    }
+
+    // ---- registration -------------------------------------------------------------------
+
+    fn send_registration<O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        nonce: Option<&[u8; 16]>,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let request = match nonce {
+            None => RegistrationRequest {
+                device: self.device,
+                firmware_version: self.firmware_version,
+                answer: None,
+            },
+            Some(nonce) => RegistrationRequest::answering(
+                self.device,
+                self.firmware_version,
+                &self.secret,
+                nonce,
+            )
+            .map_err(|_| AgentError::Unexpected(self.lifecycle.state()))?,
+        };
+        self.registration = if nonce.is_some() {
+            RegistrationPhase::AwaitingVerdict
+        } else {
+            RegistrationPhase::AwaitingChallenge
+        };
+        if nonce.is_none() {
+            self.arm_retry(now_ms);
+        }
+        self.stats.registration_requests = self.stats.registration_requests.saturating_add(1);
+        if self.emit(MessageKind::RegistrationRequest, &request, now_ms, out) {
+            Ok(())
+        } else {
+            Err(AgentError::Send)
+        }
+    }
+
+    /// Arms the timer for the next attempt (the wait for an answer to this one).
+    fn arm_retry(&mut self, now_ms: u64) {
+        match self.backoff.next_delay(now_ms, &mut self.rng) {
+            Some(delay) => self.retry_at = Some(now_ms.saturating_add(delay.max(1))),
+            None => {
+                // Out of attempts: wait one more maximal delay for this last answer.
+                self.last_attempt = true;
+                let wait = self.backoff.policy().max_delay_ms.max(1);
+                self.retry_at = Some(now_ms.saturating_add(wait));
+            }
+        }
+    }
+
+    fn retry_registration<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
+        self.retry_at = None;
+        if self.lifecycle.state() != State::Provisioning {
+            return;
+        }
+        if self.last_attempt {
+            let _ = self
+                .lifecycle
+                .apply(Event::ProvisioningFailed, now_ms, &mut ());
+            self.registration = RegistrationPhase::GaveUp;
+            return;
+        }
+        let _ = self.send_registration(now_ms, None, out);
+    }
+
+    fn on_registration<O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        payload: &[u8],
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let response: RegistrationResponse = decode(payload)?;
+        let state = self.lifecycle.state();
+        if state != State::Provisioning {
+            return Err(AgentError::Unexpected(state));
+        }
+        match response {
+            RegistrationResponse::Challenge(nonce) => {
+                if self.registration != RegistrationPhase::AwaitingChallenge {
+                    return Err(AgentError::Unexpected(state));
+                }
+                self.send_registration(now_ms, Some(&nonce), out)
+            }
+            RegistrationResponse::Accepted(config) => {
+                if self.registration != RegistrationPhase::AwaitingVerdict {
+                    return Err(AgentError::Unexpected(state));
+                }
+                // A stale or invalid initial configuration leaves the one in force (counted
+                // in `AgentStats::configs_refused`).
+                let applied = self.config.apply(config);
+                self.lifecycle
+                    .apply(Event::ConfigComplete, now_ms, &mut ())
+                    .map_err(|e| AgentError::Unexpected(e.state))?;
+                self.registration = RegistrationPhase::Registered;
+                self.retry_at = None;
+                self.started_ms.get_or_insert(now_ms);
+                self.adopt_config(now_ms);
+                self.sync_mode(now_ms);
+                self.shadow.report_state(now_ms)?;
+                self.schedule.run_now(Duty::ShadowSync, now_ms);
+                if applied.is_err() {
+                    // Registration stands; the configuration in force is kept.
+                    self.stats.configs_refused = self.stats.configs_refused.saturating_add(1);
+                }
+                Ok(())
+            }
+            RegistrationResponse::Rejected(reason) => {
+                self.lifecycle
+                    .apply(Event::ProvisioningFailed, now_ms, &mut ())
+                    .map_err(|e| AgentError::Unexpected(e.state))?;
+                self.registration = RegistrationPhase::Rejected(reason);
+                self.retry_at = None;
+                Ok(())
+            }
+        }
+    }
+
+    // ---- configuration, mode and shadow -------------------------------------------------
+
+    /// A new configuration version is in the store: write its interval and version into the
+    /// shadow and rebuild the cadence.
+    fn adopt_config(&mut self, now_ms: u64) {
+        let config = *self.config.current();
+        self.health.set_thresholds(config.thresholds);
+        let state = *self.shadow.state();
+        if state.telemetry_interval_ms != config.telemetry_interval_ms {
+            let _ = self.shadow.set(
+                AgentState::TELEMETRY_INTERVAL,
+                Value::Int(config.telemetry_interval_ms.into()),
+                now_ms,
+            );
+        }
+        if state.config_version != config.version {
+            let _ = self.shadow.set(
+                AgentState::CONFIG_VERSION,
+                Value::Int(config.version.into()),
+                now_ms,
+            );
+        }
+        self.refresh_cadence(now_ms);
+        self.schedule.run_now(Duty::ShadowSync, now_ms);
+    }
+
+    /// Rebuilds the schedule and filters if the configuration in force changed. A shadow
+    /// interval the configuration rules refuse is overwritten with the interval in force.
+    fn refresh_cadence(&mut self, now_ms: u64) {
+        let wanted = DeviceConfig {
+            telemetry_interval_ms: self.shadow.state().telemetry_interval_ms,
+            ..*self.config.current()
+        };
+        let wanted = if wanted.validate().is_ok() {
+            wanted
+        } else {
+            self.stats.desired_refused = self.stats.desired_refused.saturating_add(1);
+            // Keep the interval in force (it passed validation) with the store's other fields.
+            let fallback = DeviceConfig {
+                telemetry_interval_ms: self.in_force.telemetry_interval_ms,
+                ..*self.config.current()
+            };
+            let fallback = if fallback.validate().is_ok() {
+                fallback
+            } else {
+                *self.config.current()
+            };
+            let _ = self.shadow.set(
+                AgentState::TELEMETRY_INTERVAL,
+                Value::Int(fallback.telemetry_interval_ms.into()),
+                now_ms,
+            );
+            self.schedule.run_now(Duty::ShadowSync, now_ms);
+            fallback
+        };
+        if wanted == self.in_force {
+            return;
+        }
+        let rebuild_filters = wanted.telemetry_deadband.to_bits()
+            != self.in_force.telemetry_deadband.to_bits()
+            || wanted.telemetry_interval_ms != self.in_force.telemetry_interval_ms;
+        if self.schedule.set_config(&wanted, now_ms).is_ok() {
+            if rebuild_filters {
+                self.filters = filters_for(&wanted);
+            }
+            self.in_force = wanted;
+        }
+    }
+
+    /// Brings the schedule's mode and the shadow's lifecycle field in line with the state.
+    fn sync_mode(&mut self, now_ms: u64) {
+        let state = self.lifecycle.state();
+        self.schedule.set_mode(mode_for(state), now_ms);
+        let code = state_code(state);
+        if self.shadow.state().lifecycle != code {
+            let _ = self
+                .shadow
+                .set(AgentState::LIFECYCLE, Value::Int(code.into()), now_ms);
+            self.schedule.run_now(Duty::ShadowSync, now_ms);
+        }
+    }
+
+    fn apply_led<D: Board + ?Sized>(&mut self, board: &mut D) {
+        let led = self.shadow.state().led;
+        if led != self.led {
+            self.led = led;
+            board.set_led(led);
+        }
+    }
+
+    fn on_shadow<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        payload: &[u8],
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let handled = self.shadow.handle_cbor::<S>(payload, now_ms)?;
+        if handled == Handled::AppliedWithGap {
+            self.request_document(now_ms, out);
+        }
+        self.apply_led(board);
+        self.refresh_cadence(now_ms);
+        if self.shadow.has_pending() && handled != Handled::Ignored {
+            self.schedule.run_now(Duty::ShadowSync, now_ms);
+        }
+        Ok(())
+    }
+
+    fn request_document<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
+        let version = self.shadow.last_version();
+        self.emit(MessageKind::ShadowGet, &version, now_ms, out);
+    }
+
+    // ---- commands and decommissioning ---------------------------------------------------
+
+    fn on_command<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        payload: &[u8],
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let repeat = command_id(payload).is_some_and(|id| self.commands.ack_for(id).is_some());
+        let version = self.config.current().version;
+        let mut handler = DeviceCommands {
+            lifecycle: &mut self.lifecycle,
+            hooks: &mut (),
+            config: &mut self.config,
+            device: board,
+            now_ms,
+        };
+        let ack = self
+            .commands
+            .process_payload(payload, now_ms, &mut handler)?;
+        if self.config.current().version != version {
+            self.adopt_config(now_ms);
+        }
+        self.sync_mode(now_ms);
+        if repeat || self.emit(MessageKind::CommandAck, &ack, now_ms, out) {
+            Ok(())
+        } else {
+            Err(AgentError::Send)
+        }
+    }
+
+    fn on_decommission<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        payload: &[u8],
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let reason: DecommissionReason = decode(payload)?;
+        let audit = decommission(
+            &mut self.lifecycle,
+            &mut (),
+            &mut self.secret,
+            &mut BoardWipe(board),
+            self.device,
+            reason,
+            now_ms,
+        )
+        .map_err(|e| match e {
+            DecommissionError::NotAllowed(state) => AgentError::DecommissionRefused(state),
+            DecommissionError::Wipe(()) => AgentError::WipeFailed,
+        })?;
+        self.schedule.set_mode(Mode::Suspended, now_ms);
+        self.retry_at = None;
+        if self.emit(MessageKind::Decommission, &audit, now_ms, out) {
+            Ok(())
+        } else {
+            Err(AgentError::Send)
+        }
+    }
+
+    // ---- duties -------------------------------------------------------------------------
+
+    fn uptime(&self, now_ms: u64) -> u64 {
+        self.started_ms.map_or(0, |s| now_ms.saturating_sub(s))
+    }
+
+    fn check_health<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        board: &mut D,
+        out: &mut O,
+    ) {
+        let s = board.sample(now_ms);
+        let sample = HealthSample {
+            battery_percent: s.battery_percent,
+            battery_mv: s.battery_mv,
+            rssi_dbm: s.rssi_dbm,
+            consecutive_send_failures: s.consecutive_send_failures.max(self.send_failures),
+            reading: s.temperature_c,
+            free_memory_bytes: s.free_memory_bytes,
+            error_count: s.error_count,
+            uptime_ms: self.uptime(now_ms),
+        };
+        let report = self.health.check(&sample);
+        self.emit(MessageKind::HealthReport, &report, now_ms, out);
+        if let Some(event) = self.health.lifecycle_event(self.lifecycle.state(), &report)
+            && self.lifecycle.apply(event, now_ms, &mut ()).is_ok()
+        {
+            self.sync_mode(now_ms);
+        }
+    }
+
+    fn heartbeat<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
+        let beat = Heartbeat {
+            seq: self.heartbeat_seq,
+            uptime_ms: self.uptime(now_ms),
+            state: self.lifecycle.state(),
+            config_version: self.config.current().version,
+            health: self
+                .health
+                .last_report()
+                .map_or(HealthStatus::Healthy, |r| r.status),
+        };
+        self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
+        self.emit(MessageKind::Heartbeat, &beat, now_ms, out);
+    }
+
+    fn sync_shadow<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
+        match self.shadow.encode_pending(None, &mut self.buf) {
+            Ok(Some(n)) => {
+                if let Some(bytes) = self.buf.get(..n) {
+                    let result = out.send(
+                        MessageKind::ShadowUpdate,
+                        qos_for(MessageKind::ShadowUpdate),
+                        bytes,
+                        now_ms,
+                    );
+                    self.count_send(result.is_ok());
+                }
+            }
+            Ok(None) => self.request_document(now_ms, out),
+            Err(_) => self.stats.encode_errors = self.stats.encode_errors.saturating_add(1),
+        }
+    }
+
+    fn telemetry<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        board: &mut D,
+        out: &mut O,
+    ) {
+        let s = board.sample(now_ms);
+        let measurements = [
+            s.temperature_c
+                .map(|celsius| Measurement::Temperature { celsius }),
+            s.humidity_percent
+                .map(|percent| Measurement::Humidity { percent }),
+            s.battery_percent
+                .map(|percent| Measurement::BatteryPercent { percent }),
+        ];
+        let mut batch: Telemetry<TELEMETRY_READINGS> = Telemetry::new();
+        for (filter, measurement) in self.filters.iter_mut().zip(measurements) {
+            let Some(measurement) = measurement else {
+                continue;
+            };
+            let reading = Reading::new(now_ms, measurement);
+            let decision = match filter {
+                Some(filter) => filter.offer(&reading),
+                None => reading
+                    .measurement
+                    .validate()
+                    .map(|()| Decision::Report(ReportReason::Changed))
+                    .map_err(|_| FlowError::InvalidConfig),
+            };
+            match decision {
+                Ok(Decision::Report(_)) => {
+                    // Cannot overflow: one slot per filter.
+                    let _ = batch.push(reading);
+                }
+                Ok(Decision::Suppress) => {
+                    self.stats.readings_suppressed =
+                        self.stats.readings_suppressed.saturating_add(1);
+                }
+                // An implausible reading (NaN, out of domain) is not sent.
+                Err(_) => {}
+            }
+        }
+        if !batch.is_empty() {
+            self.emit(MessageKind::Telemetry, &batch, now_ms, out);
+        }
+    }
+
+    // ---- output -------------------------------------------------------------------------
+
+    /// Encodes `value` into the agent's buffer and sends it; `false` if either failed.
+    fn emit<T, O>(&mut self, kind: MessageKind, value: &T, now_ms: u64, out: &mut O) -> bool
+    where
+        T: Encode<()> + CborLen<()>,
+        O: Outbound + ?Sized,
+    {
+        let Ok(n) = encode_into(value, &mut self.buf) else {
+            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
+            return false;
+        };
+        let Some(bytes) = self.buf.get(..n) else {
+            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
+            return false;
+        };
+        let ok = out.send(kind, qos_for(kind), bytes, now_ms).is_ok();
+        self.count_send(ok);
+        ok
+    }
+
+    fn count_send(&mut self, ok: bool) {
+        if ok {
+            self.stats.sent = self.stats.sent.saturating_add(1);
+            self.send_failures = 0;
+        } else {
+            self.stats.send_errors = self.stats.send_errors.saturating_add(1);
+            self.send_failures = self.send_failures.saturating_add(1);
+        }
+    }
+}
+
+/// The device lab's agent: 8 lifecycle records, 16 remembered commands, 8 shadow leaves,
+/// 512-byte payloads.
+pub type LabAgent = Agent<8, 16, 8, 512>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::MessageId;
+
+    struct Quiet;
+    impl CommandHandler for Quiet {}
+    impl Board for Quiet {
+        fn sample(&mut self, _now_ms: u64) -> SensorSample {
+            SensorSample::default()
+        }
+    }
+
+    struct Sink(u32);
+    impl Outbound for Sink {
+        type Error = ();
+        fn send(&mut self, _: MessageKind, _: QoS, _: &[u8], _: u64) -> Result<(), ()> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    fn agent() -> LabAgent {
+        LabAgent::new(
+            DeviceId::from_mac([1, 2, 3, 4, 5, 6]),
+            1,
+            DeviceSecret::from_bytes([1; 32]),
+            DeviceConfig::DEFAULT,
+        )
+        .unwrap()
+    }
+
+    fn env(kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            device: DeviceId::new("b").unwrap(),
+            seq: 0,
+            id: MessageId(0),
+            qos: QoS::AtMostOnce,
+            kind,
+            payload,
+        }
+    }
+
+    #[test]
+    fn reliable_kinds_ask_for_at_least_once() {
+        assert_eq!(qos_for(MessageKind::Telemetry), QoS::AtLeastOnce);
+        assert_eq!(qos_for(MessageKind::CommandAck), QoS::AtLeastOnce);
+        assert_eq!(qos_for(MessageKind::Heartbeat), QoS::AtMostOnce);
+        assert_eq!(qos_for(MessageKind::HealthReport), QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn filters_take_the_deadband_and_four_periods_of_silence() {
+        let config = DeviceConfig {
+            telemetry_deadband: 0.25,
+            telemetry_interval_ms: 10_000,
+            ..DeviceConfig::DEFAULT
+        };
+        for f in filters_for(&config) {
+            let f = f.unwrap();
+            assert_eq!(f.deadband(), 0.25);
+            assert_eq!(f.max_silence_ms(), Some(40_000));
+        }
+    }
+
+    #[test]
+    fn only_operating_states_schedule_duties() {
+        for state in State::ALL {
+            let runs = mode_for(state) != Mode::Suspended;
+            assert_eq!(
+                runs,
+                matches!(state, State::Active | State::Degraded | State::Maintenance)
+            );
+            assert_eq!(
+                usize::from(state_code(state)),
+                State::ALL.iter().position(|s| *s == state).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn before_start_nothing_runs_and_messages_are_refused() {
+        let mut a = agent();
+        let mut sink = Sink(0);
+        assert_eq!(a.poll(0, &mut Quiet, &mut sink), None);
+        assert_eq!(
+            a.handle(
+                0,
+                &env(MessageKind::Command, &[0xa0]),
+                &mut Quiet,
+                &mut sink
+            ),
+            Err(AgentError::Unexpected(State::Unprovisioned))
+        );
+        assert!(matches!(
+            a.handle(
+                0,
+                &env(MessageKind::RegistrationResponse, &[0xff]),
+                &mut Quiet,
+                &mut sink
+            ),
+            Err(AgentError::Decode(_))
+        ));
+        assert_eq!((sink.0, a.stats().rejected), (0, 2));
+        a.start(5, &mut sink).unwrap();
+        assert_eq!(a.state(), State::Provisioning);
+        assert_eq!(sink.0, 1);
+        // The first retry waits 1..=2 s (2 s base, equal jitter).
+        let retry = a.next_deadline().unwrap();
+        assert!((1_005..=2_005).contains(&retry), "{retry}");
+        assert_eq!(a.start(6, &mut sink), Ok(()));
+    }
+
+    #[test]
+    fn an_encoding_that_does_not_fit_is_counted_not_sent() {
+        let mut tiny: Agent<4, 4, 8, 8> = Agent::new(
+            DeviceId::from_mac([1, 2, 3, 4, 5, 6]),
+            1,
+            DeviceSecret::from_bytes([1; 32]),
+            DeviceConfig::DEFAULT,
+        )
+        .unwrap();
+        let mut sink = Sink(0);
+        assert_eq!(tiny.start(0, &mut sink), Err(AgentError::Send));
+        assert_eq!((sink.0, tiny.stats().encode_errors), (0, 1));
+    }
+}

@@ -1,0 +1,208 @@
+//! The async driver that connects an [`Agent`] to a [`ReliableEndpoint`] on a device.
+//!
+//! One [`Runner::step`] receives what the link holds (acking and deduplicating), hands each
+//! message to [`Agent::handle`], runs the due duties with [`Agent::poll`], transmits what
+//! they queued, and returns when it next has work. [`Runner::run_until`] repeats that,
+//! sleeping in between with a [`Waiter`] the firmware implements, for example with
+//! `embassy_futures::select::select(Timer::at(deadline), link_ready.wait())` on embassy:
+//! it wakes for the deadline *or* an inbound datagram, never spins.
+//!
+//! The runner owns an inbox of `K` envelopes of up to `P` payload bytes, so the agent can
+//! answer messages through the same endpoint that received them. A message that does not
+//! fit is dropped and counted ([`Runner::dropped`]); a QoS 1 sender retransmits it.
+
+use heapless::Deque;
+use iot_core::{EnvelopeBuf, MessageKind, QoS};
+use iot_transport::Link;
+use iot_transport::outbox::Priority;
+use iot_transport::qos::{EndpointError, ReliableEndpoint};
+use iot_transport::rng::Rng;
+
+use super::{Agent, Board, Outbound};
+
+/// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
+#[allow(async_fn_in_trait)] // Single-threaded device executors, as `iot_transport::Link`.
+pub trait Waiter {
+    /// The current time in milliseconds (monotonic, same timeline as the agent's).
+    fn now_ms(&mut self) -> u64;
+    /// Returns at `deadline_ms` (`None`: no deadline) or earlier when a datagram may have
+    /// arrived. Early or spurious returns are harmless.
+    async fn wait(&mut self, deadline_ms: Option<u64>);
+}
+
+/// [`Outbound`] into a [`ReliableEndpoint`]'s outbox: command acks, decommissioning and
+/// registration at [`Priority::High`], everything else at [`Priority::Normal`].
+#[derive(Debug)]
+pub struct EndpointOutbound<'a, L, R, const N: usize, const M: usize, const D: usize> {
+    endpoint: &'a mut ReliableEndpoint<L, R, N, M, D>,
+}
+
+impl<'a, L, R, const N: usize, const M: usize, const D: usize> EndpointOutbound<'a, L, R, N, M, D> {
+    /// Sends through `endpoint`.
+    pub const fn new(endpoint: &'a mut ReliableEndpoint<L, R, N, M, D>) -> Self {
+        Self { endpoint }
+    }
+}
+
+/// The outbox priority of each kind the agent sends.
+pub const fn priority_for(kind: MessageKind) -> Priority {
+    match kind {
+        MessageKind::CommandAck | MessageKind::Decommission | MessageKind::RegistrationRequest => {
+            Priority::High
+        }
+        _ => Priority::Normal,
+    }
+}
+
+impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize> Outbound
+    for EndpointOutbound<'_, L, R, N, M, D>
+{
+    type Error = EndpointError<L::Error>;
+
+    fn send(
+        &mut self,
+        kind: MessageKind,
+        qos: QoS,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<(), Self::Error> {
+        self.endpoint
+            .enqueue(kind, qos, priority_for(kind), payload, now_ms)
+            .map(|_| ())
+    }
+}
+
+/// Drives an [`Agent`] over a [`ReliableEndpoint`]. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Runner<const K: usize, const P: usize> {
+    inbox: Deque<EnvelopeBuf<P>, K>,
+    dropped: u32,
+    refused: u32,
+}
+
+impl<const K: usize, const P: usize> Default for Runner<K, P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const K: usize, const P: usize> Runner<K, P> {
+    /// A runner with an empty inbox.
+    pub const fn new() -> Self {
+        Self {
+            inbox: Deque::new(),
+            dropped: 0,
+            refused: 0,
+        }
+    }
+
+    /// Inbound messages dropped because the inbox was full or the payload too large.
+    pub const fn dropped(&self) -> u32 {
+        self.dropped
+    }
+
+    /// Inbound messages the agent refused (see [`super::AgentError`]).
+    pub const fn refused(&self) -> u32 {
+        self.refused
+    }
+
+    async fn receive<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>(
+        &mut self,
+        now_ms: u64,
+        endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
+    ) -> Result<Option<u64>, EndpointError<L::Error>> {
+        let inbox = &mut self.inbox;
+        let dropped = &mut self.dropped;
+        let report = endpoint
+            .poll(now_ms, |env| {
+                let copy = heapless::Vec::from_slice(env.payload)
+                    .ok()
+                    .map(|payload| EnvelopeBuf {
+                        device: env.device,
+                        seq: env.seq,
+                        id: env.id,
+                        qos: env.qos,
+                        kind: env.kind,
+                        payload,
+                    });
+                if copy.is_none_or(|c| inbox.push_back(c).is_err()) {
+                    *dropped = dropped.saturating_add(1);
+                }
+            })
+            .await?;
+        Ok(report.next_wakeup_ms)
+    }
+
+    /// One round at `now_ms`: receive, handle, run due duties, transmit. Returns when the
+    /// next round is needed (`None`: only when a message arrives).
+    pub async fn step<
+        L: Link,
+        R: Rng,
+        const N: usize,
+        const M: usize,
+        const D: usize,
+        B: Board + ?Sized,
+        const H: usize,
+        const C: usize,
+        const S: usize,
+        const BUF: usize,
+    >(
+        &mut self,
+        now_ms: u64,
+        agent: &mut Agent<H, C, S, BUF>,
+        endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
+        board: &mut B,
+    ) -> Result<Option<u64>, EndpointError<L::Error>> {
+        self.receive(now_ms, endpoint).await?;
+        while let Some(env) = self.inbox.pop_front() {
+            let mut out = EndpointOutbound::new(endpoint);
+            if agent
+                .handle(now_ms, &env.as_ref(), board, &mut out)
+                .is_err()
+            {
+                self.refused = self.refused.saturating_add(1);
+            }
+        }
+        let next_agent = agent.poll(now_ms, board, &mut EndpointOutbound::new(endpoint));
+        let next_link = self.receive(now_ms, endpoint).await?;
+        if !self.inbox.is_empty() {
+            return Ok(Some(now_ms));
+        }
+        Ok(match (next_agent, next_link) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Steps and sleeps until the waiter's clock passes `until_ms`.
+    pub async fn run_until<
+        L: Link,
+        R: Rng,
+        const N: usize,
+        const M: usize,
+        const D: usize,
+        B: Board + ?Sized,
+        W: Waiter + ?Sized,
+        const H: usize,
+        const C: usize,
+        const S: usize,
+        const BUF: usize,
+    >(
+        &mut self,
+        agent: &mut Agent<H, C, S, BUF>,
+        endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
+        board: &mut B,
+        waiter: &mut W,
+        until_ms: u64,
+    ) -> Result<(), EndpointError<L::Error>> {
+        loop {
+            let now = waiter.now_ms();
+            if now > until_ms {
+                return Ok(());
+            }
+            let next = self.step(now, agent, endpoint, board).await?;
+            let stop = until_ms.saturating_add(1);
+            waiter.wait(Some(next.map_or(stop, |t| t.min(stop)))).await;
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The device agent of `iot-lifecycle` against the backend of `iot-fleet`: zero-touch
+//! registration with the real proof check, heartbeats keeping the device online, and every
+//! lifecycle transition the agent makes (degraded on a critical battery, recovery,
+//! maintenance by command) accepted by the fleet's validation of reported transitions.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::panic,
+    missing_docs
+)]
+
+use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS, TenantId};
+use iot_fleet::{AssignmentRule, Fleet, ManufacturingRecord, Matcher, Principal, Role, Scope};
+use iot_lifecycle::State;
+use iot_lifecycle::agent::{Board, Heartbeat, LabAgent, Outbound, SensorSample};
+use iot_lifecycle::command::{Command, CommandHandler, CommandKind};
+use iot_lifecycle::config::DeviceConfig;
+use iot_lifecycle::registration::{DeviceSecret, RegistrationRequest};
+
+const SECRET: [u8; 32] = [0x33; 32];
+const MINUTE: u64 = 60_000;
+
+struct Lab;
+impl CommandHandler for Lab {}
+impl Board for Lab {
+    fn sample(&mut self, now_ms: u64) -> SensorSample {
+        let battery = if (30 * MINUTE..60 * MINUTE).contains(&now_ms) {
+            6
+        } else {
+            85
+        };
+        SensorSample {
+            temperature_c: Some(20.0 + (now_ms / 30_000 % 5) as f32),
+            humidity_percent: Some(45.0),
+            battery_percent: Some(battery),
+            battery_mv: Some(3_900),
+            ..SensorSample::default()
+        }
+    }
+}
+
+#[derive(Default)]
+struct Wire(Vec<(u64, MessageKind, Vec<u8>)>);
+impl Outbound for Wire {
+    type Error = ();
+    fn send(&mut self, kind: MessageKind, _: QoS, payload: &[u8], now_ms: u64) -> Result<(), ()> {
+        self.0.push((now_ms, kind, payload.to_vec()));
+        Ok(())
+    }
+}
+
+fn cbor<T: minicbor::Encode<()> + minicbor::CborLen<()>>(value: &T) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    let n = iot_core::codec::encode_into(value, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn envelope(kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
+    EnvelopeRef {
+        device: DeviceId::new("fleet").unwrap(),
+        seq: 0,
+        id: MessageId(0),
+        qos: QoS::AtLeastOnce,
+        kind,
+        payload,
+    }
+}
+
+struct Backend {
+    fleet: Fleet,
+    admin: Principal,
+    nonces: u8,
+    reported: usize,
+    heartbeats: u32,
+}
+
+impl Backend {
+    /// Handles everything the device sent since `from`; returns the replies.
+    fn serve(&mut self, wire: &Wire, from: usize, agent: &LabAgent) -> Vec<(MessageKind, Vec<u8>)> {
+        let mut replies = Vec::new();
+        for (at, kind, payload) in &wire.0[from..] {
+            match kind {
+                MessageKind::RegistrationRequest => {
+                    let request: RegistrationRequest = iot_core::codec::decode(payload).unwrap();
+                    self.nonces += 1;
+                    let config = DeviceConfig {
+                        version: 1,
+                        ..DeviceConfig::DEFAULT
+                    };
+                    let response =
+                        self.fleet
+                            .handle_registration(&request, [self.nonces; 16], config, *at);
+                    replies.push((MessageKind::RegistrationResponse, cbor(&response)));
+                }
+                MessageKind::Heartbeat => {
+                    let beat: Heartbeat = iot_core::codec::decode(payload).unwrap();
+                    assert_eq!(beat.state, agent.state());
+                    self.fleet.heartbeat(&agent.device(), None, *at).unwrap();
+                    self.heartbeats += 1;
+                }
+                _ => {}
+            }
+        }
+        // The device reports its transitions (here read from its history); the fleet
+        // validates each with the same transition table.
+        let history: Vec<_> = agent.lifecycle().history().copied().collect();
+        for record in &history[self.reported.min(history.len())..] {
+            if record.from == State::Unprovisioned {
+                continue; // registration itself moved the fleet's record
+            }
+            let to = self
+                .fleet
+                .report_transition(&agent.device(), record.event, record.to, record.at_ms)
+                .unwrap();
+            assert_eq!(to, record.to);
+        }
+        self.reported = history.len();
+        replies
+    }
+}
+
+#[test]
+fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_legal() {
+    let device = DeviceId::from_mac([0x24, 0x0a, 0xc4, 0x00, 0x00, 0x01]);
+    let tenant = TenantId::new("lab").unwrap();
+    let admin = Principal::new("lab-admin", tenant, Scope::root(), Role::Admin);
+    let mut fleet = Fleet::default();
+    let list = vec![ManufacturingRecord {
+        device_id: device,
+        secret: SECRET,
+        sku: "ESP32C3-TH".into(),
+        serial: 1,
+    }];
+    fleet
+        .import_manufacturing(&admin, &"intake".parse().unwrap(), list, 0)
+        .unwrap();
+    fleet
+        .add_assignment_rule(
+            &admin,
+            AssignmentRule {
+                matcher: Matcher::Sku("ESP32C3-TH".into()),
+                scope: "lab/bench-1".parse().unwrap(),
+            },
+            0,
+        )
+        .unwrap();
+    let mut backend = Backend {
+        fleet,
+        admin,
+        nonces: 0,
+        reported: 0,
+        heartbeats: 0,
+    };
+
+    let mut agent = LabAgent::new(
+        device,
+        3,
+        DeviceSecret::from_bytes(SECRET),
+        DeviceConfig::DEFAULT,
+    )
+    .unwrap();
+    let (mut board, mut wire) = (Lab, Wire::default());
+    let mut served = 0;
+    let mut now = 0;
+    agent.start(now, &mut wire).unwrap();
+    let end = 120 * MINUTE;
+    while now <= end {
+        if now == 80 * MINUTE {
+            let enter = Command::new(
+                1,
+                now,
+                Command::NEVER_EXPIRES,
+                CommandKind::EnterMaintenance,
+            );
+            agent
+                .handle(
+                    now,
+                    &envelope(MessageKind::Command, &cbor(&enter)),
+                    &mut board,
+                    &mut wire,
+                )
+                .unwrap();
+        }
+        if now == 90 * MINUTE {
+            let exit = Command::new(2, now, Command::NEVER_EXPIRES, CommandKind::ExitMaintenance);
+            agent
+                .handle(
+                    now,
+                    &envelope(MessageKind::Command, &cbor(&exit)),
+                    &mut board,
+                    &mut wire,
+                )
+                .unwrap();
+        }
+        // Exchange with the backend until quiet, then run what is due.
+        loop {
+            let replies = backend.serve(&wire, served, &agent);
+            served = wire.0.len();
+            for (kind, payload) in &replies {
+                agent
+                    .handle(now, &envelope(*kind, payload), &mut board, &mut wire)
+                    .unwrap();
+            }
+            let next = agent.poll(now, &mut board, &mut wire).unwrap();
+            assert!(next > now);
+            if replies.is_empty() && served == wire.0.len() {
+                now = next;
+                break;
+            }
+        }
+        assert!(
+            backend.fleet.sweep(now.min(end)).is_empty(),
+            "marked offline at {now}"
+        );
+    }
+
+    let record = backend.fleet.device(&backend.admin, &device).unwrap();
+    assert_eq!(record.state, State::Active);
+    assert_eq!(record.state, agent.state());
+    assert_eq!(record.scope, "lab/bench-1".parse().unwrap());
+    assert_eq!(record.illegal_transitions, 0);
+    assert!(record.online);
+    let path: Vec<State> = agent.lifecycle().history().map(|r| r.to).collect();
+    assert_eq!(
+        path,
+        [
+            State::Provisioning,
+            State::Active,
+            State::Degraded,
+            State::Active,
+            State::Maintenance,
+            State::Active
+        ]
+    );
+    assert_eq!(u64::from(backend.heartbeats), end / 10_000 + 1);
+}
