@@ -16,10 +16,12 @@ use iot_lifecycle::{Event, State, TransitionError};
 use sha2::{Digest, Sha256};
 
 use crate::access::{Principal, Scope};
+use crate::metering::Usage;
 use crate::registry::RegistrationError;
 
 /// Who performed an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum Actor {
     /// A person or service acting through the fleet API (the principal's `actor` name).
@@ -32,6 +34,7 @@ pub enum Actor {
 
 /// What was done.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum AuditAction {
     /// Manufacturing records were imported.
@@ -59,6 +62,10 @@ pub enum AuditAction {
     /// A device reported a transition the lifecycle does not allow; it was not applied.
     IllegalTransitionFlagged {
         /// The rejected (state, event) pair, as the backend sees it.
+        #[cfg_attr(
+            feature = "serde",
+            serde(with = "crate::registry::transition_error_serde")
+        )]
         error: TransitionError,
         /// The state the device claimed to be in afterwards.
         claimed: State,
@@ -72,7 +79,9 @@ pub enum AuditAction {
         /// The scope it left.
         from: Scope,
     },
-    /// An operator changed the device's shadow.
+    /// The device's shadow changed: by an operator (actor `Principal`, normally its desired
+    /// half) or by the device's own report (actor `Device`). Updates that change nothing
+    /// (duplicates, stale writes) are not recorded.
     ShadowUpdated {
         /// The document version after the change.
         version: u64,
@@ -90,6 +99,36 @@ pub enum AuditAction {
         rollout: u32,
         /// Whether the update succeeded.
         success: bool,
+    },
+    /// A device did not report within the rollout's report deadline and now counts as
+    /// failed (told to roll back).
+    UpdateTimedOut {
+        /// Tenant-local rollout id.
+        rollout: u32,
+    },
+    /// An operator paused a rollout.
+    RolloutPaused {
+        /// Tenant-local rollout id.
+        rollout: u32,
+    },
+    /// An operator resumed a paused rollout.
+    RolloutResumed {
+        /// Tenant-local rollout id.
+        rollout: u32,
+    },
+    /// An operator aborted a rollout: installed devices roll back, pending ones cancel.
+    RolloutAborted {
+        /// Tenant-local rollout id.
+        rollout: u32,
+        /// The stage it was in.
+        stage: usize,
+    },
+    /// Usage was metered for the device (one entry per [`crate::Fleet::record_usage`]
+    /// call, which carries an aggregate: the ingest pipeline batches counts per device and
+    /// interval).
+    UsageRecorded {
+        /// The messages and bytes added.
+        usage: Usage,
     },
     /// A rollout moved to its next stage.
     RolloutAdvanced {
@@ -120,8 +159,10 @@ pub enum AuditAction {
     },
 }
 
-/// One audit record.
+/// One audit record. With the `serde` feature it can be exported and read back; the copy
+/// still passes [`AuditLog::verify_chain`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AuditEntry {
     /// Position in the log, from 0, without gaps.
     pub seq: u64,

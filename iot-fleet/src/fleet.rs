@@ -1,9 +1,20 @@
 //! The [`Fleet`] facade: every tenant-facing read and write takes a [`Principal`] and is
 //! checked against its tenant, scope and role before any data is touched (see
 //! [`crate::access`] for what `NotFound` and `Forbidden` mean), and every state-changing
-//! operation appends to the [audit trail](crate::audit) (routine device traffic --
-//! heartbeats, usage, the device's own shadow reports -- is metered, not audited entry by
-//! entry).
+//! operation appends to the [audit trail](crate::audit): operator writes, registrations and
+//! rejected ones, lifecycle reports (applied or flagged), shadow changes by operators and by
+//! the device's own reports (when the document version changes), metered usage, offline and
+//! back-online changes, rollout decisions (reports, time-outs, advance, halt, completion) and
+//! operator control (pause, resume, abort), decommissioning.
+//!
+//! Two device-facing calls are deliberately *not* audited entry by entry, because they only
+//! refresh measurements and leave every audited fact unchanged: a heartbeat (it updates
+//! `last_seen_ms` and the battery history; the online/offline *transitions* it causes are
+//! audited as `BackOnline` / `MarkedOffline`), and a registration challenge (it replaces the
+//! identity's one outstanding, single-use, 60-second nonce; the registration that consumes
+//! it, or its rejection, is audited). Auditing heartbeats would add an entry every few
+//! seconds per device, and auditing challenges a second entry per registration, without
+//! recording any decision.
 //!
 //! Device-facing methods ([`Fleet::register`], [`Fleet::heartbeat`],
 //! [`Fleet::report_transition`], [`Fleet::record_usage`], [`Fleet::report_update`],
@@ -30,7 +41,7 @@ use crate::registry::{
     AssignmentRule, DeviceRecord, ImportError, ManufacturingRecord, Registration,
     RegistrationError, Registry, ReportError,
 };
-use crate::rollout::{Instruction, Progress, Rollout, RolloutConfig, RolloutError};
+use crate::rollout::{Expiry, Instruction, Progress, Rollout, RolloutConfig, RolloutError};
 
 /// Any error of a fleet operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +131,27 @@ impl Fleet<LifecycleHmac> {
     pub const fn new(policy: HealthPolicy) -> Self {
         Self::with_verifier(policy, LifecycleHmac)
     }
+}
+
+/// The audit entry for a rollout-level decision, if any.
+fn decision(rollout: u32, progress: Progress) -> Option<AuditAction> {
+    match progress {
+        Progress::Unchanged => None,
+        Progress::Advanced(stage) => Some(AuditAction::RolloutAdvanced { rollout, stage }),
+        Progress::Halted(stage) => Some(AuditAction::RolloutHalted { rollout, stage }),
+        Progress::Completed => Some(AuditAction::RolloutCompleted { rollout }),
+    }
+}
+
+/// A rollout whose silent devices [`Fleet::tick_rollouts`] timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutTimeouts {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Tenant-local rollout id.
+    pub rollout: u32,
+    /// The devices timed out and what that did to the rollout.
+    pub expiry: Expiry,
 }
 
 /// The availability of `record` at `now_ms`.
@@ -411,7 +443,9 @@ impl<V: ProofVerifier> Fleet<V> {
         result.map(|(_, to)| to).map_err(FleetError::from)
     }
 
-    /// Meters `usage` (messages received, bytes stored) for the device.
+    /// Meters `usage` (messages received, bytes stored) for the device. Audited as one
+    /// `UsageRecorded` entry per call (none for an all-zero usage), so the ingest pipeline
+    /// should pass aggregates (per device and billing interval), not single messages.
     pub fn record_usage(
         &mut self,
         id: &DeviceId,
@@ -419,9 +453,22 @@ impl<V: ProofVerifier> Fleet<V> {
         now_ms: u64,
     ) -> Result<(), FleetError> {
         self.touch(id, now_ms)?;
-        if let Some(record) = self.registry.device_mut(id) {
-            record.usage.add(usage);
+        if usage == Usage::default() {
+            return Ok(());
         }
+        let Some(record) = self.registry.device_mut(id) else {
+            return Err(ReportError::NotRegistered.into());
+        };
+        record.usage.add(usage);
+        let (tenant, scope) = (record.tenant, record.scope.clone());
+        self.log(
+            now_ms,
+            Actor::Device(*id),
+            tenant,
+            scope,
+            Some(*id),
+            AuditAction::UsageRecorded { usage },
+        );
         Ok(())
     }
 
@@ -437,8 +484,9 @@ impl<V: ProofVerifier> Fleet<V> {
 
     /// The device updates its shadow (normally its `reported` half). Every write must be
     /// stamped `Origin::Device`, so a device cannot borrow the backend's precedence
-    /// (`Forbidden` otherwise). Reconciliation is iot-shadow's [`Shadow::apply`]. Device
-    /// shadow traffic is metered, not audited entry by entry.
+    /// (`Forbidden` otherwise). Reconciliation is iot-shadow's [`Shadow::apply`]. An update
+    /// that changes the document is audited (`ShadowUpdated` with the new version, actor the
+    /// device); one that changes nothing (a duplicate or stale write) is not.
     pub fn device_shadow_update(
         &mut self,
         id: &DeviceId,
@@ -453,7 +501,23 @@ impl<V: ProofVerifier> Fleet<V> {
         {
             return Err(AccessError::Forbidden.into());
         }
-        Ok(self.shadow_mut(id).apply(update, now_ms)?)
+        let outcome = self.shadow_mut(id).apply(update, now_ms)?;
+        if outcome.changed
+            && let Some(record) = self.registry.device(id)
+        {
+            let (tenant, scope) = (record.tenant, record.scope.clone());
+            self.log(
+                now_ms,
+                Actor::Device(*id),
+                tenant,
+                scope,
+                Some(*id),
+                AuditAction::ShadowUpdated {
+                    version: outcome.version,
+                },
+            );
+        }
+        Ok(outcome)
     }
 
     /// Marks every device not heard from within the heartbeat timeout as offline and
@@ -496,6 +560,9 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     /// The device reports the result of installing the version of rollout `rollout`.
+    /// Overdue devices of the rollout are timed out first (as by [`Fleet::tick_rollouts`]),
+    /// so a report after the device's deadline is refused with
+    /// [`RolloutError::Expired`] (or `NotRunning` if the time-outs halted the rollout).
     pub fn report_update(
         &mut self,
         id: &DeviceId,
@@ -506,11 +573,14 @@ impl<V: ProofVerifier> Fleet<V> {
         self.touch(id, now_ms)?;
         let record = self.registry.device(id).ok_or(ReportError::NotRegistered)?;
         let (tenant, scope) = (record.tenant, record.scope.clone());
+        // The deadline is applied first, so a report after it is refused however rarely
+        // `tick_rollouts` runs (the time-outs are audited before the refusal).
+        let _ = self.expire_rollout(tenant, rollout, now_ms);
         let scoped = self
             .rollouts
             .get_mut(&(tenant, rollout))
             .ok_or(RolloutError::NotAdmitted)?;
-        let progress = scoped.rollout.report(id, success)?;
+        let progress = scoped.rollout.report(id, success, now_ms)?;
         let version = String::from(scoped.rollout.version());
         let rollout_scope = scoped.scope.clone();
         if success && let Some(record) = self.registry.device_mut(id) {
@@ -524,16 +594,66 @@ impl<V: ProofVerifier> Fleet<V> {
             Some(*id),
             AuditAction::UpdateReported { rollout, success },
         );
-        let action = match progress {
-            Progress::Unchanged => None,
-            Progress::Advanced(stage) => Some(AuditAction::RolloutAdvanced { rollout, stage }),
-            Progress::Halted(stage) => Some(AuditAction::RolloutHalted { rollout, stage }),
-            Progress::Completed => Some(AuditAction::RolloutCompleted { rollout }),
-        };
-        if let Some(action) = action {
+        if let Some(action) = decision(rollout, progress) {
             self.log(now_ms, Actor::System, tenant, rollout_scope, None, action);
         }
         Ok(progress)
+    }
+
+    /// Applies every running rollout's report deadline at `now_ms`: devices of the current
+    /// stage still silent more than [`RolloutConfig::report_timeout_ms`] after the stage
+    /// started (or resumed) are marked timed out, which counts as a failure, and the stage
+    /// advances or halts accordingly. Each time-out (`UpdateTimedOut`, per device) and each
+    /// decision is audited with actor `System`. Call it periodically, like
+    /// [`Fleet::sweep`]; returns the rollouts where something timed out.
+    pub fn tick_rollouts(&mut self, now_ms: u64) -> Vec<RolloutTimeouts> {
+        let running: Vec<(TenantId, u32)> = self
+            .rollouts
+            .iter()
+            .filter(|(_, s)| s.rollout.deadline_ms().is_some_and(|d| now_ms > d))
+            .map(|(k, _)| *k)
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|(tenant, rollout)| self.expire_rollout(tenant, rollout, now_ms))
+            .collect()
+    }
+
+    /// Applies one rollout's report deadline at `now_ms` and audits what it did.
+    fn expire_rollout(
+        &mut self,
+        tenant: TenantId,
+        rollout: u32,
+        now_ms: u64,
+    ) -> Option<RolloutTimeouts> {
+        let scoped = self.rollouts.get_mut(&(tenant, rollout))?;
+        let expiry = scoped.rollout.expire(now_ms);
+        if expiry.timed_out.is_empty() {
+            return None;
+        }
+        let rollout_scope = scoped.scope.clone();
+        for id in &expiry.timed_out {
+            let scope = self
+                .registry
+                .tenant_device(&tenant, id)
+                .map_or_else(|| rollout_scope.clone(), |r| r.scope.clone());
+            self.log(
+                now_ms,
+                Actor::System,
+                tenant,
+                scope,
+                Some(*id),
+                AuditAction::UpdateTimedOut { rollout },
+            );
+        }
+        if let Some(action) = decision(rollout, expiry.progress) {
+            self.log(now_ms, Actor::System, tenant, rollout_scope, None, action);
+        }
+        Some(RolloutTimeouts {
+            tenant,
+            rollout,
+            expiry,
+        })
     }
 
     // ----- tenant-facing reads -----------------------------------------------------------
@@ -781,7 +901,7 @@ impl<V: ProofVerifier> Fleet<V> {
             .filter(|r| scope.contains(&r.scope) && r.state == State::Active)
             .map(|r| r.id)
             .collect();
-        let rollout = Rollout::new(version, previous, targets, config)?;
+        let rollout = Rollout::new(version, previous, targets, config, now_ms)?;
         let next = self.next_rollout.entry(p.tenant).or_insert(0);
         let id = *next;
         *next = next.saturating_add(1);
@@ -804,6 +924,94 @@ impl<V: ProofVerifier> Fleet<V> {
             },
         );
         Ok(id)
+    }
+
+    /// The rollout `rollout` for a write by `p`: another tenant's or an invisible one is
+    /// `NotFound`, a visible one with too low a role `Forbidden`.
+    fn controlled_rollout(
+        &mut self,
+        p: &Principal,
+        rollout: u32,
+    ) -> Result<&mut ScopedRollout, FleetError> {
+        let scoped = self
+            .rollouts
+            .get_mut(&(p.tenant, rollout))
+            .ok_or(AccessError::NotFound)?;
+        p.check(&p.tenant, &scoped.scope, Role::Operator)?;
+        Ok(scoped)
+    }
+
+    /// Pauses a running rollout: no device is told to install and the report deadline stops
+    /// until [`Fleet::resume_rollout`]; reports of devices already installing still count.
+    /// Needs `Operator` over the rollout's scope. Audited.
+    pub fn pause_rollout(
+        &mut self,
+        p: &Principal,
+        rollout: u32,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        let scoped = self.controlled_rollout(p, rollout)?;
+        scoped.rollout.pause()?;
+        let scope = scoped.scope.clone();
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope,
+            None,
+            AuditAction::RolloutPaused { rollout },
+        );
+        Ok(())
+    }
+
+    /// Resumes a paused rollout: pending devices are told to install again with a fresh
+    /// report deadline, and a stage that finished while paused advances at once (the
+    /// decision is audited as well). Needs `Operator` over the rollout's scope. Audited.
+    pub fn resume_rollout(
+        &mut self,
+        p: &Principal,
+        rollout: u32,
+        now_ms: u64,
+    ) -> Result<Progress, FleetError> {
+        let scoped = self.controlled_rollout(p, rollout)?;
+        let progress = scoped.rollout.resume(now_ms)?;
+        let scope = scoped.scope.clone();
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope.clone(),
+            None,
+            AuditAction::RolloutResumed { rollout },
+        );
+        if let Some(action) = decision(rollout, progress) {
+            self.log(now_ms, Actor::System, p.tenant, scope, None, action);
+        }
+        Ok(progress)
+    }
+
+    /// Aborts a running, paused or halted rollout for good: every device that installed
+    /// the new image (succeeded, failed or timed out) is told to roll back, as a halt tells
+    /// failed devices, and every pending device is told to cancel
+    /// ([`Instruction::Cancel`]). Needs `Operator` over the rollout's scope. Audited.
+    pub fn abort_rollout(
+        &mut self,
+        p: &Principal,
+        rollout: u32,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
+        let scoped = self.controlled_rollout(p, rollout)?;
+        let stage = scoped.rollout.abort()?;
+        let scope = scoped.scope.clone();
+        self.log(
+            now_ms,
+            Actor::Principal(p.actor.clone()),
+            p.tenant,
+            scope,
+            None,
+            AuditAction::RolloutAborted { rollout, stage },
+        );
+        Ok(())
     }
 
     /// Decommissions a device: revokes its identity (the secret is wiped, later
@@ -832,19 +1040,9 @@ impl<V: ProofVerifier> Fleet<V> {
             .rollouts
             .range_mut((record.tenant, 0)..=(record.tenant, u32::MAX))
         {
-            let action = match scoped.rollout.withdraw(id) {
-                Progress::Unchanged => continue,
-                Progress::Advanced(stage) => AuditAction::RolloutAdvanced {
-                    rollout: *rollout,
-                    stage,
-                },
-                Progress::Halted(stage) => AuditAction::RolloutHalted {
-                    rollout: *rollout,
-                    stage,
-                },
-                Progress::Completed => AuditAction::RolloutCompleted { rollout: *rollout },
-            };
-            decisions.push((scoped.scope.clone(), action));
+            if let Some(action) = decision(*rollout, scoped.rollout.withdraw(id, now_ms)) {
+                decisions.push((scoped.scope.clone(), action));
+            }
         }
         self.log(
             now_ms,

@@ -70,6 +70,7 @@ pub enum HealthStatus {
 
 /// Recent battery readings of one device, oldest first, at most [`BATTERY_SAMPLES`].
 #[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BatteryHistory {
     samples: Deque<(u64, f32), BATTERY_SAMPLES>,
 }

@@ -20,6 +20,7 @@ pub use iot_core;
 pub mod access;
 pub mod audit;
 pub mod fleet;
+pub mod gateway;
 pub mod health;
 pub mod metering;
 pub mod planning;
@@ -31,11 +32,11 @@ pub mod topology;
 
 pub use access::{AccessError, Principal, Role, Scope};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog};
-pub use fleet::{Decommissioned, Fleet, FleetError, ScopedRollout, ServerShadow};
+pub use fleet::{Decommissioned, Fleet, FleetError, RolloutTimeouts, ScopedRollout, ServerShadow};
 pub use health::{HealthCounts, HealthPolicy, HealthReport, HealthStatus};
 pub use metering::{CostModel, Sla, Usage};
 pub use proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier, answer};
 pub use registry::{
     AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, Registration, RegistrationError,
 };
-pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus};
+pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus, StageTally};

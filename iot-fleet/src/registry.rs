@@ -119,6 +119,7 @@ impl Error for ImportError {
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum RegistrationError {
     /// The id is in no manufacturing list.
@@ -164,6 +165,7 @@ impl Error for RegistrationError {
 
 /// Why a device's report was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum ReportError {
     /// The device is not registered (or was decommissioned).
@@ -171,7 +173,11 @@ pub enum ReportError {
     NotRegistered,
     /// The lifecycle does not allow the event in the state the backend holds; flagged.
     #[error(transparent)]
-    IllegalTransition(#[from] TransitionError),
+    IllegalTransition(
+        #[from]
+        #[cfg_attr(feature = "serde", serde(with = "transition_error_serde"))]
+        TransitionError,
+    ),
     /// The event is legal but the device claims a different resulting state; flagged.
     #[error("device claims {claimed} but {event} leads from {from} to {expected}")]
     StateMismatch {
@@ -192,6 +198,42 @@ impl Error for ReportError {
             Self::NotRegistered => ErrorKind::NotFound,
             Self::IllegalTransition(_) | Self::StateMismatch { .. } => ErrorKind::InvalidState,
         }
+    }
+}
+
+/// Serde for iot-lifecycle's `TransitionError` (which has no serde derive of its own), as
+/// `{ state, event }`.
+#[cfg(feature = "serde")]
+pub(crate) mod transition_error_serde {
+    use iot_lifecycle::{Event, State, TransitionError};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Repr {
+        state: State,
+        event: Event,
+    }
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        e: &TransitionError,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(
+            &Repr {
+                state: e.state,
+                event: e.event,
+            },
+            s,
+        )
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<TransitionError, D::Error> {
+        let r: Repr = serde::Deserialize::deserialize(d)?;
+        Ok(TransitionError {
+            state: r.state,
+            event: r.event,
+        })
     }
 }
 
@@ -216,6 +258,7 @@ struct Identity {
 
 /// Everything the backend knows about a registered device.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeviceRecord {
     /// The device.
     pub id: DeviceId,

@@ -1,7 +1,9 @@
 //! Tenant isolation of the `iot-fleet` facade, as a property: for any sequence of operations
 //! issued with one tenant's credentials (any scope, any role, naming any device id,
 //! including other tenants' ids), no other tenant's devices, rollouts, metering or audit
-//! entries change, and every item returned belongs to the calling tenant.
+//! entries change, and every item returned belongs to the calling tenant. The operations
+//! include rollout control (pause, resume, abort): rollout ids are tenant-local, so the same
+//! id names the caller's own rollout or nothing (`NotFound`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -70,7 +72,8 @@ fn hq(t: usize) -> Principal {
     Principal::new("hq-admin", tenant(t), Scope::root(), Role::Admin)
 }
 
-/// Three tenants, six active devices each spread over three buildings, one rollout each.
+/// Three tenants, six active devices each spread over three buildings, one or two rollouts
+/// each.
 fn build_fleet() -> Fleet {
     let mut fleet = Fleet::default();
     for t in 0..TENANTS.len() {
@@ -142,6 +145,20 @@ fn build_fleet() -> Fleet {
                 50,
             )
             .unwrap();
+        // Rollout 1 exists for the first two tenants only, so the same id names a rollout
+        // in one tenant and nothing in another.
+        if t < 2 {
+            fleet
+                .start_rollout(
+                    &admin,
+                    &"r1".parse().unwrap(),
+                    "2.1",
+                    Some("2.0"),
+                    RolloutConfig::default(),
+                    60,
+                )
+                .unwrap();
+        }
     }
     fleet
 }
@@ -167,6 +184,11 @@ enum Op {
     ShadowWrite(usize, usize, i64),
     /// A device of the acting tenant reports to its shadow (device path).
     DeviceShadow(usize, i64),
+    PauseRollout(u32),
+    ResumeRollout(u32),
+    AbortRollout(u32),
+    /// A device of the acting tenant reports an update result (device path).
+    ReportUpdate(usize, u32, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -191,6 +213,10 @@ fn op() -> impl Strategy<Value = Op> {
         (t.clone(), d.clone()).prop_map(|(t, d)| Op::ShadowRead(t, d)),
         (t.clone(), d.clone(), -5i64..5).prop_map(|(t, d, v)| Op::ShadowWrite(t, d, v)),
         (d.clone(), -5i64..5).prop_map(|(d, v)| Op::DeviceShadow(d, v)),
+        (0u32..3).prop_map(Op::PauseRollout),
+        (0u32..3).prop_map(Op::ResumeRollout),
+        (0u32..3).prop_map(Op::AbortRollout),
+        (d.clone(), 0u32..3, any::<bool>()).prop_map(|(d, r, ok)| Op::ReportUpdate(d, r, ok)),
     ]
 }
 
@@ -357,6 +383,21 @@ fn run(fleet: &mut Fleet, p: &Principal, t: usize, op: &Op, counter: &mut usize)
                 Origin::Device,
             )];
             let _ = fleet.device_shadow_update(&id, &Update::new(&w), NOW);
+        }
+        Op::PauseRollout(n) | Op::ResumeRollout(n) | Op::AbortRollout(n) => {
+            let exists = fleet.rollout(&hq(t), *n).is_ok();
+            let r = match op {
+                Op::PauseRollout(_) => fleet.pause_rollout(p, *n, NOW),
+                Op::ResumeRollout(_) => fleet.resume_rollout(p, *n, NOW).map(|_| ()),
+                _ => fleet.abort_rollout(p, *n, NOW),
+            };
+            // Another tenant's rollout of the same number is never reachable.
+            if !exists {
+                assert_eq!(r, Err(FleetError::Access(AccessError::NotFound)));
+            }
+        }
+        Op::ReportUpdate(d, n, ok) => {
+            let _ = fleet.report_update(&device(t, *d), *n, *ok, NOW);
         }
     }
 }
