@@ -28,6 +28,7 @@ pub mod proof;
 pub mod registry;
 pub mod retention;
 pub mod rollout;
+pub mod server;
 pub mod topology;
 
 pub use access::{AccessError, Principal, Role, Scope};
@@ -40,3 +41,4 @@ pub use registry::{
     AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, Registration, RegistrationError,
 };
 pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus, StageTally};
+pub use server::{DeviceServer, Handled, ServerError};

@@ -10,12 +10,14 @@
     )
 )]
 
-use iot_core::message::{MessageKind, QoS};
-use iot_core::telemetry::{Measurement, Reading, Telemetry};
-use iot_core::{DeviceId, codec};
-use iot_lifecycle::command::{CommandHandler, CommandProcessor, HandlerResult, RejectReason};
+use iot_core::DeviceId;
+use iot_lifecycle::agent::runner::{EndpointOutbound, Runner};
+use iot_lifecycle::agent::{Board, LabAgent, SensorSample};
+use iot_lifecycle::command::{CommandHandler, HandlerResult, RejectReason};
+use iot_lifecycle::config::DeviceConfig;
+use iot_lifecycle::registration::DeviceSecret;
 use iot_transport::Link;
-use iot_transport::outbox::{OverflowPolicy, Priority};
+use iot_transport::outbox::OverflowPolicy;
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::rng::Rng;
@@ -42,8 +44,8 @@ pub struct Battery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SensorFault;
 
-/// What the application needs from a board.
-pub trait Board {
+/// What the application needs from a board's peripherals.
+pub trait Hardware {
     /// Milliseconds since boot.
     fn now_ms(&self) -> u64;
     /// Reads the climate sensor.
@@ -64,29 +66,16 @@ pub mod sensor {
     pub const BATTERY: u8 = 2;
 }
 
-/// Why the application stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppError<E> {
-    /// The link or the delivery layer failed.
-    Link(EndpointError<E>),
-    /// A message could not be encoded.
-    Encode,
-}
-
-impl<E> From<EndpointError<E>> for AppError<E> {
-    fn from(e: EndpointError<E>) -> Self {
-        Self::Link(e)
-    }
-}
-
 /// Largest encoded message the application sends or accepts.
-pub const MESSAGE_CAPACITY: usize = 192;
-/// Messages the outbox holds while unacknowledged.
+pub const MESSAGE_CAPACITY: usize = 512;
+/// Messages the outbox holds while unacknowledged (store-and-forward during outages).
 pub const OUTBOX_CAPACITY: usize = 8;
 /// Message ids remembered for duplicate suppression.
 pub const DEDUP_WINDOW: usize = 16;
-/// Commands whose acks are remembered (idempotence window).
-pub const COMMAND_WINDOW: usize = 8;
+/// Inbound messages buffered between link and agent in one step.
+pub const INBOX_CAPACITY: usize = 4;
+/// Frame buffer for a serial link carrying the largest message.
+pub const FRAME_CAPACITY: usize = 640;
 
 /// An LED blink in progress: the LED toggles every half period until done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,24 +86,19 @@ struct Blink {
     on: bool,
 }
 
-/// Runs commands against the board; blinks are carried out over time by [`App::step`].
-struct Commands<'b, B: Board> {
-    board: &'b mut B,
-    blink: &'b mut Option<Blink>,
-    now_ms: u64,
+/// The agent's view of the board: sensors, LED and board-level commands.
+struct LabBoard<'h, H: Hardware> {
+    hw: &'h mut H,
+    blink: &'h mut Option<Blink>,
 }
 
 fn hundredths(value: f32) -> i32 {
     let scaled = value * 100.0;
-    if scaled.is_finite() {
-        // Saturating float-to-int conversion: `as` clamps to the i32 range.
-        scaled as i32
-    } else {
-        0
-    }
+    // `as` saturates at the i32 range; NaN maps to 0.
+    if scaled.is_finite() { scaled as i32 } else { 0 }
 }
 
-impl<B: Board> CommandHandler for Commands<'_, B> {
+impl<H: Hardware> CommandHandler for LabBoard<'_, H> {
     fn blink_led(&mut self, times: u8, period_ms: u16) -> HandlerResult {
         if times == 0 || period_ms < 2 {
             return Err(RejectReason::InvalidArguments);
@@ -122,27 +106,18 @@ impl<B: Board> CommandHandler for Commands<'_, B> {
         *self.blink = Some(Blink {
             toggles_left: u16::from(times).saturating_mul(2),
             half_period_ms: u64::from(period_ms / 2),
-            next_toggle_ms: self.now_ms,
+            next_toggle_ms: self.hw.now_ms(),
             on: false,
         });
         Ok(None)
     }
 
     fn read_sensor(&mut self, sensor: u8) -> HandlerResult {
+        let climate = |hw: &mut H| hw.read_climate().map_err(|_| RejectReason::Failed);
         let value = match sensor {
-            sensor::TEMPERATURE => hundredths(
-                self.board
-                    .read_climate()
-                    .map_err(|_| RejectReason::Failed)?
-                    .celsius,
-            ),
-            sensor::HUMIDITY => hundredths(
-                self.board
-                    .read_climate()
-                    .map_err(|_| RejectReason::Failed)?
-                    .humidity,
-            ),
-            sensor::BATTERY => i32::from(self.board.read_battery().millivolts),
+            sensor::TEMPERATURE => hundredths(climate(self.hw)?.celsius),
+            sensor::HUMIDITY => hundredths(climate(self.hw)?.humidity),
+            sensor::BATTERY => i32::from(self.hw.read_battery().millivolts),
             _ => return Err(RejectReason::InvalidArguments),
         };
         heapless::Vec::from_slice(&value.to_le_bytes())
@@ -151,147 +126,140 @@ impl<B: Board> CommandHandler for Commands<'_, B> {
     }
 
     fn diagnostics(&mut self) -> HandlerResult {
-        let ok = self.board.read_climate().is_ok();
+        let ok = self.hw.read_climate().is_ok();
         heapless::Vec::from_slice(&[u8::from(ok)])
             .map(Some)
             .map_err(|_| RejectReason::Failed)
     }
+
+    fn enter_maintenance(&mut self) -> HandlerResult {
+        Ok(None)
+    }
+
+    fn exit_maintenance(&mut self) -> HandlerResult {
+        Ok(None)
+    }
 }
 
-/// The application: owns the delivery endpoint and the command processor.
+impl<H: Hardware> Board for LabBoard<'_, H> {
+    fn sample(&mut self, _now_ms: u64) -> SensorSample {
+        let climate = self.hw.read_climate().ok();
+        let battery = self.hw.read_battery();
+        SensorSample {
+            temperature_c: climate.map(|c| c.celsius),
+            humidity_percent: climate.map(|c| c.humidity),
+            battery_percent: Some(battery.percent),
+            battery_mv: Some(battery.millivolts),
+            error_count: u32::from(climate.is_none()),
+            ..SensorSample::default()
+        }
+    }
+
+    fn set_led(&mut self, on: bool) {
+        // A desired LED state ends any blink in progress.
+        *self.blink = None;
+        self.hw.set_led(on);
+    }
+}
+
+/// Why the application could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError<E> {
+    /// The initial configuration is invalid.
+    Config,
+    /// The registration request could not be queued.
+    Link(EndpointError<E>),
+}
+
+/// The device-lab application: the `iot-lifecycle` agent over an at-least-once endpoint.
 pub struct App<L: Link, R: Rng> {
+    agent: LabAgent,
     endpoint: ReliableEndpoint<L, R, OUTBOX_CAPACITY, MESSAGE_CAPACITY, DEDUP_WINDOW>,
-    commands: CommandProcessor<COMMAND_WINDOW>,
+    runner: Runner<INBOX_CAPACITY, MESSAGE_CAPACITY>,
     blink: Option<Blink>,
-    announced: bool,
 }
 
 impl<L: Link, R: Rng> App<L, R> {
-    /// An application for `device` sending over `link`; `rng` spreads retransmissions.
-    pub fn new(link: L, device: DeviceId, rng: R) -> Self {
-        Self {
-            endpoint: ReliableEndpoint::new(
-                link,
-                device,
-                OverflowPolicy::DropOldest,
-                BackoffPolicy::new(200, 5_000),
-                rng,
-            ),
-            commands: CommandProcessor::new(),
+    /// An application for `device`, proving its identity with `secret` (provisioned at
+    /// manufacture and known only to the device and the backend), sending over `link`.
+    pub fn new(
+        link: L,
+        device: DeviceId,
+        firmware_version: u32,
+        secret: [u8; 32],
+        rng: R,
+    ) -> Result<Self, StartError<L::Error>> {
+        let agent = LabAgent::new(
+            device,
+            firmware_version,
+            DeviceSecret::from_bytes(secret),
+            DeviceConfig::DEFAULT,
+        )
+        .map_err(|_| StartError::Config)?;
+        let endpoint = ReliableEndpoint::new(
+            link,
+            device,
+            OverflowPolicy::DropOldest,
+            BackoffPolicy::new(200, 5_000),
+            rng,
+        );
+        Ok(Self {
+            agent,
+            endpoint,
+            runner: Runner::new(),
             blink: None,
-            announced: false,
-        }
+        })
     }
 
-    /// True when every message sent so far has been acknowledged.
-    pub fn all_acknowledged(&self) -> bool {
-        self.endpoint.outbox().is_empty()
+    /// The agent, for its state, statistics and configuration.
+    pub fn agent(&self) -> &LabAgent {
+        &self.agent
     }
 
-    /// Commands executed so far (repeats of an id are answered, not executed).
-    pub fn commands_executed(&self) -> u32 {
-        self.commands.executed()
+    /// Starts registration at `now_ms`.
+    pub fn start(&mut self, now_ms: u64) -> Result<(), StartError<L::Error>> {
+        self.agent
+            .start(now_ms, &mut EndpointOutbound::new(&mut self.endpoint))
+            .map_err(|_| StartError::Config)
     }
 
-    /// Does everything due at the board's current time: the first heartbeat and telemetry,
-    /// retransmissions, incoming commands (each answered with exactly one ack) and LED blinks.
-    /// Call it whenever the link has data or a few milliseconds have passed.
-    pub async fn step<B: Board>(&mut self, board: &mut B) -> Result<(), AppError<L::Error>> {
-        let now = board.now_ms();
-        if !self.announced {
-            self.announce(board, now)?;
-            self.announced = true;
-        }
-        let mut inbox: heapless::Vec<heapless::Vec<u8, MESSAGE_CAPACITY>, 2> = heapless::Vec::new();
-        self.endpoint
-            .poll(now, |env| {
-                if env.kind == MessageKind::Command {
-                    // A third command in one poll waits for its retransmission.
-                    if let Ok(payload) = heapless::Vec::from_slice(env.payload) {
-                        let _ = inbox.push(payload);
-                    }
-                }
-            })
-            .await?;
-        for payload in &inbox {
-            let mut handler = Commands {
-                board: &mut *board,
+    /// Does everything due now: receives, lets the agent handle messages and run its
+    /// duties, transmits, and carries out LED blinks. Returns when to call again at the
+    /// latest (sooner if the link has data); `None` when only a message can wake it.
+    pub async fn step<H: Hardware>(
+        &mut self,
+        hw: &mut H,
+    ) -> Result<Option<u64>, EndpointError<L::Error>> {
+        let now = hw.now_ms();
+        let next = {
+            let mut board = LabBoard {
+                hw: &mut *hw,
                 blink: &mut self.blink,
-                now_ms: now,
             };
-            if let Ok(ack) = self.commands.process_payload(payload, now, &mut handler) {
-                let mut buf = [0u8; 96];
-                let n = codec::encode_into(&ack, &mut buf).map_err(|_| AppError::Encode)?;
-                let bytes = buf.get(..n).ok_or(AppError::Encode)?;
-                self.endpoint.enqueue(
-                    MessageKind::CommandAck,
-                    QoS::ExactlyOnce,
-                    Priority::High,
-                    bytes,
-                    now,
-                )?;
-            }
-        }
-        self.run_blink(board, now);
-        Ok(())
-    }
-
-    fn announce<B: Board>(&mut self, board: &mut B, now: u64) -> Result<(), AppError<L::Error>> {
-        // A heartbeat is idempotent: a duplicate costs nothing, so at-least-once suffices.
-        self.endpoint.enqueue(
-            MessageKind::Heartbeat,
-            QoS::AtLeastOnce,
-            Priority::Normal,
-            &[],
-            now,
-        )?;
-        let mut batch: Telemetry<3> = Telemetry::new();
-        if let Ok(climate) = board.read_climate() {
-            let _ = batch.push(Reading::new(
-                now,
-                Measurement::Temperature {
-                    celsius: climate.celsius,
-                },
-            ));
-            let _ = batch.push(Reading::new(
-                now,
-                Measurement::Humidity {
-                    percent: climate.humidity,
-                },
-            ));
-        }
-        let battery = board.read_battery();
-        let _ = batch.push(Reading::new(
-            now,
-            Measurement::BatteryPercent {
-                percent: battery.percent,
-            },
-        ));
-        let mut buf = [0u8; 64];
-        let n = codec::encode_into(&batch, &mut buf).map_err(|_| AppError::Encode)?;
-        let bytes = buf.get(..n).ok_or(AppError::Encode)?;
-        self.endpoint.enqueue(
-            MessageKind::Telemetry,
-            QoS::ExactlyOnce,
-            Priority::Normal,
-            bytes,
-            now,
-        )?;
-        Ok(())
-    }
-
-    fn run_blink<B: Board>(&mut self, board: &mut B, now: u64) {
-        let Some(blink) = self.blink.as_mut() else {
-            return;
+            self.runner
+                .step(now, &mut self.agent, &mut self.endpoint, &mut board)
+                .await?
         };
+        let blink_next = self.run_blink(hw, now);
+        Ok(match (next, blink_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    fn run_blink<H: Hardware>(&mut self, hw: &mut H, now: u64) -> Option<u64> {
+        let blink = self.blink.as_mut()?;
         while blink.toggles_left > 0 && now >= blink.next_toggle_ms {
             blink.on = !blink.on;
-            board.set_led(blink.on);
+            hw.set_led(blink.on);
             blink.toggles_left = blink.toggles_left.saturating_sub(1);
             blink.next_toggle_ms = blink.next_toggle_ms.saturating_add(blink.half_period_ms);
         }
         if blink.toggles_left == 0 {
             self.blink = None;
+            None
+        } else {
+            Some(blink.next_toggle_ms)
         }
     }
 }

@@ -8,7 +8,7 @@
 #![no_std]
 #![no_main]
 
-use embassy_time::{Duration, Timer};
+use embassy_time::{Duration, Instant as TimerInstant, Timer};
 use esp_backtrace as _;
 use esp_hal::Blocking;
 use esp_hal::analog::adc::{Adc, AdcCalCurve, AdcConfig, AdcPin, Attenuation};
@@ -21,7 +21,7 @@ use esp_hal::timer::timg::TimerGroup;
 use esp_hal::uart::{Config as UartConfig, Uart};
 use esp_println::println;
 use iot_core::DeviceId;
-use iot_device_app::{App, Battery, Board, Climate, SensorFault};
+use iot_device_app::{App, Battery, Climate, FRAME_CAPACITY, Hardware, SensorFault};
 use iot_transport::SplitMix64;
 use iot_transport::bus::sht3x::{ADDRESS_DEFAULT, Sht3x};
 use iot_transport::framing::FramedLink;
@@ -31,8 +31,28 @@ esp_bootloader_esp_idf::esp_app_desc!();
 /// Cell voltage read as empty and as full (single Li-ion cell).
 const EMPTY_MV: u32 = 3_300;
 const FULL_MV: u32 = 4_200;
-/// How long the application may sleep between steps when nothing arrives.
-const IDLE: Duration = Duration::from_millis(5);
+/// The longest the application sleeps before looking at the link again.
+const LINK_POLL: Duration = Duration::from_millis(20);
+const FIRMWARE_VERSION: u32 = 1;
+
+/// The device secret, provisioned at manufacture: 32 bytes given at build time in
+/// `IOT_DEVICE_SECRET` (and registered in the backend's manufacturing list). The fallback
+/// is for the bench only; never ship it.
+const SECRET: [u8; 32] = secret(option_env!("IOT_DEVICE_SECRET"));
+
+const fn secret(given: Option<&str>) -> [u8; 32] {
+    let bytes = match given {
+        Some(s) if s.len() == 32 => s.as_bytes(),
+        _ => b"esp32c3-lab-secret-change-me-001",
+    };
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
 
 struct LabBoard<'d> {
     climate: Sht3x<I2c<'d, Blocking>, Delay>,
@@ -41,7 +61,7 @@ struct LabBoard<'d> {
     led: Output<'d>,
 }
 
-impl Board for LabBoard<'_> {
+impl Hardware for LabBoard<'_> {
     fn now_ms(&self) -> u64 {
         Instant::now().duration_since_epoch().as_millis()
     }
@@ -104,14 +124,36 @@ async fn main(_spawner: embassy_executor::Spawner) -> ! {
     .with_tx(peripherals.GPIO4)
     .with_rx(peripherals.GPIO5)
     .into_async();
-    let link: FramedLink<_, 256> = FramedLink::new(uart, 115_200);
+    let link: FramedLink<_, FRAME_CAPACITY> = FramedLink::new(uart, 115_200);
     let seed = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
-    let mut app = App::new(link, device, SplitMix64::new(seed));
+    let mut app = match App::new(
+        link,
+        device,
+        FIRMWARE_VERSION,
+        SECRET,
+        SplitMix64::new(seed),
+    ) {
+        Ok(app) => app,
+        Err(e) => panic!("the default configuration is valid: {:?}", e),
+    };
+    if let Err(e) = app.start(board.now_ms()) {
+        println!("registration could not start: {:?}", e);
+    }
 
     loop {
-        if let Err(e) = app.step(&mut board).await {
-            println!("link error: {:?}", e);
-        }
-        Timer::after(IDLE).await;
+        let next = match app.step(&mut board).await {
+            Ok(next) => next,
+            Err(e) => {
+                println!("link error: {:?}", e);
+                None
+            }
+        };
+        // Sleep until the agent's next deadline, but look at the link at least every
+        // LINK_POLL so a received command is handled promptly.
+        let wake = TimerInstant::now() + LINK_POLL;
+        let deadline = next
+            .map(|ms| TimerInstant::from_millis(ms).min(wake))
+            .unwrap_or(wake);
+        Timer::at(deadline).await;
     }
 }

@@ -11,36 +11,48 @@ mod board;
 
 use embassy_futures::block_on;
 use iot_core::DeviceId;
-use iot_device_app::{App, Battery, Board, Climate, SensorFault};
+use iot_device_app::{App, Battery, Climate, FRAME_CAPACITY, Hardware, SensorFault};
 use iot_transport::SplitMix64;
 use iot_transport::framing::FramedLink;
 
 /// The MAC the emulated board reports; the gateway expects the id derived from it.
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// The secret provisioned at manufacture (the gateway's manufacturing list holds it too).
+const SECRET: [u8; 32] = *b"qemu-lab-device-secret-000000001";
+const FIRMWARE_VERSION: u32 = 1;
+/// When the simulated battery collapses, in milliseconds after boot.
+const BATTERY_FAILS_AT_MS: u64 = 7_000;
 
-/// Simulated peripherals: a slowly warming room and a full battery.
+/// Simulated peripherals: a room whose temperature swings by a degree every second (so
+/// every telemetry period has news), and a battery that fails after a few seconds.
 struct VirtBoard {
     led: bool,
 }
 
-impl Board for VirtBoard {
+impl Hardware for VirtBoard {
     fn now_ms(&self) -> u64 {
         board::now_ms()
     }
 
     fn read_climate(&mut self) -> Result<Climate, SensorFault> {
-        // 21.5 °C at boot, +0.01 °C per second; 40 % RH.
-        let warming = (board::now_ms() / 1_000) as f32 * 0.01;
+        let odd_second = (board::now_ms() / 1_000) % 2 == 1;
         Ok(Climate {
-            celsius: 21.5 + warming,
+            celsius: if odd_second { 21.5 } else { 20.5 },
             humidity: 40.0,
         })
     }
 
     fn read_battery(&mut self) -> Battery {
-        Battery {
-            percent: 87,
-            millivolts: 3_950,
+        if board::now_ms() < BATTERY_FAILS_AT_MS {
+            Battery {
+                percent: 87,
+                millivolts: 3_950,
+            }
+        } else {
+            Battery {
+                percent: 4,
+                millivolts: 3_350,
+            }
         }
     }
 
@@ -54,11 +66,24 @@ fn main() -> ! {
     let Ok(device) = DeviceId::from_mac_with_prefix("qemu-", MAC) else {
         board::exit(10)
     };
-    let link: FramedLink<board::Uart, 256> = FramedLink::new(board::Uart, 115_200);
+    let link: FramedLink<board::Uart, FRAME_CAPACITY> = FramedLink::new(board::Uart, 115_200);
     let seed = u64::from_le_bytes([MAC[0], MAC[1], MAC[2], MAC[3], MAC[4], MAC[5], 0, 0]);
-    let mut app = App::new(link, device, SplitMix64::new(seed));
+    let Ok(mut app) = App::new(
+        link,
+        device,
+        FIRMWARE_VERSION,
+        SECRET,
+        SplitMix64::new(seed),
+    ) else {
+        board::exit(11)
+    };
     let mut board = VirtBoard { led: false };
+    if app.start(board::now_ms()).is_err() {
+        board::exit(12);
+    }
     loop {
+        // The emulator has no interrupts wired up, so the board polls; a real board sleeps
+        // until the returned deadline or a received byte.
         if block_on(app.step(&mut board)).is_err() {
             board::exit(20);
         }

@@ -1,11 +1,18 @@
-//! Host-side gateway for the QEMU device firmware (`examples/qemu-riscv32`).
+//! Host-side gateway and backend for the QEMU device firmware (`examples/qemu-riscv32`).
 //!
 //! Starts `qemu-system-riscv32` with the firmware, speaks iot-transport's framed serial link
-//! over the emulated UART (QEMU's stdio), and checks the exchange from the messages
-//! themselves: a heartbeat and one telemetry batch from the expected device, then exactly one
-//! ack per command it sends (an LED blink, accepted; a temperature read, completed with the
-//! simulated value). The run passes only if every check holds within a bounded time and the
-//! firmware did not stop with an error; the gateway then stops the emulator.
+//! over the emulated UART (QEMU's stdio) and runs the backend with iot-fleet's
+//! [`DeviceServer`]. It drives the device-lab scenario and checks every step from the
+//! messages exchanged, never from log text:
+//!
+//! 1. the device registers (challenge, proof, configuration) and reports Active;
+//! 2. it sends heartbeats and telemetry;
+//! 3. a desired LED state is pushed and the device's reported state converges to it;
+//! 4. a command is carried out and acknowledged exactly once;
+//! 5. its simulated battery falls: it reports Degraded and its telemetry slows down;
+//! 6. it is decommissioned: it sends its audit record and falls silent.
+//!
+//! The run passes only if every step holds within a bounded time.
 //!
 //! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf`
 
@@ -16,21 +23,26 @@ use std::time::{Duration, Instant};
 
 use embassy_futures::block_on;
 use iot_core::message::{MessageKind, QoS};
-use iot_core::telemetry::{Measurement, Telemetry};
-use iot_core::{DeviceId, codec};
+use iot_core::telemetry::Telemetry;
+use iot_core::{DeviceId, NodeId, TenantId, codec};
+use iot_fleet::{DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope};
+use iot_lifecycle::State;
+use iot_lifecycle::agent::Heartbeat;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
+use iot_lifecycle::config::DeviceConfig;
+use iot_lifecycle::registration::{AuditRecord, DecommissionReason};
+use iot_shadow::Value;
 use iot_transport::SplitMix64;
 use iot_transport::framing::FramedLink;
 use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 
-/// The id the firmware derives from its MAC.
+/// The id the firmware derives from its MAC, and the secret provisioned into it.
 const DEVICE: &str = "qemu-525400123456";
-/// Command ids the gateway sends.
+const SECRET: [u8; 32] = *b"qemu-lab-device-secret-000000001";
 const BLINK: u32 = 1;
-const READ_TEMPERATURE: u32 = 2;
-const TIMEOUT: Duration = Duration::from_secs(40);
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// QEMU's stdio as an embedded-io port: stdout bytes arrive through a reader thread.
 struct EmulatorPort {
@@ -94,80 +106,6 @@ impl embedded_io_async::Write for EmulatorPort {
     }
 }
 
-/// What the gateway has seen.
-#[derive(Default, Debug)]
-struct Observed {
-    heartbeats: u32,
-    telemetry: Vec<Telemetry<8>>,
-    acks: Vec<CommandAck>,
-    foreign: u32,
-}
-
-impl Observed {
-    /// Everything the scenario expects, or what is still missing or wrong.
-    fn verdict(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        if self.heartbeats == 0 {
-            problems.push("no heartbeat".to_string());
-        }
-        match self.telemetry.as_slice() {
-            [t] => {
-                let m: Vec<Measurement> = t.readings.iter().map(|r| r.measurement).collect();
-                let plausible = matches!(m.as_slice(), [
-                    Measurement::Temperature { celsius },
-                    Measurement::Humidity { percent },
-                    Measurement::BatteryPercent { percent: 87 },
-                ] if (21.5..22.0).contains(celsius) && *percent == 40.0);
-                if !plausible {
-                    problems.push(format!("telemetry is not the simulated sensors: {m:?}"));
-                }
-            }
-            other => problems.push(format!("expected one telemetry batch, got {}", other.len())),
-        }
-        let acks_for = |id| {
-            self.acks
-                .iter()
-                .filter(|a| a.command_id == id)
-                .collect::<Vec<_>>()
-        };
-        match acks_for(BLINK).as_slice() {
-            [a] if a.outcome == AckOutcome::Accepted => {}
-            other => problems.push(format!("blink: expected one Accepted ack, got {other:?}")),
-        }
-        match acks_for(READ_TEMPERATURE).as_slice() {
-            [
-                CommandAck {
-                    outcome: AckOutcome::Completed(bytes),
-                    ..
-                },
-            ] => {
-                let hundredths = <[u8; 4]>::try_from(bytes.as_slice()).map(i32::from_le_bytes);
-                if !matches!(hundredths, Ok(2_150..=2_200)) {
-                    problems.push(format!("temperature read returned {bytes:?}"));
-                }
-            }
-            other => problems.push(format!("read: expected one Completed ack, got {other:?}")),
-        }
-        if self.foreign != 0 {
-            problems.push(format!("{} unexpected messages", self.foreign));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-}
-
-fn command(id: u32, kind: CommandKind) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    Ok(codec::encode_to_vec(&Command::new(
-        id,
-        0,
-        Command::NEVER_EXPIRES,
-        kind,
-    ))?)
-}
-
 fn start_emulator(firmware: &str) -> Result<(Child, EmulatorPort), Box<dyn std::error::Error>> {
     let mut child = Process::new("qemu-system-riscv32")
         .args(["-machine", "virt", "-display", "none", "-monitor", "none"])
@@ -187,25 +125,88 @@ fn start_emulator(firmware: &str) -> Result<(Child, EmulatorPort), Box<dyn std::
             }
         }
     });
-    Ok((
-        child,
-        EmulatorPort {
-            stdin,
-            rx,
-            pending: Vec::new(),
-            closed: false,
-        },
-    ))
+    let port = EmulatorPort {
+        stdin,
+        rx,
+        pending: Vec::new(),
+        closed: false,
+    };
+    Ok((child, port))
+}
+
+/// The scenario's progress, advanced only by messages from the device.
+#[derive(Debug, Default)]
+struct Observed {
+    /// (arrival ms, state) of every heartbeat.
+    heartbeats: Vec<(u64, State)>,
+    /// (arrival ms, lifecycle state at the time) of every telemetry batch.
+    telemetry: Vec<(u64, State)>,
+    blink_acks: Vec<AckOutcome>,
+    audit: Option<AuditRecord>,
+    protocol_errors: Vec<String>,
+}
+
+impl Observed {
+    fn state(&self) -> Option<State> {
+        self.heartbeats.last().map(|(_, s)| *s)
+    }
+
+    /// Mean spacing of telemetry received while the device was in `state`.
+    fn telemetry_spacing(&self, state: State) -> Option<f64> {
+        let times: Vec<u64> = self
+            .telemetry
+            .iter()
+            .filter(|(_, s)| *s == state)
+            .map(|(t, _)| *t)
+            .collect();
+        (times.len() >= 3)
+            .then(|| (times[times.len() - 1] - times[0]) as f64 / (times.len() - 1) as f64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Registering,
+    Operating,
+    Converging,
+    Commanded,
+    AwaitDegraded,
+    Decommissioning,
+    Silent,
+}
+
+fn lab_config() -> DeviceConfig {
+    // The lab's cadence, accelerated 20x so the scenario fits in seconds of real time.
+    DeviceConfig {
+        version: 1,
+        heartbeat_interval_ms: 500,
+        telemetry_interval_ms: 1_000,
+        health_interval_ms: 250,
+        sync_interval_ms: 750,
+        ..DeviceConfig::DEFAULT
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let firmware = std::env::args()
         .nth(1)
         .ok_or("usage: qemu-gateway FIRMWARE.elf")?;
+    let device = DeviceId::new(DEVICE)?;
+    let tenant = TenantId::new("lab")?;
+    let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
+    let mut fleet = Fleet::default();
+    let record = ManufacturingRecord {
+        device_id: device,
+        secret: SECRET,
+        sku: "QEMU-LAB".into(),
+        serial: 1,
+    };
+    fleet.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
+    let mut server = DeviceServer::new(fleet, admin.clone(), lab_config(), NodeId(1), 0x5eed);
+
     let (mut child, port) = start_emulator(&firmware)?;
-    let expected = DeviceId::new(DEVICE)?;
-    let link: FramedLink<EmulatorPort, 256> = FramedLink::new(port, 115_200);
-    let mut gateway: ReliableEndpoint<_, _, 8, 192, 16> = ReliableEndpoint::new(
+    let link: FramedLink<EmulatorPort, 640> = FramedLink::new(port, 115_200);
+    let mut gateway: ReliableEndpoint<_, _, 8, 512, 16> = ReliableEndpoint::new(
         link,
         DeviceId::new("gateway")?,
         OverflowPolicy::RejectNewest,
@@ -215,68 +216,187 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let now = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut seen = Observed::default();
-    let mut commands_sent = false;
-    loop {
+    let mut step = Step::Registering;
+    let mut silent_since = 0;
+    let result = loop {
         if let Some(status) = child.try_wait()? {
-            return Err(format!("firmware stopped with {status}; saw {seen:?}").into());
+            break Err(format!("firmware stopped with {status} at {step:?}"));
         }
         if started.elapsed() > TIMEOUT {
-            child.kill()?;
-            let missing = seen.verdict().err().unwrap_or_default();
-            return Err(format!("no verdict within {TIMEOUT:?}: {missing}").into());
+            break Err(format!("stuck at {step:?} after {TIMEOUT:?}"));
         }
+        let mut inbound = Vec::new();
         block_on(gateway.poll(now(), |env| {
-            if env.device != expected {
-                seen.foreign += 1;
-                return;
-            }
-            match env.kind {
-                MessageKind::Heartbeat => seen.heartbeats += 1,
-                MessageKind::Telemetry => match codec::decode(env.payload) {
-                    Ok(t) => seen.telemetry.push(t),
-                    Err(_) => seen.foreign += 1,
-                },
-                MessageKind::CommandAck => match codec::decode(env.payload) {
-                    Ok(ack) => seen.acks.push(ack),
-                    Err(_) => seen.foreign += 1,
-                },
-                _ => seen.foreign += 1,
-            }
+            inbound.push((env.device, env.kind, env.payload.to_vec()));
         }))?;
-        if !commands_sent && seen.heartbeats > 0 {
-            let blink = command(
-                BLINK,
-                CommandKind::BlinkLed {
-                    times: 3,
-                    period_ms: 200,
+        for (from, kind, payload) in inbound {
+            if from != device {
+                seen.protocol_errors.push(format!("message from {from}"));
+                continue;
+            }
+            let env = iot_core::EnvelopeRef {
+                device: from,
+                seq: 0,
+                id: iot_core::MessageId(0),
+                qos: QoS::AtLeastOnce,
+                kind,
+                payload: &payload,
+            };
+            match server.handle(&env, now()) {
+                Ok(Handled::Replies(replies)) => {
+                    for (kind, body) in replies {
+                        gateway.enqueue(kind, QoS::ExactlyOnce, Priority::High, &body, now())?;
+                    }
+                }
+                Ok(Handled::Unhandled) => {}
+                Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
+            }
+            let state = seen.state().unwrap_or(State::Provisioning);
+            match kind {
+                MessageKind::Heartbeat => match codec::decode::<Heartbeat>(&payload) {
+                    Ok(beat) => seen.heartbeats.push((now(), beat.state)),
+                    Err(e) => seen.protocol_errors.push(format!("heartbeat: {e}")),
                 },
-            )?;
-            let read = command(READ_TEMPERATURE, CommandKind::ReadSensor { sensor: 0 })?;
-            for payload in [blink, read] {
+                MessageKind::Telemetry => match codec::decode::<Telemetry<3>>(&payload) {
+                    Ok(t) if !t.is_empty() => seen.telemetry.push((now(), state)),
+                    other => seen.protocol_errors.push(format!("telemetry: {other:?}")),
+                },
+                MessageKind::CommandAck => match codec::decode::<CommandAck>(&payload) {
+                    Ok(ack) if ack.command_id == BLINK => seen.blink_acks.push(ack.outcome),
+                    other => seen.protocol_errors.push(format!("ack: {other:?}")),
+                },
+                MessageKind::Decommission => match codec::decode::<AuditRecord>(&payload) {
+                    Ok(record) => seen.audit = Some(record),
+                    Err(e) => seen.protocol_errors.push(format!("audit record: {e}")),
+                },
+                _ => {}
+            }
+        }
+        if !seen.protocol_errors.is_empty() {
+            break Err(format!("protocol errors: {:?}", seen.protocol_errors));
+        }
+
+        let t = now();
+        match step {
+            Step::Registering if seen.state() == Some(State::Active) => {
+                println!("[{t:>6} ms] registered, Active, configuration v1 applied");
+                step = Step::Operating;
+            }
+            Step::Operating if seen.heartbeats.len() >= 3 && seen.telemetry.len() >= 2 => {
+                println!(
+                    "[{t:>6} ms] {} heartbeats, {} telemetry batches",
+                    seen.heartbeats.len(),
+                    seen.telemetry.len()
+                );
+                if let Some(delta) = server.set_desired(&device, "led", Value::Bool(true), t)? {
+                    gateway.enqueue(
+                        MessageKind::ShadowDelta,
+                        QoS::ExactlyOnce,
+                        Priority::High,
+                        &delta,
+                        t,
+                    )?;
+                }
+                println!("[{t:>6} ms] operator sets desired led = true");
+                step = Step::Converging;
+            }
+            Step::Converging if server.reported(&device, "led") == Some(Value::Bool(true)) => {
+                println!("[{t:>6} ms] device reports led = true: converged");
+                let blink = Command::new(
+                    BLINK,
+                    0,
+                    Command::NEVER_EXPIRES,
+                    CommandKind::BlinkLed {
+                        times: 3,
+                        period_ms: 200,
+                    },
+                );
                 gateway.enqueue(
                     MessageKind::Command,
                     QoS::ExactlyOnce,
                     Priority::High,
-                    &payload,
-                    now(),
+                    &codec::encode_to_vec(&blink)?,
+                    t,
                 )?;
+                step = Step::Commanded;
             }
-            commands_sent = true;
-        }
-        // Done once everything arrived and our commands are acknowledged; wait a little
-        // longer for late duplicates, which would fail the verdict.
-        if commands_sent && gateway.outbox().is_empty() && seen.verdict().is_ok() {
-            let settle = Instant::now();
-            while settle.elapsed() < Duration::from_millis(500) {
-                block_on(gateway.poll(now(), |_| seen.foreign += 1))?;
-                std::thread::sleep(Duration::from_millis(1));
+            Step::Commanded if !seen.blink_acks.is_empty() => {
+                println!(
+                    "[{t:>6} ms] blink command acknowledged: {:?}",
+                    seen.blink_acks
+                );
+                step = Step::AwaitDegraded;
             }
-            child.kill()?;
-            child.wait()?;
-            seen.verdict()?;
-            println!("QEMU scenario passed: {seen:?}");
-            return Ok(());
+            Step::AwaitDegraded
+                if seen.state() == Some(State::Degraded)
+                    && seen.telemetry_spacing(State::Degraded).is_some() =>
+            {
+                println!(
+                    "[{t:>6} ms] battery critical: Degraded; telemetry every {:.0} ms (was {:.0} ms)",
+                    seen.telemetry_spacing(State::Degraded).unwrap_or_default(),
+                    seen.telemetry_spacing(State::Active).unwrap_or_default()
+                );
+                let reason = codec::encode_to_vec(&DecommissionReason::OperatorRequest)?;
+                gateway.enqueue(
+                    MessageKind::Decommission,
+                    QoS::ExactlyOnce,
+                    Priority::High,
+                    &reason,
+                    t,
+                )?;
+                step = Step::Decommissioning;
+            }
+            Step::Decommissioning if seen.audit.is_some() => {
+                server.fleet_mut().decommission(&admin, &device, t)?;
+                println!("[{t:>6} ms] decommissioned: audit record {:?}", seen.audit);
+                silent_since = t;
+                step = Step::Silent;
+            }
+            Step::Silent if t.saturating_sub(silent_since) > 2_000 => break Ok(()),
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+
+    // The whole run, judged from what arrived.
+    let mut failures = Vec::new();
+    if seen.blink_acks != [AckOutcome::Accepted] {
+        failures.push(format!(
+            "expected one Accepted ack for the blink, got {:?}",
+            seen.blink_acks
+        ));
+    }
+    match (
+        seen.telemetry_spacing(State::Active),
+        seen.telemetry_spacing(State::Degraded),
+    ) {
+        (Some(active), Some(degraded)) if degraded >= 2.0 * active => {}
+        other => failures.push(format!("degraded telemetry is not slower: {other:?}")),
+    }
+    match &seen.audit {
+        Some(record) if record.device == device && record.from == State::Degraded => {}
+        other => failures.push(format!("unexpected audit record {other:?}")),
+    }
+    let late = seen
+        .heartbeats
+        .iter()
+        .filter(|(t, _)| *t > silent_since + 100)
+        .count()
+        + seen
+            .telemetry
+            .iter()
+            .filter(|(t, _)| *t > silent_since + 100)
+            .count();
+    if late > 0 {
+        failures.push(format!("{late} messages after decommissioning"));
+    }
+    if failures.is_empty() {
+        println!("QEMU scenario passed");
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
     }
 }
