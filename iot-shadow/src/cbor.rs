@@ -122,7 +122,7 @@ const fn flags(stamp: &Stamp) -> u8 {
     stamp.policy.code() | (stamp.origin.code() << 2)
 }
 
-fn text_len(len: usize) -> usize {
+pub(crate) fn text_len(len: usize) -> usize {
     uint_len(len as u64).saturating_add(len)
 }
 

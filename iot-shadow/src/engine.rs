@@ -13,7 +13,7 @@ use crate::policy::{CLIENT_TOKEN_CAPACITY, Limits, Resolver, settle};
 use crate::stamp::Policy;
 use crate::store::{FieldStore, Leaf, Section};
 use crate::update::{Outcome, Update, Write};
-use crate::value::Value;
+use crate::value::{Value, value_len};
 
 /// Persists the document version so versions are never reused across restarts.
 ///
@@ -78,6 +78,18 @@ enum Effect {
     /// Replaces the stored leaf.
     Replace,
 }
+
+/// The largest encoded path: a text of [`PATH_CAPACITY`](crate::path::PATH_CAPACITY) bytes.
+const MAX_KEY_LEN: usize =
+    cbor::uint_len(crate::path::PATH_CAPACITY as u64).saturating_add(crate::path::PATH_CAPACITY);
+/// The largest encoded value: full text, a full array or a 9-byte number.
+const MAX_VALUE_LEN: usize = {
+    let text = cbor::uint_len(crate::value::TEXT_CAPACITY as u64)
+        .saturating_add(crate::value::TEXT_CAPACITY);
+    let array = crate::value::ARRAY_CAPACITY;
+    let max = if text > array { text } else { array };
+    if max > 9 { max } else { 9 }
+};
 
 /// How a write is applied: `Update` collapses equal values (no-op updates change nothing),
 /// `Merge` is the pure last-writer-wins join (commutative, associative, idempotent).
@@ -353,13 +365,18 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
                 capacity: self.store.capacity(),
             });
         }
-        if changed {
+        if changed && self.size_bound(items.clone()) > self.limits.max_encoded_len {
             let header = Header {
                 kind: Kind::Document,
                 version: Some(self.version.saturating_add(1)),
                 client_token: None,
             };
-            let stored = self.store.entries().filter_map(|(s, p, _)| {
+            let stored = self.store.entries().filter_map(|(s, p, l)| {
+                // A leaf at a path the batch does not write (in either section) stays as
+                // stored: reconciliation only touches desired leaves at reported write paths.
+                if !items.clone().any(|(_, (q, _, _))| q == p) {
+                    return Some(cbor::LeafCost::of(s, p, &l.value, &l.stamp));
+                }
                 self.final_leaf(mode, items.clone(), reconcile, s, p)
                     .map(|l| cbor::LeafCost::of(s, p, &l.value, &l.stamp))
             });
@@ -379,6 +396,60 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             }
         }
         Ok(changed)
+    }
+
+    /// An upper bound of the document's encoded size after the batch, computed without
+    /// projecting any leaf, so the exact projection in `plan` only runs near the limit.
+    ///
+    /// Every leaf after the batch is a stored leaf, a written leaf or a desired tombstone at
+    /// a reported write's path, so the sum over all three bounds the leaves; each leaf adds
+    /// at most one clock (9 + 5 bytes) to the clock table and a reference below
+    /// `8 * leaves + 8`; the header (kind, version, table and section headers, field count)
+    /// takes at most 64 bytes.
+    fn size_bound<'a, I>(&self, items: I) -> usize
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
+        const HEADER: usize = 64;
+        const CLOCK: usize = 14;
+        let leaves = self
+            .store
+            .len()
+            .saturating_add(items.clone().count().saturating_mul(2));
+        let reference = cbor::uint_len((leaves as u64).saturating_mul(8).saturating_add(8));
+        // First the bound from the leaf count alone (no leaf is read): enough for every
+        // document far below the limit, which is the common case.
+        let largest = MAX_KEY_LEN
+            .saturating_add(1)
+            .saturating_add(MAX_VALUE_LEN)
+            .saturating_add(reference)
+            .saturating_add(CLOCK);
+        let quick = HEADER.saturating_add(leaves.saturating_mul(largest));
+        if quick <= self.limits.max_encoded_len {
+            return quick;
+        }
+        let leaf = |key: usize, value: usize| {
+            cbor::text_len(key)
+                .saturating_add(1)
+                .saturating_add(value)
+                .saturating_add(reference)
+                .saturating_add(CLOCK)
+        };
+        let stored = self
+            .store
+            .entries()
+            .map(|(_, p, l)| leaf(p.as_str().len(), value_len(&l.value)))
+            .fold(0usize, usize::saturating_add);
+        let written = items
+            .map(|(s, (p, v, _))| {
+                let tombstone = match s {
+                    Section::Reported => leaf(p.as_str().len(), value_len(&Value::Null)),
+                    Section::Desired => 0,
+                };
+                leaf(p.as_str().len(), value_len(v)).saturating_add(tombstone)
+            })
+            .fold(0usize, usize::saturating_add);
+        HEADER.saturating_add(stored).saturating_add(written)
     }
 
     /// The desired tombstone reconciliation will write at `path`, if a reported write in
@@ -738,10 +809,12 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             version: Some(outcome.version),
             client_token: update.client_token,
         };
+        let sorted = sorted_paths(update.writes);
+        let sorted = sorted.as_deref();
         cbor::encode_into(
             &header,
-            Touched::new(&self.store, update.writes, Section::Desired),
-            Touched::new(&self.store, update.writes, Section::Reported),
+            Touched::new(&self.store, update.writes, sorted, Section::Desired),
+            Touched::new(&self.store, update.writes, sorted, Section::Reported),
             buf,
         )
     }
@@ -753,66 +826,158 @@ fn write_items(writes: &[Write]) -> impl Iterator<Item = (Section, Item<'_>)> + 
         .map(|w| (w.section, (&w.path, &w.value, &w.stamp)))
 }
 
+/// How many distinct paths [`Touched`] sorts up front; larger updates are merged by rescanning.
+const TOUCHED_FAST: usize = 32;
+
+/// The distinct paths of `writes` in canonical order, or `None` if there are more than
+/// [`TOUCHED_FAST`].
+fn sorted_paths(writes: &[Write]) -> Option<heapless::Vec<&Path, TOUCHED_FAST>> {
+    let mut sorted: heapless::Vec<&Path, TOUCHED_FAST> = heapless::Vec::new();
+    for w in writes {
+        if let Err(at) = sorted.binary_search(&&w.path) {
+            sorted.insert(at, &w.path).ok()?;
+        }
+    }
+    Some(sorted)
+}
+
 /// Stored leaves of one section at the paths an update wrote, in canonical order.
 #[derive(Debug)]
-struct Touched<'a, S> {
+struct Touched<'a, 's, S> {
     store: &'a S,
-    paths: cbor::Sorted<'a>,
-    other: cbor::Sorted<'a>,
+    writes: &'a [Write],
+    /// The distinct written paths in canonical order ([`sorted_paths`]), when they fit.
+    sorted: Option<&'s [&'a Path]>,
+    next_index: usize,
     section: Section,
     last: Option<&'a Path>,
 }
 
-impl<'a, S> Touched<'a, S> {
-    fn new(store: &'a S, writes: &'a [Write], section: Section) -> Self {
+impl<'a, 's, S> Touched<'a, 's, S> {
+    fn new(
+        store: &'a S,
+        writes: &'a [Write],
+        sorted: Option<&'s [&'a Path]>,
+        section: Section,
+    ) -> Self {
         Self {
             store,
-            paths: cbor::Sorted::new(writes, Section::Desired),
-            other: cbor::Sorted::new(writes, Section::Reported),
+            writes,
+            sorted,
+            next_index: 0,
             section,
             last: None,
         }
     }
 }
 
-impl<S> Clone for Touched<'_, S> {
+impl<S> Clone for Touched<'_, '_, S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store,
-            paths: self.paths.clone(),
-            other: self.other.clone(),
+            writes: self.writes,
+            sorted: self.sorted,
+            next_index: self.next_index,
             section: self.section,
             last: self.last,
         }
     }
 }
 
-impl<'a, S: FieldStore> Iterator for Touched<'a, S> {
+impl<'a, S: FieldStore> Iterator for Touched<'a, '_, S> {
     type Item = Item<'a>;
     fn next(&mut self) -> Option<Item<'a>> {
         loop {
-            // Merge the two sorted path streams, skipping paths already yielded.
-            let last = self.last;
-            let a = self
-                .paths
-                .clone()
-                .find(|(p, _, _)| last.is_none_or(|l| *p > l))
-                .map(|(p, _, _)| p);
-            let b = self
-                .other
-                .clone()
-                .find(|(p, _, _)| last.is_none_or(|l| *p > l))
-                .map(|(p, _, _)| p);
-            let next = match (a, b) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => return None,
+            let next = if let Some(sorted) = self.sorted {
+                let p = *sorted.get(self.next_index)?;
+                self.next_index = self.next_index.saturating_add(1);
+                p
+            } else {
+                // The smallest written path after the last one yielded (either section).
+                let last = self.last;
+                let p = self
+                    .writes
+                    .iter()
+                    .map(|w| &w.path)
+                    .filter(|p| last.is_none_or(|l| *p > l))
+                    .min()?;
+                self.last = Some(p);
+                p
             };
-            self.last = Some(next);
             if let Some(leaf) = self.store.get(self.section, next) {
                 return Some((next, &leaf.value, &leaf.stamp));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{ARRAY_CAPACITY, Scalar, TEXT_CAPACITY, value_len};
+
+    /// The ack lists every written leaf once, in canonical order, both when the written
+    /// paths are sorted up front (up to 32) and when they are merged by rescanning.
+    #[test]
+    fn acks_cover_every_written_leaf_in_canonical_order() {
+        use crate::stamp::{Origin, Stamp};
+        use iot_core::{HlcTimestamp, NodeId};
+        for n in [5usize, 40] {
+            let stamp = Stamp::new(
+                HlcTimestamp::from_parts(1_000, 0, NodeId(3)).unwrap(),
+                Policy::LastWriterWins,
+                Origin::Device,
+            );
+            let writes: std::vec::Vec<Write> = (0..n)
+                .rev()
+                .map(|i| {
+                    let path = Path::new(&std::format!("f{i}")).unwrap();
+                    Write::new(Section::Reported, path, Value::Int(i as i64), stamp)
+                })
+                .collect();
+            let mut shadow: Shadow<crate::FixedStore<64>> = Shadow::new(
+                crate::FixedStore::new(),
+                Policy::LastWriterWins,
+                Limits::DEFAULT,
+            );
+            let update = Update::new(&writes);
+            let outcome = shadow.apply(&update, 0).unwrap();
+            let mut buf = [0u8; 2048];
+            let len = shadow.encode_accepted(&update, &outcome, &mut buf).unwrap();
+            let mut back: heapless::Vec<Write, 64> = heapless::Vec::new();
+            cbor::decode_message(&buf[..len], &mut back).unwrap();
+            assert_eq!(back.len(), n);
+            let mut expected: std::vec::Vec<&Path> = writes.iter().map(|w| &w.path).collect();
+            expected.sort();
+            let got: std::vec::Vec<&Path> = back.iter().map(|w| &w.path).collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn largest_encodings_stay_within_the_quick_bound() {
+        let text: heapless::String<TEXT_CAPACITY> =
+            core::iter::repeat_n('x', TEXT_CAPACITY).collect();
+        let mut largest_array = Value::Null;
+        for n in 0..ARRAY_CAPACITY {
+            match Value::array(&[Scalar::Int(i64::MIN); 48][..n]) {
+                Ok(v) => largest_array = v,
+                Err(_) => break,
+            }
+        }
+        for v in [
+            Value::text(&text).unwrap(),
+            largest_array,
+            Value::Int(i64::MIN),
+            Value::float(f64::MAX).unwrap(),
+            Value::Bool(true),
+            Value::Null,
+        ] {
+            assert!(value_len(&v) <= MAX_VALUE_LEN, "{v:?}");
+        }
+        let path: heapless::String<{ crate::path::PATH_CAPACITY }> =
+            core::iter::repeat_n('p', crate::path::PATH_CAPACITY).collect();
+        let path = Path::new(&path).unwrap();
+        assert_eq!(cbor::text_len(path.as_str().len()), MAX_KEY_LEN);
     }
 }

@@ -112,12 +112,24 @@ impl Path {
 
     /// Number of segments.
     pub fn depth(&self) -> usize {
-        self.segments().count()
+        // One byte scan (the limit checks run for every write): separators plus one.
+        self.0
+            .bytes()
+            .filter(|b| *b == b'.')
+            .count()
+            .saturating_add(1)
     }
 
     /// Length of the longest segment in bytes.
     pub fn longest_key(&self) -> usize {
-        self.segments().map(str::len).max().unwrap_or(0)
+        let (longest, last) = self.0.bytes().fold((0usize, 0usize), |(longest, run), b| {
+            if b == b'.' {
+                (longest.max(run), 0)
+            } else {
+                (longest, run.saturating_add(1))
+            }
+        });
+        longest.max(last)
     }
 
     /// `true` if `other` lies strictly inside this path (`a` is an ancestor of `a.b`).
@@ -178,6 +190,22 @@ impl TryFrom<&str> for Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// The byte scans agree with the segment definitions on every valid path.
+        #[test]
+        fn depth_and_longest_key_are_those_of_the_segments(
+            s in "[a-z0-9_-]{1,8}(\\.[A-Z0-9_-]{1,8}){0,6}"
+        ) {
+            let p = Path::new(&s).unwrap();
+            proptest::prop_assert_eq!(p.depth(), p.segments().count());
+            proptest::prop_assert_eq!(
+                p.longest_key(),
+                p.segments().map(str::len).max().unwrap_or(0)
+            );
+        }
+    }
 
     #[test]
     fn validation() {

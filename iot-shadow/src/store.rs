@@ -134,10 +134,14 @@ impl<const N: usize> FieldStore for FixedStore<N> {
 }
 
 /// A heap-backed store without a capacity limit (backends). Feature `alloc`.
+///
+/// One ordered map per section, so lookups borrow the caller's [`Path`] instead of building
+/// a `(Section, Path)` key, and iteration (desired, then reported) stays canonical.
 #[cfg(feature = "alloc")]
 #[derive(Debug, Clone, Default)]
 pub struct MapStore {
-    entries: alloc::collections::BTreeMap<(Section, Path), Leaf>,
+    desired: alloc::collections::BTreeMap<Path, Leaf>,
+    reported: alloc::collections::BTreeMap<Path, Leaf>,
 }
 
 #[cfg(feature = "alloc")]
@@ -145,7 +149,22 @@ impl MapStore {
     /// An empty store.
     pub const fn new() -> Self {
         Self {
-            entries: alloc::collections::BTreeMap::new(),
+            desired: alloc::collections::BTreeMap::new(),
+            reported: alloc::collections::BTreeMap::new(),
+        }
+    }
+
+    fn half(&self, section: Section) -> &alloc::collections::BTreeMap<Path, Leaf> {
+        match section {
+            Section::Desired => &self.desired,
+            Section::Reported => &self.reported,
+        }
+    }
+
+    fn half_mut(&mut self, section: Section) -> &mut alloc::collections::BTreeMap<Path, Leaf> {
+        match section {
+            Section::Desired => &mut self.desired,
+            Section::Reported => &mut self.reported,
         }
     }
 }
@@ -153,20 +172,25 @@ impl MapStore {
 #[cfg(feature = "alloc")]
 impl FieldStore for MapStore {
     fn get(&self, section: Section, path: &Path) -> Option<&Leaf> {
-        self.entries.get(&(section, path.clone()))
+        self.half(section).get(path)
     }
 
     fn insert(&mut self, section: Section, path: &Path, leaf: Leaf) -> Result<(), StoreFull> {
-        self.entries.insert((section, path.clone()), leaf);
+        let half = self.half_mut(section);
+        if let Some(slot) = half.get_mut(path) {
+            *slot = leaf;
+        } else {
+            half.insert(path.clone(), leaf);
+        }
         Ok(())
     }
 
     fn remove(&mut self, section: Section, path: &Path) -> Option<Leaf> {
-        self.entries.remove(&(section, path.clone()))
+        self.half_mut(section).remove(path)
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.desired.len().saturating_add(self.reported.len())
     }
 
     fn capacity(&self) -> usize {
@@ -174,17 +198,21 @@ impl FieldStore for MapStore {
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
+        self.desired.clear();
+        self.reported.clear();
     }
 
     fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone {
-        self.entries.iter().map(|((s, p), l)| (*s, p, l))
+        let d = self.desired.iter().map(|(p, l)| (Section::Desired, p, l));
+        let r = self.reported.iter().map(|(p, l)| (Section::Reported, p, l));
+        d.chain(r)
     }
 
     fn retain(&mut self, mut keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|(s, p), l| keep(*s, p, l));
-        before.saturating_sub(self.entries.len())
+        let before = self.len();
+        self.desired.retain(|p, l| keep(Section::Desired, p, l));
+        self.reported.retain(|p, l| keep(Section::Reported, p, l));
+        before.saturating_sub(self.len())
     }
 }
 

@@ -1,0 +1,419 @@
+//! The backend's shadow update cycle, ours against the AWS-style JSON approach, in one run.
+//!
+//! One cycle = decode a device's update, merge it into the stored document, compute the
+//! delta, encode the responses (the `update/accepted` ack and the `update/delta`
+//! notification). Both sides start from the same 10-field document (6 reported leaves, 4
+//! desired leaves of which 3 differ from reported) and receive the same update (4 reported
+//! leaves, one of them settling a desired value).
+//!
+//! * `ours/map_store`: iot-shadow's engine over `MapStore` (the backend store), canonical CBOR.
+//! * `ours/fixed_store`: the same engine over `FixedStore<32>` (the device store).
+//! * `serde_json`: `serde_json::Value` documents in the AWS IoT shadow shape, the update
+//!   applied as a JSON merge patch (RFC 7386) with `metadata.<path>.timestamp` per written
+//!   leaf, the delta computed by a recursive comparison of `desired` with `reported`, the
+//!   responses serialised with `serde_json::to_vec` — the straightforward way.
+//!
+//! Before timing it prints the encoded sizes of the update, the ack, the delta and the whole
+//! document in both encodings (the encoded-size ratio).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::panic
+)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use iot_shadow::cbor::{self, Header, Kind};
+use iot_shadow::iot_core::{HlcTimestamp, NodeId};
+use iot_shadow::{
+    FieldStore, FixedStore, Limits, MapStore, Origin, Path, Policy, Section, Shadow, Stamp, Update,
+    Value, Write,
+};
+use serde_json::{Map, Value as Json, json};
+
+const CLOUD: NodeId = NodeId(1);
+const DEVICE: NodeId = NodeId(0x7a11);
+/// Wall time of the document's writes and of the update (ms since the epoch).
+const T0_MS: u64 = 1_763_000_000_000;
+const T1_MS: u64 = T0_MS + 15_000;
+const TOKEN: &str = "d7-000123";
+
+fn stamp(ms: u64, node: NodeId, origin: Origin) -> Stamp {
+    Stamp::new(
+        HlcTimestamp::from_parts(ms, 0, node).unwrap(),
+        Policy::LastWriterWins,
+        origin,
+    )
+}
+
+fn w(section: Section, path: &str, value: Value, stamp: Stamp) -> Write {
+    Write::new(section, Path::new(path).unwrap(), value, stamp)
+}
+
+/// The stored document as writes: 6 reported leaves, 4 desired (3 differ from reported).
+fn document_writes() -> Vec<Write> {
+    let dev = stamp(T0_MS, DEVICE, Origin::Device);
+    let cloud = stamp(T0_MS + 1, CLOUD, Origin::Cloud);
+    vec![
+        w(
+            Section::Reported,
+            "temperature",
+            Value::float(21.5).unwrap(),
+            dev,
+        ),
+        w(
+            Section::Reported,
+            "humidity",
+            Value::float(40.25).unwrap(),
+            dev,
+        ),
+        w(Section::Reported, "battery", Value::Int(87), dev),
+        w(Section::Reported, "led", Value::Bool(false), dev),
+        w(
+            Section::Reported,
+            "firmware",
+            Value::text("1.4.2").unwrap(),
+            dev,
+        ),
+        w(Section::Reported, "telemetry.interval", Value::Int(30), dev),
+        w(Section::Desired, "led", Value::Bool(true), cloud),
+        w(
+            Section::Desired,
+            "telemetry.interval",
+            Value::Int(60),
+            cloud,
+        ),
+        w(
+            Section::Desired,
+            "heartbeat.interval",
+            Value::Int(10),
+            cloud,
+        ),
+        w(Section::Desired, "mode", Value::text("eco").unwrap(), cloud),
+    ]
+}
+
+/// The device's update: 4 reported leaves; `telemetry.interval` settles its desired value.
+fn update_writes() -> Vec<Write> {
+    let dev = stamp(T1_MS, DEVICE, Origin::Device);
+    vec![
+        w(
+            Section::Reported,
+            "temperature",
+            Value::float(22.0).unwrap(),
+            dev,
+        ),
+        w(
+            Section::Reported,
+            "humidity",
+            Value::float(41.5).unwrap(),
+            dev,
+        ),
+        w(Section::Reported, "battery", Value::Int(86), dev),
+        w(Section::Reported, "telemetry.interval", Value::Int(60), dev),
+    ]
+}
+
+fn limits() -> Limits {
+    Limits::DEFAULT
+}
+
+fn ours<S: FieldStore>(store: S) -> Shadow<S> {
+    let mut s = Shadow::new(store, Policy::LastWriterWins, limits());
+    s.apply(&Update::new(&document_writes()), T0_MS).unwrap();
+    s
+}
+
+fn encoded_update() -> Vec<u8> {
+    let header = Header {
+        kind: Kind::Update,
+        version: Some(1),
+        client_token: Some(TOKEN),
+    };
+    let mut buf = [0u8; 1024];
+    let n = cbor::encode_writes(&header, &update_writes(), &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// Bytes of (ack, delta) produced by one cycle of ours.
+struct Out {
+    ack: usize,
+    delta: usize,
+}
+
+fn our_cycle<S: FieldStore>(
+    shadow: &mut Shadow<S>,
+    update: &[u8],
+    ack: &mut [u8],
+    delta: &mut [u8],
+) -> Out {
+    let mut writes: heapless::Vec<Write, 16> = heapless::Vec::new();
+    let header = cbor::decode_message(update, &mut writes).unwrap();
+    let update = Update {
+        client_token: header.client_token,
+        expected_version: header.version,
+        writes: &writes,
+    };
+    let outcome = shadow.apply(&update, T1_MS).unwrap();
+    let a = shadow.encode_accepted(&update, &outcome, ack).unwrap();
+    let d = shadow.encode_delta(delta).unwrap().unwrap_or(0);
+    Out { ack: a, delta: d }
+}
+
+// ---------------------------------------------------------------- the serde_json peer
+
+fn value_json(v: &Value) -> Json {
+    match v {
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f.get()),
+        Value::Text(t) => json!(t.as_str()),
+        _ => Json::Null,
+    }
+}
+
+fn set_nested(root: &mut Map<String, Json>, path: &str, value: Json) {
+    let mut parts = path.split('.').peekable();
+    let mut node = root;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            node.insert(part.to_owned(), value);
+            return;
+        }
+        node = node
+            .entry(part.to_owned())
+            .or_insert_with(|| Json::Object(Map::new()))
+            .as_object_mut()
+            .unwrap();
+    }
+}
+
+/// The same document as AWS IoT stores it: state, metadata timestamps (seconds), version.
+fn peer_document() -> Json {
+    let mut desired = Map::new();
+    let mut reported = Map::new();
+    let mut md = Map::new();
+    let mut mr = Map::new();
+    for wr in document_writes() {
+        let (state, meta) = match wr.section {
+            Section::Desired => (&mut desired, &mut md),
+            Section::Reported => (&mut reported, &mut mr),
+        };
+        set_nested(state, wr.path.as_str(), value_json(&wr.value));
+        set_nested(meta, wr.path.as_str(), json!({ "timestamp": T0_MS / 1000 }));
+    }
+    json!({
+        "state": { "desired": desired, "reported": reported },
+        "metadata": { "desired": md, "reported": mr },
+        "version": 1,
+        "timestamp": T0_MS / 1000,
+    })
+}
+
+fn peer_update() -> Vec<u8> {
+    let mut reported = Map::new();
+    for wr in update_writes() {
+        set_nested(&mut reported, wr.path.as_str(), value_json(&wr.value));
+    }
+    serde_json::to_vec(&json!({
+        "state": { "reported": reported },
+        "clientToken": TOKEN,
+        "version": 1,
+    }))
+    .unwrap()
+}
+
+/// RFC 7386 merge patch; `meta` receives `{"timestamp": now}` for every leaf written.
+fn merge_patch(target: &mut Json, patch: &Json, meta: &mut Json, now_s: u64) {
+    let Json::Object(patch) = patch else {
+        *target = patch.clone();
+        *meta = json!({ "timestamp": now_s });
+        return;
+    };
+    if !target.is_object() {
+        *target = Json::Object(Map::new());
+    }
+    if !meta.is_object() {
+        *meta = Json::Object(Map::new());
+    }
+    let t = target.as_object_mut().unwrap();
+    let m = meta.as_object_mut().unwrap();
+    for (k, v) in patch {
+        if v.is_null() {
+            t.remove(k);
+            m.remove(k);
+        } else {
+            let slot = t.entry(k.clone()).or_insert(Json::Null);
+            let mslot = m.entry(k.clone()).or_insert(Json::Null);
+            merge_patch(slot, v, mslot, now_s);
+        }
+    }
+}
+
+/// Desired leaves absent from reported or different from it.
+fn delta(desired: &Json, reported: Option<&Json>) -> Option<Json> {
+    match (desired, reported) {
+        (Json::Object(d), r) => {
+            let mut out = Map::new();
+            for (k, dv) in d {
+                let rv = r.and_then(|r| r.get(k));
+                if let Some(x) = delta(dv, rv) {
+                    out.insert(k.clone(), x);
+                }
+            }
+            (!out.is_empty()).then_some(Json::Object(out))
+        }
+        (d, Some(r)) if d == r => None,
+        (d, _) => Some(d.clone()),
+    }
+}
+
+/// The metadata of the delta's leaves (AWS sends them with the delta).
+fn delta_meta(delta: &Json, meta: Option<&Json>) -> Json {
+    match delta {
+        Json::Object(d) => {
+            let mut out = Map::new();
+            for k in d.keys() {
+                let m = meta.and_then(|m| m.get(k));
+                out.insert(k.clone(), delta_meta(&d[k], m));
+            }
+            Json::Object(out)
+        }
+        _ => meta.cloned().unwrap_or(Json::Null),
+    }
+}
+
+fn peer_cycle(doc: &mut Json, update: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let now_s = T1_MS / 1000;
+    let req: Json = serde_json::from_slice(update).unwrap();
+    let expected = req.get("version").and_then(Json::as_u64);
+    let current = doc["version"].as_u64().unwrap();
+    assert!(expected.is_none_or(|e| e == current), "version conflict");
+    let mut ack_meta = Map::new();
+    let mut ack_state = Map::new();
+    for section in ["desired", "reported"] {
+        let Some(patch) = req["state"].get(section) else {
+            continue;
+        };
+        let mut written = Json::Null;
+        let mut meta = std::mem::take(&mut doc["metadata"][section]);
+        merge_patch(&mut doc["state"][section], patch, &mut meta, now_s);
+        doc["metadata"][section] = meta;
+        // The ack carries what was written and its metadata.
+        merge_patch(&mut Json::Null, patch, &mut written, now_s);
+        ack_state.insert(section.to_owned(), patch.clone());
+        ack_meta.insert(section.to_owned(), written);
+    }
+    let version = current + 1;
+    doc["version"] = json!(version);
+    doc["timestamp"] = json!(now_s);
+    let mut ack = json!({
+        "state": ack_state,
+        "metadata": ack_meta,
+        "version": version,
+        "timestamp": now_s,
+    });
+    if let Some(token) = req.get("clientToken") {
+        ack["clientToken"] = token.clone();
+    }
+    let ack = serde_json::to_vec(&ack).unwrap();
+    let delta = delta(&doc["state"]["desired"], Some(&doc["state"]["reported"])).map(|d| {
+        let meta = delta_meta(&d, Some(&doc["metadata"]["desired"]));
+        serde_json::to_vec(&json!({
+            "version": version,
+            "timestamp": now_s,
+            "state": d,
+            "metadata": meta,
+        }))
+        .unwrap()
+    });
+    (ack, delta)
+}
+
+// ---------------------------------------------------------------- checks and sizes
+
+fn report_sizes() {
+    let update = encoded_update();
+    let mut shadow = ours(MapStore::new());
+    let (mut ack, mut dl) = ([0u8; 2048], [0u8; 2048]);
+    let out = our_cycle(&mut shadow, &update, &mut ack, &mut dl);
+    let mut doc_buf = [0u8; 4096];
+    let doc_len = shadow.encode_document(&mut doc_buf).unwrap();
+
+    let peer_update = peer_update();
+    let mut doc = peer_document();
+    let (peer_ack, peer_delta) = peer_cycle(&mut doc, &peer_update);
+    let peer_delta = peer_delta.unwrap();
+    let peer_doc = serde_json::to_vec(&doc).unwrap();
+
+    // Both sides must agree on the result: same delta leaves, same version.
+    let ours_delta: Vec<String> = shadow.delta().map(|(p, _)| p.to_string()).collect();
+    let theirs: Json = serde_json::from_slice(&peer_delta).unwrap();
+    assert_eq!(ours_delta, ["led", "mode", "heartbeat.interval"]);
+    assert_eq!(
+        theirs["state"],
+        json!({"led": true, "mode": "eco", "heartbeat": {"interval": 10}})
+    );
+    assert_eq!(shadow.version(), doc["version"].as_u64().unwrap());
+
+    let total_ours = update.len() + out.ack + out.delta;
+    let total_peer = peer_update.len() + peer_ack.len() + peer_delta.len();
+    eprintln!("encoded sizes (bytes)   ours CBOR   AWS JSON   ours/JSON");
+    for (name, a, b) in [
+        ("update", update.len(), peer_update.len()),
+        ("accepted ack", out.ack, peer_ack.len()),
+        ("delta", out.delta, peer_delta.len()),
+        ("cycle total", total_ours, total_peer),
+        ("document", doc_len, peer_doc.len()),
+    ] {
+        eprintln!(
+            "  {name:<20} {a:>9} {b:>10} {:>10.1}%",
+            100.0 * a as f64 / b as f64
+        );
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    report_sizes();
+    let update = encoded_update();
+    let peer_update = peer_update();
+    let base_map = ours(MapStore::new());
+    let base_fixed = ours(FixedStore::<32>::new());
+    let base_json = peer_document();
+
+    let mut g = c.benchmark_group("shadow_cycle");
+    g.sample_size(50);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    let (mut ack, mut dl) = ([0u8; 2048], [0u8; 2048]);
+    g.bench_function("ours/map_store", |b| {
+        b.iter_batched_ref(
+            || base_map.clone(),
+            |s| black_box(our_cycle(s, black_box(&update), &mut ack, &mut dl)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("ours/fixed_store", |b| {
+        b.iter_batched_ref(
+            || base_fixed.clone(),
+            |s| black_box(our_cycle(s, black_box(&update), &mut ack, &mut dl)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("serde_json", |b| {
+        b.iter_batched_ref(
+            || base_json.clone(),
+            |d| black_box(peer_cycle(d, black_box(&peer_update))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
