@@ -562,7 +562,8 @@ impl<V: ProofVerifier> Fleet<V> {
     /// The device reports the result of installing the version of rollout `rollout`.
     /// Overdue devices of the rollout are timed out first (as by [`Fleet::tick_rollouts`]),
     /// so a report after the device's deadline is refused with
-    /// [`RolloutError::Expired`] (or `NotRunning` if the time-outs halted the rollout).
+    /// [`RolloutError::Expired`]. A device that was installing when the rollout halted may
+    /// still report: a failure is then told to roll back.
     pub fn report_update(
         &mut self,
         id: &DeviceId,

@@ -525,7 +525,10 @@ impl Rollout {
         now_ms: u64,
     ) -> Result<Progress, RolloutError> {
         let stage = match self.status {
-            RolloutStatus::Running { stage } | RolloutStatus::Paused { stage } => stage,
+            RolloutStatus::Running { stage } | RolloutStatus::Paused { stage } => Some(stage),
+            // A device that was installing when the rollout halted still reports: its
+            // outcome is recorded so that, if it failed, it is told to roll back.
+            RolloutStatus::Halted { .. } => None,
             _ => return Err(RolloutError::NotRunning),
         };
         let (own_stage, outcome) = self.outcomes.get_mut(id).ok_or(RolloutError::NotAdmitted)?;
@@ -543,7 +546,7 @@ impl Rollout {
         let own_stage = *own_stage;
         self.count(own_stage, Tally::Pending, false);
         self.count(own_stage, which, true);
-        Ok(self.settle(stage, now_ms))
+        Ok(stage.map_or(Progress::Unchanged, |stage| self.settle(stage, now_ms)))
     }
 
     /// Removes a device (decommissioned) from the rollout at `now_ms`. Its place in its
@@ -775,12 +778,24 @@ mod tests {
                 }
             );
         }
-        // Pending devices of the halted stage are no longer told to install.
+        // Pending devices of the halted stage are no longer told to install...
         assert_eq!(r.instruction(&stage1[50]), Instruction::Wait);
+        // ...but one that was already installing still reports: a late failure is told to
+        // roll back, a late success waits, and the rollout stays halted.
+        assert_eq!(r.report(&stage1[50], false, 1), Ok(Progress::Unchanged));
+        assert_eq!(
+            r.instruction(&stage1[50]),
+            Instruction::RollBack {
+                to: Some("1".into())
+            }
+        );
+        assert_eq!(r.report(&stage1[51], true, 1), Ok(Progress::Unchanged));
+        assert_eq!(r.instruction(&stage1[51]), Instruction::Wait);
         assert_eq!(
             r.report(&stage1[50], true, 1),
-            Err(RolloutError::NotRunning)
+            Err(RolloutError::AlreadyReported)
         );
+        assert!(matches!(r.status(), RolloutStatus::Halted { .. }));
         assert_eq!(r.admitted().count(), 100);
     }
 
@@ -887,7 +902,7 @@ mod tests {
         );
         assert_eq!(
             r.report(&canaries[9], true, 700),
-            Err(RolloutError::NotRunning)
+            Err(RolloutError::Expired)
         );
     }
 
@@ -922,7 +937,7 @@ mod tests {
         let mut tolerant = Rollout::new("2", None, ids(1000), config, 0).unwrap();
         let second = tolerant.stage_members(0)[0];
         late.expire(11);
-        assert_eq!(late.report(&first, true, 12), Err(RolloutError::NotRunning));
+        assert_eq!(late.report(&first, true, 12), Err(RolloutError::Expired));
         tolerant.expire(11);
         assert_eq!(tolerant.status(), RolloutStatus::Running { stage: 1 });
         assert_eq!(

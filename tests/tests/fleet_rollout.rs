@@ -141,7 +141,22 @@ fn rollout_halts_on_injected_failures_and_failed_devices_roll_back() {
         .filter(|d| !fleet.instructions(d).is_empty())
         .count();
     assert_eq!(instructed, 5);
-    assert!(fleet.report_update(&stage1[20], r, true, 40).is_err());
+    // A device still installing when the rollout halted reports late: a success is
+    // recorded and needs nothing more; a failure is told to roll back. Still halted.
+    assert!(fleet.report_update(&stage1[20], r, true, 40).is_ok());
+    assert!(fleet.instructions(&stage1[20]).is_empty());
+    assert!(fleet.report_update(&stage1[21], r, false, 41).is_ok());
+    assert_eq!(
+        fleet.instructions(&stage1[21]),
+        vec![(
+            r,
+            Instruction::RollBack {
+                to: Some("1.4.2".into())
+            }
+        )]
+    );
+    let scoped = fleet.rollout(&admin, r).unwrap().clone();
+    assert_eq!(scoped.rollout.status(), RolloutStatus::Halted { stage: 1 });
     assert_eq!(scoped.rollout.admitted().count(), 100);
 
     let halts: Vec<_> = fleet
@@ -259,7 +274,7 @@ fn a_silent_canary_halts_the_rollout_after_the_deadline_and_not_before() {
     assert!(fleet.tick_rollouts(20_000).is_empty());
     assert_eq!(
         fleet.report_update(&canaries[9], r, true, 20_001),
-        Err(FleetError::Rollout(RolloutError::NotRunning))
+        Err(FleetError::Rollout(RolloutError::Expired))
     );
     let audit: Vec<_> = fleet
         .audit_trail(&admin)
@@ -554,7 +569,11 @@ proptest! {
                         .collect();
                     if let Some(d) = pending.get(k % pending.len().max(1)) {
                         let r = rollout.report(d, *ok, now);
-                        let accepts = matches!(before, RolloutStatus::Running { .. } | RolloutStatus::Paused { .. });
+                        // A halted rollout still records late reports (failures roll back).
+                        let accepts = matches!(
+                            before,
+                            RolloutStatus::Running { .. } | RolloutStatus::Paused { .. } | RolloutStatus::Halted { .. }
+                        );
                         prop_assert_eq!(r.is_ok(), accepts);
                     }
                 }
