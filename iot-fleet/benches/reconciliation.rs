@@ -214,63 +214,19 @@ fn fleet_round(
 
 // ---------------------------------------------------------------- serde_json peer
 
-type JsonShadows = BTreeMap<DeviceId, Json>;
+#[path = "../../benches/aws_json_peer.rs"]
+mod aws_json_peer;
+use aws_json_peer::{json_value, merge_patch, set_nested};
 
-fn json_value(v: &Value) -> Json {
-    match v {
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) => json!(f.get()),
-        Value::Text(t) => json!(t.as_str()),
-        _ => Json::Null,
-    }
-}
+type JsonShadows = BTreeMap<DeviceId, Json>;
 
 /// The update body an AWS-style device sends: `{"state":{"reported":{...}}}`.
 fn json_update(writes: &[Write]) -> Json {
     let mut reported = Map::new();
     for w in writes {
-        let mut node = &mut reported;
-        let mut parts = w.path.segments().peekable();
-        while let Some(part) = parts.next() {
-            if parts.peek().is_none() {
-                node.insert(part.to_owned(), json_value(&w.value));
-            } else {
-                node = node
-                    .entry(part.to_owned())
-                    .or_insert_with(|| Json::Object(Map::new()))
-                    .as_object_mut()
-                    .unwrap();
-            }
-        }
+        set_nested(&mut reported, w.path.as_str(), json_value(&w.value));
     }
     json!({ "state": { "reported": reported } })
-}
-
-fn merge_patch(target: &mut Json, patch: &Json, meta: &mut Json, now_s: u64) {
-    let Json::Object(patch) = patch else {
-        *target = patch.clone();
-        *meta = json!({ "timestamp": now_s });
-        return;
-    };
-    if !target.is_object() {
-        *target = Json::Object(Map::new());
-    }
-    if !meta.is_object() {
-        *meta = Json::Object(Map::new());
-    }
-    let t = target.as_object_mut().unwrap();
-    let m = meta.as_object_mut().unwrap();
-    for (k, v) in patch {
-        if v.is_null() {
-            t.remove(k);
-            m.remove(k);
-        } else {
-            let slot = t.entry(k.clone()).or_insert(Json::Null);
-            let mslot = m.entry(k.clone()).or_insert(Json::Null);
-            merge_patch(slot, v, mslot, now_s);
-        }
-    }
 }
 
 fn json_apply(doc: &mut Json, update: &Json, t_ms: u64) {

@@ -167,31 +167,9 @@ fn our_cycle<S: FieldStore>(
 
 // ---------------------------------------------------------------- the serde_json peer
 
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) => json!(f.get()),
-        Value::Text(t) => json!(t.as_str()),
-        _ => Json::Null,
-    }
-}
-
-fn set_nested(root: &mut Map<String, Json>, path: &str, value: Json) {
-    let mut parts = path.split('.').peekable();
-    let mut node = root;
-    while let Some(part) = parts.next() {
-        if parts.peek().is_none() {
-            node.insert(part.to_owned(), value);
-            return;
-        }
-        node = node
-            .entry(part.to_owned())
-            .or_insert_with(|| Json::Object(Map::new()))
-            .as_object_mut()
-            .unwrap();
-    }
-}
+#[path = "../../benches/aws_json_peer.rs"]
+mod aws_json_peer;
+use aws_json_peer::{json_value, merge_patch, set_nested};
 
 /// The same document as AWS IoT stores it: state, metadata timestamps (seconds), version.
 fn peer_document() -> Json {
@@ -204,7 +182,7 @@ fn peer_document() -> Json {
             Section::Desired => (&mut desired, &mut md),
             Section::Reported => (&mut reported, &mut mr),
         };
-        set_nested(state, wr.path.as_str(), value_json(&wr.value));
+        set_nested(state, wr.path.as_str(), json_value(&wr.value));
         set_nested(meta, wr.path.as_str(), json!({ "timestamp": T0_MS / 1000 }));
     }
     json!({
@@ -218,7 +196,7 @@ fn peer_document() -> Json {
 fn peer_update() -> Vec<u8> {
     let mut reported = Map::new();
     for wr in update_writes() {
-        set_nested(&mut reported, wr.path.as_str(), value_json(&wr.value));
+        set_nested(&mut reported, wr.path.as_str(), json_value(&wr.value));
     }
     serde_json::to_vec(&json!({
         "state": { "reported": reported },
@@ -226,33 +204,6 @@ fn peer_update() -> Vec<u8> {
         "version": 1,
     }))
     .unwrap()
-}
-
-/// RFC 7386 merge patch; `meta` receives `{"timestamp": now}` for every leaf written.
-fn merge_patch(target: &mut Json, patch: &Json, meta: &mut Json, now_s: u64) {
-    let Json::Object(patch) = patch else {
-        *target = patch.clone();
-        *meta = json!({ "timestamp": now_s });
-        return;
-    };
-    if !target.is_object() {
-        *target = Json::Object(Map::new());
-    }
-    if !meta.is_object() {
-        *meta = Json::Object(Map::new());
-    }
-    let t = target.as_object_mut().unwrap();
-    let m = meta.as_object_mut().unwrap();
-    for (k, v) in patch {
-        if v.is_null() {
-            t.remove(k);
-            m.remove(k);
-        } else {
-            let slot = t.entry(k.clone()).or_insert(Json::Null);
-            let mslot = m.entry(k.clone()).or_insert(Json::Null);
-            merge_patch(slot, v, mslot, now_s);
-        }
-    }
 }
 
 /// Desired leaves absent from reported or different from it.
