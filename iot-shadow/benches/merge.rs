@@ -38,18 +38,9 @@ use iot_shadow::{
     Value, Write,
 };
 
-const FIELDS: [&str; 10] = [
-    "temperature",
-    "humidity",
-    "battery",
-    "led",
-    "firmware",
-    "rssi",
-    "uptime",
-    "telemetry.interval",
-    "heartbeat.interval",
-    "mode",
-];
+#[path = "../../benches/ten_field_shadow.rs"]
+mod ten_field_shadow;
+use ten_field_shadow::FIELDS;
 const T0_MS: u64 = 1_763_000_000_000;
 const PER_UPDATE: usize = 3;
 
