@@ -91,6 +91,28 @@ const MAX_VALUE_LEN: usize = {
     if max > 9 { max } else { 9 }
 };
 
+/// How many writes [`Shadow::plan`] remembers its decisions for; larger batches are
+/// committed by deciding each write again.
+const PLAN_STEPS: usize = 32;
+
+/// What the commit does with one write of a planned batch.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// The write takes effect (insert or replace).
+    store: bool,
+    /// A reported write that wins against a differing desired value, which it clears.
+    settles: bool,
+}
+
+/// What [`Shadow::plan`] decided about a batch.
+#[derive(Debug)]
+struct Planned {
+    /// The batch changes the document.
+    changed: bool,
+    /// One [`Step`] per write, when the batch has at most [`PLAN_STEPS`] writes.
+    steps: Option<heapless::Vec<Step, PLAN_STEPS>>,
+}
+
 /// How a write is applied: `Update` collapses equal values (no-op updates change nothing),
 /// `Merge` is the pure last-writer-wins join (commutative, associative, idempotent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,9 +211,11 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     /// The delta: desired leaves whose value is absent from reported or differs from it,
     /// in canonical order. Reported-only leaves never appear; values compare as a whole.
     pub fn delta(&self) -> impl Iterator<Item = (&Path, &Leaf)> + Clone {
-        self.section(Section::Desired).filter(|(path, leaf)| {
-            !leaf.value.is_null() && self.value(Section::Reported, path) != Some(&leaf.value)
-        })
+        // Both sections iterate in path order: one merge-join pass, no lookups.
+        Delta {
+            desired: self.section(Section::Desired),
+            reported: self.section(Section::Reported).peekable(),
+        }
     }
 
     /// `true` when desired and reported agree: no delta notification is due.
@@ -311,13 +335,16 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     }
 
     /// Validates a batch of writes against the limits and the document without changing
-    /// anything; returns the projected (changed, leaf count, entries length).
-    fn plan<'a, I>(&self, mode: Mode, items: I, reconcile: bool) -> Result<bool, ShadowError>
+    /// anything; returns whether it changes the document and, for batches of up to
+    /// [`PLAN_STEPS`] writes, what [`Shadow::commit`] has to do for each write, so the
+    /// commit does not look every leaf up again.
+    fn plan<'a, I>(&self, mode: Mode, items: I, reconcile: bool) -> Result<Planned, ShadowError>
     where
         I: Iterator<Item = (Section, Item<'a>)> + Clone,
     {
         let mut changed = false;
         let mut new_keys = 0usize;
+        let mut steps = Some(heapless::Vec::<Step, PLAN_STEPS>::new());
         for (i, (section, (path, value, stamp))) in items.clone().enumerate() {
             self.check_path(path)?;
             for (other_section, (other, _, _)) in items.clone().take(i) {
@@ -346,11 +373,20 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
                 }
                 new_keys = new_keys.saturating_add(1);
             }
-            if reconcile
+            let settles = reconcile
                 && section == Section::Reported
-                && self.settled(mode, items.clone(), path)?.is_some()
-            {
+                && self
+                    .settled_with(mode, items.clone(), path, existing, (value, stamp))?
+                    .is_some();
+            if settles {
                 changed = true;
+            }
+            let step = Step {
+                store: effect != Effect::None,
+                settles,
+            };
+            if steps.as_mut().is_some_and(|s| s.push(step).is_err()) {
+                steps = None;
             }
         }
         let count = self.store.len().saturating_add(new_keys);
@@ -395,7 +431,7 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
                 });
             }
         }
-        Ok(changed)
+        Ok(Planned { changed, steps })
     }
 
     /// An upper bound of the document's encoded size after the batch, computed without
@@ -465,6 +501,22 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             return Ok(None);
         };
         let existing = self.store.get(Section::Reported, path);
+        self.settled_with(mode, items, path, existing, (value, stamp))
+    }
+
+    /// [`Shadow::settled`] for the batch's reported write (`value`, `stamp`) at `path`,
+    /// with the stored reported leaf already looked up.
+    fn settled_with<'a, I>(
+        &self,
+        mode: Mode,
+        items: I,
+        path: &Path,
+        existing: Option<&Leaf>,
+        (value, stamp): (&Value, &crate::Stamp),
+    ) -> Result<Option<Leaf>, ShadowError>
+    where
+        I: Iterator<Item = (Section, Item<'a>)> + Clone,
+    {
         let stands = Self::effect(mode, existing, value, stamp)? != Effect::None
             || existing.is_some_and(|e| e.value == *value && e.stamp == *stamp);
         if !stands {
@@ -505,10 +557,36 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
         let _ = self.store.insert(section, path, leaf);
     }
 
-    fn commit<'a, I>(&mut self, mode: Mode, items: I, reconcile: bool)
+    /// Applies a batch `plan` accepted. With the plan's steps, each write is stored or
+    /// skipped as planned and only the reported writes that settle a desired value are
+    /// reconciled: the batch never writes one leaf twice, so each write's effect depends on
+    /// its own leaf only and the plan's answers hold during the commit.
+    fn commit<'a, I>(&mut self, mode: Mode, items: I, reconcile: bool, planned: &Planned)
     where
         I: Iterator<Item = (Section, Item<'a>)> + Clone,
     {
+        if let Some(steps) = &planned.steps {
+            for ((section, (path, value, stamp)), step) in items.clone().zip(steps.iter()) {
+                if step.store {
+                    self.put(
+                        section,
+                        path,
+                        Leaf {
+                            value: value.clone(),
+                            stamp: *stamp,
+                        },
+                    );
+                }
+            }
+            if reconcile {
+                for ((_, (path, _, _)), step) in items.zip(steps.iter()) {
+                    if step.settles {
+                        self.reconcile(path);
+                    }
+                }
+            }
+            return;
+        }
         for (section, (path, value, stamp)) in items.clone() {
             let existing = self.store.get(section, path);
             if matches!(
@@ -623,14 +701,14 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             });
         }
         let items = write_items(update.writes);
-        let changed = self.plan(Mode::Update, items.clone(), true)?;
-        let outcome = if changed {
+        let planned = self.plan(Mode::Update, items.clone(), true)?;
+        let outcome = if planned.changed {
             let next = self
                 .version
                 .checked_add(1)
                 .ok_or(ShadowError::VersionExhausted)?;
             versions.save(next)?;
-            self.commit(Mode::Update, items, true);
+            self.commit(Mode::Update, items, true, &planned);
             self.version = next;
             Outcome {
                 version: next,
@@ -652,9 +730,10 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     /// the token cache: a device recording its own changes in its replica.
     pub fn apply_local(&mut self, writes: &[Write]) -> Result<bool, ShadowError> {
         let items = write_items(writes);
-        let changed = self.plan(Mode::Update, items.clone(), true)?;
+        let planned = self.plan(Mode::Update, items.clone(), true)?;
+        let changed = planned.changed;
         if changed {
-            self.commit(Mode::Update, items, true);
+            self.commit(Mode::Update, items, true, &planned);
         }
         Ok(changed)
     }
@@ -683,9 +762,10 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     /// a device recording a decision its policies already made. Returns whether it changed.
     pub fn set_leaf(&mut self, write: &Write) -> Result<bool, ShadowError> {
         let items = write_items(core::slice::from_ref(write));
-        let changed = self.plan(Mode::Force, items.clone(), false)?;
+        let planned = self.plan(Mode::Force, items.clone(), false)?;
+        let changed = planned.changed;
         if changed {
-            self.commit(Mode::Force, items, false);
+            self.commit(Mode::Force, items, false, &planned);
         }
         Ok(changed)
     }
@@ -695,9 +775,10 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     /// part like values. The version becomes the greater of both. Nothing changes on error.
     pub fn merge_writes(&mut self, writes: &[Write], version: u64) -> Result<bool, ShadowError> {
         let items = write_items(writes);
-        let changed = self.plan(Mode::Merge, items.clone(), false)?;
+        let planned = self.plan(Mode::Merge, items.clone(), false)?;
+        let changed = planned.changed;
         if changed {
-            self.commit(Mode::Merge, items, false);
+            self.commit(Mode::Merge, items, false, &planned);
         }
         self.version = self.version.max(version);
         Ok(changed)
@@ -712,9 +793,10 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             .store
             .entries()
             .map(|(s, p, l)| (s, (p, &l.value, &l.stamp)));
-        let changed = self.plan(Mode::Merge, items.clone(), false)?;
+        let planned = self.plan(Mode::Merge, items.clone(), false)?;
+        let changed = planned.changed;
         if changed {
-            self.commit(Mode::Merge, items, false);
+            self.commit(Mode::Merge, items, false, &planned);
         }
         self.version = self.version.max(other.version);
         Ok(changed)
@@ -787,12 +869,17 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
             version: Some(self.version),
             client_token: None,
         };
-        cbor::encode_into(
-            &header,
-            self.delta().map(cbor::leaf_item),
-            core::iter::empty(),
-            buf,
-        )
+        match collected(self.delta().map(cbor::leaf_item)) {
+            Some(items) => {
+                cbor::encode_into(&header, items.iter().copied(), core::iter::empty(), buf)
+            }
+            None => cbor::encode_into(
+                &header,
+                self.delta().map(cbor::leaf_item),
+                core::iter::empty(),
+                buf,
+            ),
+        }
         .map(Some)
     }
 
@@ -811,13 +898,63 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
         };
         let sorted = sorted_paths(update.writes);
         let sorted = sorted.as_deref();
-        cbor::encode_into(
-            &header,
-            Touched::new(&self.store, update.writes, sorted, Section::Desired),
-            Touched::new(&self.store, update.writes, sorted, Section::Reported),
-            buf,
-        )
+        let desired = Touched::new(&self.store, update.writes, sorted, Section::Desired);
+        let reported = Touched::new(&self.store, update.writes, sorted, Section::Reported);
+        match (collected(desired.clone()), collected(reported.clone())) {
+            (Some(d), Some(r)) => {
+                cbor::encode_into(&header, d.iter().copied(), r.iter().copied(), buf)
+            }
+            _ => cbor::encode_into(&header, desired, reported, buf),
+        }
     }
+}
+
+/// The delta as a merge-join of the desired and reported leaves, both in path order.
+#[derive(Clone)]
+struct Delta<'a, D, R: Iterator<Item = (&'a Path, &'a Leaf)>> {
+    desired: D,
+    reported: core::iter::Peekable<R>,
+}
+
+impl<'a, D, R> Iterator for Delta<'a, D, R>
+where
+    D: Iterator<Item = (&'a Path, &'a Leaf)>,
+    R: Iterator<Item = (&'a Path, &'a Leaf)>,
+{
+    type Item = (&'a Path, &'a Leaf);
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (path, leaf) = self.desired.next()?;
+            if leaf.value.is_null() {
+                continue;
+            }
+            while self.reported.next_if(|(r, _)| *r < path).is_some() {}
+            let reported = self
+                .reported
+                .next_if(|(r, _)| *r == path)
+                .map(|(_, l)| &l.value)
+                .filter(|v| !v.is_null());
+            if reported != Some(&leaf.value) {
+                return Some((path, leaf));
+            }
+        }
+    }
+}
+
+/// How many leaves an encoder's input is collected for (see [`collected`]).
+const ENCODE_ITEMS: usize = 16;
+
+/// The items of a message collected once, so that the encoder's passes over them (clock
+/// table, counts, length, bytes) do not repeat the store lookups behind them; `None` when
+/// there are more than [`ENCODE_ITEMS`].
+fn collected<'a>(
+    items: impl Iterator<Item = Item<'a>>,
+) -> Option<heapless::Vec<Item<'a>, ENCODE_ITEMS>> {
+    let mut out = heapless::Vec::new();
+    for item in items {
+        out.push(item).ok()?;
+    }
+    Some(out)
 }
 
 fn write_items(writes: &[Write]) -> impl Iterator<Item = (Section, Item<'_>)> + Clone {
@@ -916,6 +1053,96 @@ mod tests {
     use super::*;
     use crate::value::{ARRAY_CAPACITY, Scalar, TEXT_CAPACITY, value_len};
 
+    mod planned_commit {
+        use super::*;
+        use crate::stamp::{Origin, Stamp};
+        use crate::store::FixedStore;
+        use iot_core::{HlcTimestamp, NodeId};
+        use proptest::prelude::*;
+
+        const PATHS: [&str; 5] = ["a", "b", "c", "d.e", "d.f"];
+
+        fn write() -> impl Strategy<Value = Write> {
+            (
+                any::<bool>(),
+                0..PATHS.len(),
+                proptest::option::of(0i64..3),
+                (1u64..5, 0u32..3),
+                (0u8..4, any::<bool>()),
+            )
+                .prop_map(|(desired, p, v, (t, n), (policy, device))| {
+                    let stamp = Stamp::new(
+                        HlcTimestamp::from_parts(t * 1000, 0, NodeId(n)).unwrap(),
+                        Policy::from_code(policy).unwrap(),
+                        if device {
+                            Origin::Device
+                        } else {
+                            Origin::Cloud
+                        },
+                    );
+                    Write::new(
+                        if desired {
+                            Section::Desired
+                        } else {
+                            Section::Reported
+                        },
+                        Path::new(PATHS[p]).unwrap(),
+                        v.map_or(Value::Null, Value::Int),
+                        stamp,
+                    )
+                })
+        }
+
+        type Doc = Shadow<FixedStore<16>, Policy>;
+
+        fn entries(s: &Doc) -> std::vec::Vec<(Section, Path, Leaf)> {
+            s.store()
+                .entries()
+                .map(|(sec, p, l)| (sec, p.clone(), l.clone()))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+            /// Committing with the plan's remembered steps leaves exactly the document that
+            /// deciding every write again (the path of batches above `PLAN_STEPS`) leaves,
+            /// for updates with reconciliation, merges and forced writes.
+            #[test]
+            fn planned_commit_equals_deciding_again(
+                base in proptest::collection::vec(write(), 0..8),
+                batch in proptest::collection::vec(write(), 1..6),
+                policy in 0u8..3,
+                mode in 0u8..3,
+            ) {
+                let mut doc = Doc::new(
+                    FixedStore::new(),
+                    Policy::from_code(policy).unwrap(),
+                    Limits::DEFAULT,
+                );
+                for w in &base {
+                    let _ = doc.merge_writes(core::slice::from_ref(w), 0);
+                }
+                let (mode, reconcile) = match mode {
+                    0 => (Mode::Update, true),
+                    1 => (Mode::Merge, false),
+                    _ => (Mode::Force, false),
+                };
+                let items = write_items(&batch);
+                let Ok(planned) = doc.plan(mode, items.clone(), reconcile) else {
+                    return Ok(());
+                };
+                prop_assert!(planned.steps.is_some());
+                let mut with_steps = doc.clone();
+                with_steps.commit(mode, items.clone(), reconcile, &planned);
+                let mut again = doc.clone();
+                let unplanned = Planned { changed: planned.changed, steps: None };
+                again.commit(mode, items, reconcile, &unplanned);
+                prop_assert_eq!(entries(&with_steps), entries(&again));
+                prop_assert_eq!(planned.changed, entries(&with_steps) != entries(&doc));
+            }
+        }
+    }
+
     /// The ack lists every written leaf once, in canonical order, both when the written
     /// paths are sorted up front (up to 32) and when they are merged by rescanning.
     #[test]
@@ -956,8 +1183,7 @@ mod tests {
 
     #[test]
     fn largest_encodings_stay_within_the_quick_bound() {
-        let text: heapless::String<TEXT_CAPACITY> =
-            core::iter::repeat_n('x', TEXT_CAPACITY).collect();
+        let text: crate::value::Text = core::iter::repeat_n('x', TEXT_CAPACITY).collect();
         let mut largest_array = Value::Null;
         for n in 0..ARRAY_CAPACITY {
             match Value::array(&[Scalar::Int(i64::MIN); 48][..n]) {

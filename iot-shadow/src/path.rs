@@ -60,9 +60,19 @@ impl Error for PathError {
 }
 
 /// A validated dotted path.
+///
+/// Held in 66 bytes: the text with a one-byte length, and its depth and longest segment,
+/// measured once by [`Path::new`] (the limit checks ask for them on every write).
 #[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Path(heapless::String<PATH_CAPACITY>);
+pub struct Path {
+    text: heapless::String<PATH_CAPACITY, u8>,
+    depth: u8,
+    longest_key: u8,
+}
+
+// The one-byte length and the cached measures hold any path.
+const _: () = assert!(PATH_CAPACITY <= u8::MAX as usize);
 
 impl Path {
     /// Validates `s`.
@@ -76,15 +86,25 @@ impl Path {
                 max: PATH_CAPACITY,
             });
         }
+        // One scan validates and measures: depth (separators plus one) and longest segment.
+        let too_long = PathError::TooLong {
+            len: s.len(),
+            max: PATH_CAPACITY,
+        };
         let mut previous_dot = true;
+        let (mut depth, mut longest_key, mut run) = (1u8, 0u8, 0u8);
         for (position, b) in s.bytes().enumerate() {
             if b == b'.' {
                 if previous_dot {
                     return Err(PathError::EmptySegment);
                 }
                 previous_dot = true;
+                depth = depth.saturating_add(1);
+                run = 0;
             } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
                 previous_dot = false;
+                run = run.saturating_add(1);
+                longest_key = longest_key.max(run);
             } else {
                 return Err(PathError::InvalidCharacter { position });
             }
@@ -92,44 +112,33 @@ impl Path {
         if previous_dot {
             return Err(PathError::EmptySegment);
         }
-        let mut inner = heapless::String::new();
-        inner.push_str(s).map_err(|_| PathError::TooLong {
-            len: s.len(),
-            max: PATH_CAPACITY,
-        })?;
-        Ok(Self(inner))
+        let mut text = heapless::String::new();
+        text.push_str(s).map_err(|_| too_long)?;
+        Ok(Self {
+            text,
+            depth,
+            longest_key,
+        })
     }
 
     /// The path as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// The segments, outermost first.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        self.0.split('.')
+        self.text.split('.')
     }
 
     /// Number of segments.
-    pub fn depth(&self) -> usize {
-        // One byte scan (the limit checks run for every write): separators plus one.
-        self.0
-            .bytes()
-            .filter(|b| *b == b'.')
-            .count()
-            .saturating_add(1)
+    pub const fn depth(&self) -> usize {
+        self.depth as usize
     }
 
     /// Length of the longest segment in bytes.
-    pub fn longest_key(&self) -> usize {
-        let (longest, last) = self.0.bytes().fold((0usize, 0usize), |(longest, run), b| {
-            if b == b'.' {
-                (longest.max(run), 0)
-            } else {
-                (longest, run.saturating_add(1))
-            }
-        });
-        longest.max(last)
+    pub const fn longest_key(&self) -> usize {
+        self.longest_key as usize
     }
 
     /// `true` if `other` lies strictly inside this path (`a` is an ancestor of `a.b`).
@@ -142,16 +151,20 @@ impl Path {
 
     /// `true` if one of the paths is an ancestor of the other: they cannot both be leaves.
     pub fn overlaps(&self, other: &Path) -> bool {
-        self.is_ancestor_of(other) || other.is_ancestor_of(self)
+        // Paths of one length are equal or disjoint; otherwise only the shorter can contain
+        // the longer.
+        match self.text.len().cmp(&other.text.len()) {
+            Ordering::Less => self.is_ancestor_of(other),
+            Ordering::Greater => other.is_ancestor_of(self),
+            Ordering::Equal => false,
+        }
     }
 }
 
 impl Ord for Path {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0
-            .len()
-            .cmp(&other.0.len())
-            .then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
+        let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
     }
 }
 
@@ -204,6 +217,24 @@ mod tests {
                 p.longest_key(),
                 p.segments().map(str::len).max().unwrap_or(0)
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// Paths order by length, then bytes (the canonical CBOR key order), and overlap
+        /// exactly when one is a segment-wise prefix of the other.
+        #[test]
+        fn order_is_length_then_bytes_and_overlap_is_segment_prefix(
+            a in "[a-c]{1,3}(\\.[a-c_]{1,11}){0,3}",
+            b in "[a-c]{1,3}(\\.[a-c_]{1,11}){0,3}",
+        ) {
+            let (p, q) = (Path::new(&a).unwrap(), Path::new(&b).unwrap());
+            let expected = a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()));
+            proptest::prop_assert_eq!(p.cmp(&q), expected);
+            let prefix = |x: &str, y: &str| y.len() > x.len() && y.starts_with(x)
+                && y.as_bytes().get(x.len()) == Some(&b'.');
+            proptest::prop_assert_eq!(p.overlaps(&q), prefix(&a, &b) || prefix(&b, &a));
         }
     }
 

@@ -31,8 +31,8 @@ pub const TEXT_CAPACITY: usize = 48;
 /// Maximum length of an array value's canonical CBOR encoding in bytes.
 pub const ARRAY_CAPACITY: usize = 48;
 
-/// Bounded text held inline.
-pub type Text = heapless::String<TEXT_CAPACITY>;
+/// Bounded text held inline (a one-byte length: 49 bytes in all).
+pub type Text = heapless::String<TEXT_CAPACITY, u8>;
 
 /// Why a value cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +115,7 @@ pub enum Scalar<'a> {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Array {
     len: u16,
-    bytes: heapless::Vec<u8, ARRAY_CAPACITY>,
+    bytes: heapless::Vec<u8, ARRAY_CAPACITY, u8>,
 }
 
 impl Array {
@@ -399,13 +399,15 @@ pub(crate) fn decode_value(d: &mut Decoder<'_>) -> Result<Value, minicbor::decod
 }
 
 /// A minicbor writer appending to a fixed-capacity vector.
-pub(crate) struct VecWriter<'a, const N: usize>(pub(crate) &'a mut heapless::Vec<u8, N>);
+pub(crate) struct VecWriter<'a, const N: usize, L: heapless::LenType = usize>(
+    pub(crate) &'a mut heapless::Vec<u8, N, L>,
+);
 
 /// The fixed-capacity vector is full.
 #[derive(Debug)]
 pub(crate) struct Full;
 
-impl<const N: usize> Write for VecWriter<'_, N> {
+impl<const N: usize, L: heapless::LenType> Write for VecWriter<'_, N, L> {
     type Error = Full;
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Full> {
         self.0.extend_from_slice(buf).map_err(|_| Full)
