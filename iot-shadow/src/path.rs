@@ -61,7 +61,7 @@ impl Error for PathError {
 
 /// A validated dotted path.
 ///
-/// Held in 66 bytes: the text with a one-byte length, and its depth and longest segment,
+/// Held in 67 bytes: the text with a one-byte length, and its depth and longest segment,
 /// measured once by [`Path::new`] (the limit checks ask for them on every write).
 #[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
