@@ -5,6 +5,8 @@
 //! backend run the same delta, merge and versioning code. Stores iterate in canonical order
 //! (section, then [`Path`] order), which is the order of the canonical CBOR encoding.
 
+use core::cmp::Ordering;
+
 use crate::path::Path;
 use crate::stamp::Stamp;
 use crate::value::Value;
@@ -62,6 +64,25 @@ pub trait FieldStore {
     fn retain(&mut self, keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize;
 }
 
+/// Up to this many sorted entries are searched linearly: most comparisons of paths end at
+/// their lengths, and a forward scan predicts better than a binary search's halving.
+const LINEAR_SEARCH: usize = 16;
+
+/// `binary_search_by` for sorted `items`, scanning short slices front to back.
+fn search<T>(items: &[T], mut cmp: impl FnMut(&T) -> Ordering) -> Result<usize, usize> {
+    if items.len() > LINEAR_SEARCH {
+        return items.binary_search_by(cmp);
+    }
+    for (i, item) in items.iter().enumerate() {
+        match cmp(item) {
+            Ordering::Less => {}
+            Ordering::Equal => return Ok(i),
+            Ordering::Greater => return Err(i),
+        }
+    }
+    Err(items.len())
+}
+
 /// A fixed-capacity store of at most `N` leaves in a sorted inline vector. No allocation.
 #[derive(Debug, Clone, Default)]
 pub struct FixedStore<const N: usize> {
@@ -77,8 +98,9 @@ impl<const N: usize> FixedStore<N> {
     }
 
     fn find(&self, section: Section, path: &Path) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by(|(s, p, _)| (*s, p).cmp(&(section, path)))
+        search(&self.entries, |(s, p, _)| {
+            s.cmp(&section).then_with(|| p.cmp(path))
+        })
     }
 }
 
@@ -135,13 +157,15 @@ impl<const N: usize> FieldStore for FixedStore<N> {
 
 /// A heap-backed store without a capacity limit (backends). Feature `alloc`.
 ///
-/// One ordered map per section, so lookups borrow the caller's [`Path`] instead of building
-/// a `(Section, Path)` key, and iteration (desired, then reported) stays canonical.
+/// One sorted vector per section: lookups are a binary search over contiguous leaves,
+/// iteration (desired, then reported, each by path) is canonical, and a document of a few
+/// dozen leaves takes no more memory than its leaves (the vectors grow one slot at a time,
+/// so a backend holding millions of shadows keeps no spare capacity).
 #[cfg(feature = "alloc")]
 #[derive(Debug, Clone, Default)]
 pub struct MapStore {
-    desired: alloc::collections::BTreeMap<Path, Leaf>,
-    reported: alloc::collections::BTreeMap<Path, Leaf>,
+    desired: alloc::vec::Vec<(Path, Leaf)>,
+    reported: alloc::vec::Vec<(Path, Leaf)>,
 }
 
 #[cfg(feature = "alloc")]
@@ -149,44 +173,61 @@ impl MapStore {
     /// An empty store.
     pub const fn new() -> Self {
         Self {
-            desired: alloc::collections::BTreeMap::new(),
-            reported: alloc::collections::BTreeMap::new(),
+            desired: alloc::vec::Vec::new(),
+            reported: alloc::vec::Vec::new(),
         }
     }
 
-    fn half(&self, section: Section) -> &alloc::collections::BTreeMap<Path, Leaf> {
+    fn half(&self, section: Section) -> &alloc::vec::Vec<(Path, Leaf)> {
         match section {
             Section::Desired => &self.desired,
             Section::Reported => &self.reported,
         }
     }
 
-    fn half_mut(&mut self, section: Section) -> &mut alloc::collections::BTreeMap<Path, Leaf> {
+    fn half_mut(&mut self, section: Section) -> &mut alloc::vec::Vec<(Path, Leaf)> {
         match section {
             Section::Desired => &mut self.desired,
             Section::Reported => &mut self.reported,
         }
+    }
+
+    fn find(half: &[(Path, Leaf)], path: &Path) -> Result<usize, usize> {
+        search(half, |(p, _)| p.cmp(path))
     }
 }
 
 #[cfg(feature = "alloc")]
 impl FieldStore for MapStore {
     fn get(&self, section: Section, path: &Path) -> Option<&Leaf> {
-        self.half(section).get(path)
+        let half = self.half(section);
+        let i = Self::find(half, path).ok()?;
+        half.get(i).map(|(_, leaf)| leaf)
     }
 
     fn insert(&mut self, section: Section, path: &Path, leaf: Leaf) -> Result<(), StoreFull> {
         let half = self.half_mut(section);
-        if let Some(slot) = half.get_mut(path) {
-            *slot = leaf;
-        } else {
-            half.insert(path.clone(), leaf);
+        match Self::find(half, path) {
+            Ok(i) => {
+                if let Some(slot) = half.get_mut(i) {
+                    slot.1 = leaf;
+                }
+            }
+            Err(i) => {
+                half.reserve_exact(1);
+                // `i` comes from the binary search, so it is at most `len`.
+                half.insert(i, (path.clone(), leaf));
+            }
         }
         Ok(())
     }
 
     fn remove(&mut self, section: Section, path: &Path) -> Option<Leaf> {
-        self.half_mut(section).remove(path)
+        let half = self.half_mut(section);
+        let i = Self::find(half, path).ok()?;
+        // `i` was just found, so it is in bounds.
+        let (_, leaf) = half.remove(i);
+        Some(leaf)
     }
 
     fn len(&self) -> usize {
@@ -198,8 +239,8 @@ impl FieldStore for MapStore {
     }
 
     fn clear(&mut self) {
-        self.desired.clear();
-        self.reported.clear();
+        self.desired = alloc::vec::Vec::new();
+        self.reported = alloc::vec::Vec::new();
     }
 
     fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone {
@@ -210,8 +251,12 @@ impl FieldStore for MapStore {
 
     fn retain(&mut self, mut keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
         let before = self.len();
-        self.desired.retain(|p, l| keep(Section::Desired, p, l));
-        self.reported.retain(|p, l| keep(Section::Reported, p, l));
+        self.desired.retain(|(p, l)| keep(Section::Desired, p, l));
+        self.reported.retain(|(p, l)| keep(Section::Reported, p, l));
+        if before != self.len() {
+            self.desired.shrink_to_fit();
+            self.reported.shrink_to_fit();
+        }
         before.saturating_sub(self.len())
     }
 }
