@@ -8,15 +8,39 @@
 //! | 0 | kind | 0 update, 1 accepted, 2 delta, 3 document |
 //! | 1 | version | the expected version of an update; the document version otherwise |
 //! | 2 | client token | text, at most 64 bytes |
-//! | 3 | clocks | `[time₀, node₀, time₁, node₁, …]`: the distinct HLC timestamps of the leaves, ascending |
+//! | 3 | clocks | `[default?, time₀, node₀, time₁, node₁, …]`: the distinct HLC timestamps of the leaves, ascending, after the optional default ref (present exactly when the array's length is odd) |
 //! | 4 | desired | map of path text → leaf, in canonical path order |
 //! | 5 | reported | same |
 //!
-//! A leaf is `[value, ref]` with `ref = clock_index << 3 | origin << 2 | policy` and `null`
-//! for a removal. Leaves written by one update share one HLC timestamp, so the table writes
-//! each timestamp once: this is what makes the encoding a third of AWS's JSON. Integers use
-//! their shortest form; floats are 32-bit when exact, else 64-bit. Decoding checks order and
-//! bounds and never panics.
+//! A leaf is `[value, ref]` with `ref = clock_index << 3 | origin << 2 | policy`; a removal
+//! (tombstone) is a leaf whose value is `null`. Leaves written by one update share one HLC
+//! timestamp, so the table writes each timestamp once: this is what makes the encoding a
+//! third of AWS's JSON.
+//!
+//! **Default ref.** A leaf whose ref equals the message's default ref and whose value is not
+//! an array is written as the bare value instead of `[value, ref]` (2 bytes less, more for a
+//! long ref). Array values are CBOR arrays, so they always keep the `[value, ref]` form, and
+//! a leaf is bare exactly when it is not a CBOR array. A bare `null` is a removal stamped
+//! with the default ref, exactly as `[null, default]` would be, so removals stay
+//! unambiguous.
+//!
+//! The encoder picks the default from the content alone: among the 8 smallest distinct refs
+//! of leaves that can be bare, the one that saves the most bytes
+//! (`count × (1 + len(ref)) − len(ref)`, `len` being the CBOR length of the integer), ties to
+//! the smallest ref; no default when no leaf can be bare. Every eligible leaf is then bare.
+//! So equal content still encodes to equal bytes, a default always makes the message shorter,
+//! and it is the best choice whenever a message has at most 8 distinct refs (found in one
+//! pass with fixed storage). The default leads the clock table (key 3) rather than having a
+//! key of its own: it must precede the sections (keys 4 and 5) for streaming decoding, keys
+//! 0–3 are taken, and the odd length costs no byte where a key would cost one. Messages
+//! without a default are encoded exactly as before this form existed.
+//!
+//! The decoder accepts both forms (a bare leaf only when the message has a default), rejects
+//! a default whose clock index is out of range and leaf arrays of other lengths or of
+//! indefinite length.
+//!
+//! Integers use their shortest form; floats are 32-bit when exact, else 64-bit. Decoding
+//! checks order and bounds and never panics.
 
 use iot_core::codec::{DecodeError, EncodeError};
 use iot_core::id::NodeId;
@@ -122,6 +146,16 @@ const fn flags(stamp: &Stamp) -> u8 {
     stamp.policy.code() | (stamp.origin.code() << 2)
 }
 
+/// Array values are CBOR arrays: they are never written bare.
+const fn is_array(value: &Value) -> bool {
+    matches!(value, Value::Array(_))
+}
+
+/// Whether a leaf with this ref is written as its bare value.
+fn is_bare(default: Option<u64>, reference: u64, array: bool) -> bool {
+    !array && default == Some(reference)
+}
+
 pub(crate) fn text_len(len: usize) -> usize {
     uint_len(len as u64).saturating_add(len)
 }
@@ -134,6 +168,8 @@ pub(crate) struct LeafCost {
     pub(crate) value: usize,
     pub(crate) clock: (u64, u32),
     pub(crate) flags: u8,
+    /// The value is an array (never written bare).
+    pub(crate) array: bool,
 }
 
 impl LeafCost {
@@ -144,6 +180,7 @@ impl LeafCost {
             value: value_len(value),
             clock: (stamp.time, stamp.node.0),
             flags: flags(stamp),
+            array: is_array(value),
         }
     }
 }
@@ -229,21 +266,123 @@ impl<I: Iterator<Item = (u64, u32)> + Clone> ClockTable<I> {
     }
 }
 
+/// How many of the smallest distinct refs compete to be the default ref.
+const DEFAULT_CANDIDATES: usize = 8;
+
+/// Bytes saved by writing `count` leaves of ref `reference` bare, net of the default's own
+/// bytes in the clock table (the table's length prefix never grows: `2k` and `2k + 1` have the
+/// same CBOR head length, as every head-length boundary is even).
+fn saving(reference: u64, count: u32) -> usize {
+    let len = uint_len(reference);
+    (count as usize)
+        .saturating_mul(len.saturating_add(1))
+        .saturating_sub(len)
+}
+
+/// The choice of a message's default ref: fed the ref of every leaf that can be bare (not an
+/// array), in any order, it picks among the [`DEFAULT_CANDIDATES`] smallest distinct refs the
+/// one saving the most bytes, ties to the smallest; `None` when it was fed nothing.
+///
+/// One pass with fixed storage: the kept refs are the smallest seen so far, so a ref among
+/// the smallest overall is kept from its first occurrence on and its count is exact.
+#[derive(Debug, Default)]
+struct DefaultRef {
+    smallest: heapless::Vec<(u64, u32), DEFAULT_CANDIDATES>,
+}
+
+impl DefaultRef {
+    fn add(&mut self, reference: u64) {
+        match self.smallest.binary_search_by_key(&reference, |(r, _)| *r) {
+            Ok(at) => {
+                if let Some((_, count)) = self.smallest.get_mut(at) {
+                    *count = count.saturating_add(1);
+                }
+            }
+            Err(at) => {
+                if at >= DEFAULT_CANDIDATES {
+                    return;
+                }
+                if self.smallest.is_full() {
+                    self.smallest.pop();
+                }
+                // Room was made above and `at <= len`, so this cannot fail.
+                let _ = self.smallest.insert(at, (reference, 1));
+            }
+        }
+    }
+
+    fn choose(&self) -> Option<u64> {
+        self.smallest
+            .iter()
+            .map(|&(reference, count)| (saving(reference, count), reference))
+            .filter(|(saved, _)| *saved > 0)
+            .fold(
+                None,
+                |best: Option<(usize, u64)>, (saved, reference)| match best {
+                    Some((s, r)) if s > saved || (s == saved && r <= reference) => best,
+                    _ => Some((saved, reference)),
+                },
+            )
+            .map(|(_, reference)| reference)
+    }
+}
+
 /// Exact encoded length of a message with these leaves (in any order).
 pub(crate) fn message_len<I>(header: &Header<'_>, leaves: I) -> usize
 where
     I: Iterator<Item = LeafCost> + Clone,
 {
     let table = ClockTable::new(leaves.clone().map(|l| l.clock));
+    let census = Census::of(&table, leaves.clone());
+    message_len_with(header, leaves, &table, &census)
+}
+
+/// What one pass over a message's leaves finds: the size of each section and the default ref.
+#[derive(Debug, Clone, Copy)]
+struct Census {
+    desired: usize,
+    reported: usize,
+    default: Option<u64>,
+}
+
+impl Census {
+    fn of<I, L>(table: &ClockTable<I>, leaves: L) -> Self
+    where
+        I: Iterator<Item = (u64, u32)> + Clone,
+        L: Iterator<Item = LeafCost>,
+    {
+        let (mut desired, mut reported) = (0usize, 0usize);
+        let mut default = DefaultRef::default();
+        for l in leaves {
+            match l.section {
+                Section::Desired => desired = desired.saturating_add(1),
+                Section::Reported => reported = reported.saturating_add(1),
+            }
+            if !l.array {
+                default.add(table.reference(l.clock, l.flags));
+            }
+        }
+        Self {
+            desired,
+            reported,
+            default: default.choose(),
+        }
+    }
+}
+
+/// Exact encoded length of a message with these leaves, clock table and census.
+fn message_len_with<I, C>(
+    header: &Header<'_>,
+    leaves: I,
+    table: &ClockTable<C>,
+    census: &Census,
+) -> usize
+where
+    I: Iterator<Item = LeafCost>,
+    C: Iterator<Item = (u64, u32)> + Clone,
+{
     let k = table.len();
-    let nd = leaves
-        .clone()
-        .filter(|l| l.section == Section::Desired)
-        .count();
-    let nr = leaves
-        .clone()
-        .filter(|l| l.section == Section::Reported)
-        .count();
+    let (nd, nr, default) = (census.desired, census.reported, census.default);
     let mut fields = 1u64;
     let mut len = 2usize;
     let mut add = |present: bool, n: usize| {
@@ -261,7 +400,12 @@ where
         .distinct()
         .map(|(t, n)| uint_len(t).saturating_add(uint_len(u64::from(n))))
         .fold(
-            uint_len((k as u64).saturating_mul(2)),
+            uint_len(
+                (k as u64)
+                    .saturating_mul(2)
+                    .saturating_add(u64::from(default.is_some())),
+            )
+            .saturating_add(default.map_or(0, uint_len)),
             usize::saturating_add,
         );
     add(k > 0, clocks);
@@ -269,23 +413,29 @@ where
     add(nr > 0, uint_len(nr as u64));
     let entries = leaves
         .map(|l| {
-            text_len(l.key)
-                .saturating_add(1)
-                .saturating_add(l.value)
-                .saturating_add(uint_len(table.reference(l.clock, l.flags)))
+            let reference = table.reference(l.clock, l.flags);
+            let leaf = if is_bare(default, reference, l.array) {
+                l.value
+            } else {
+                l.value
+                    .saturating_add(1)
+                    .saturating_add(uint_len(reference))
+            };
+            text_len(l.key).saturating_add(leaf)
         })
         .fold(0usize, usize::saturating_add);
     len.saturating_add(entries).saturating_add(uint_len(fields))
 }
 
-fn encode_parts<'a, W, D, R>(
-    e: &mut Encoder<W>,
-    header: &Header<'_>,
-    desired: D,
-    reported: R,
-) -> Result<(), minicbor::encode::Error<W::Error>>
+/// The clock table and the default ref of a message with these sections.
+fn prepare<'a, D, R>(
+    desired: &D,
+    reported: &R,
+) -> (
+    ClockTable<impl Iterator<Item = (u64, u32)> + Clone + use<'a, D, R>>,
+    Option<u64>,
+)
 where
-    W: minicbor::encode::Write,
     D: Iterator<Item = Item<'a>> + Clone,
     R: Iterator<Item = Item<'a>> + Clone,
 {
@@ -296,6 +446,30 @@ where
             .map(clock)
             .chain(reported.clone().map(clock)),
     );
+    let mut default = DefaultRef::default();
+    let mut add = |(_, value, s): Item<'a>| {
+        if !is_array(value) {
+            default.add(table.reference((s.time, s.node.0), flags(s)));
+        }
+    };
+    desired.clone().for_each(&mut add);
+    reported.clone().for_each(&mut add);
+    (table, default.choose())
+}
+
+fn encode_parts<'a, W, D, R, C>(
+    e: &mut Encoder<W>,
+    header: &Header<'_>,
+    (table, default): (&ClockTable<C>, Option<u64>),
+    desired: D,
+    reported: R,
+) -> Result<(), minicbor::encode::Error<W::Error>>
+where
+    W: minicbor::encode::Write,
+    D: Iterator<Item = Item<'a>> + Clone,
+    R: Iterator<Item = Item<'a>> + Clone,
+    C: Iterator<Item = (u64, u32)> + Clone,
+{
     let k = table.len() as u64;
     let nd = desired.clone().count() as u64;
     let nr = reported.clone().count() as u64;
@@ -318,7 +492,13 @@ where
         e.u8(2)?.str(t)?;
     }
     if k > 0 {
-        e.u8(3)?.array(k.saturating_mul(2))?;
+        e.u8(3)?.array(
+            k.saturating_mul(2)
+                .saturating_add(u64::from(default.is_some())),
+        )?;
+        if let Some(reference) = default {
+            e.u64(reference)?;
+        }
         for (time, node) in table.distinct() {
             e.u64(time)?.u32(node)?;
         }
@@ -326,13 +506,13 @@ where
     if nd > 0 {
         e.u8(4)?.map(nd)?;
         for item in desired {
-            encode_item(e, &table, item)?;
+            encode_item(e, table, default, item)?;
         }
     }
     if nr > 0 {
         e.u8(5)?.map(nr)?;
         for item in reported {
-            encode_item(e, &table, item)?;
+            encode_item(e, table, default, item)?;
         }
     }
     Ok(())
@@ -341,11 +521,18 @@ where
 fn encode_item<W: minicbor::encode::Write, I: Iterator<Item = (u64, u32)> + Clone>(
     e: &mut Encoder<W>,
     table: &ClockTable<I>,
+    default: Option<u64>,
     (path, value, stamp): Item<'_>,
 ) -> Result<(), minicbor::encode::Error<W::Error>> {
-    e.str(path.as_str())?.array(2)?;
-    encode_value(e, value)?;
-    e.u64(table.reference((stamp.time, stamp.node.0), flags(stamp)))?;
+    let reference = table.reference((stamp.time, stamp.node.0), flags(stamp));
+    e.str(path.as_str())?;
+    if is_bare(default, reference, is_array(value)) {
+        encode_value(e, value)?;
+    } else {
+        e.array(2)?;
+        encode_value(e, value)?;
+        e.u64(reference)?;
+    }
     Ok(())
 }
 
@@ -355,8 +542,9 @@ where
     D: Iterator<Item = Item<'a>> + Clone,
     R: Iterator<Item = Item<'a>> + Clone,
 {
+    let (table, default) = prepare(&desired, &reported);
     let mut e = Encoder::new(Counter(0));
-    let _ = encode_parts(&mut e, header, desired, reported);
+    let _ = encode_parts(&mut e, header, (&table, default), desired, reported);
     e.into_writer().0
 }
 
@@ -372,7 +560,16 @@ where
     D: Iterator<Item = Item<'a>> + Clone,
     R: Iterator<Item = Item<'a>> + Clone,
 {
-    let needed = encoded_len(header, desired.clone(), reported.clone());
+    let (table, default) = prepare(&desired, &reported);
+    let mut count = Encoder::new(Counter(0));
+    let _ = encode_parts(
+        &mut count,
+        header,
+        (&table, default),
+        desired.clone(),
+        reported.clone(),
+    );
+    let needed = count.into_writer().0;
     if needed > buf.len() {
         return Err(EncodeError::BufferTooSmall {
             needed,
@@ -380,9 +577,11 @@ where
         });
     }
     let mut e = Encoder::new(Cursor::new(buf));
-    encode_parts(&mut e, header, desired, reported).map_err(|_| EncodeError::BufferTooSmall {
-        needed,
-        available: 0,
+    encode_parts(&mut e, header, (&table, default), desired, reported).map_err(|_| {
+        EncodeError::BufferTooSmall {
+            needed,
+            available: 0,
+        }
     })?;
     Ok(e.into_writer().position())
 }
@@ -498,18 +697,22 @@ pub fn decode_message<'b, K: WriteSink>(
     })
 }
 
-/// Where the clock table sits in the input, validated, for lookups by index.
+/// Where the clock table sits in the input, validated, for lookups by index; and the
+/// message's default ref (its clock index checked), if it has one.
 #[derive(Debug, Default, Clone, Copy)]
 struct Clocks<'b> {
     input: &'b [u8],
     start: usize,
     len: u64,
+    default: Option<u64>,
 }
 
 impl<'b> Clocks<'b> {
     fn decode(d: &mut Decoder<'b>) -> Result<Self, DecodeError> {
         let n = d.array()?.ok_or(DecodeError::Malformed)?;
-        if n == 0 || n % 2 != 0 {
+        // An odd length: the first item is the default ref.
+        let default = if n % 2 == 1 { Some(d.u64()?) } else { None };
+        if n / 2 == 0 {
             return Err(DecodeError::Malformed);
         }
         let start = d.position();
@@ -521,11 +724,31 @@ impl<'b> Clocks<'b> {
             }
             last = Some(clock);
         }
+        if default.is_some_and(|r| r >> 3 >= n / 2) {
+            return Err(DecodeError::InvalidValue);
+        }
         Ok(Self {
             input: d.input(),
             start,
             len: n / 2,
+            default,
         })
+    }
+
+    /// The stamp a ref stands for; fails for a clock index out of range or unknown flags.
+    fn stamp(&self, reference: u64) -> Result<Stamp, DecodeError> {
+        let (time, node) = self.get(reference >> 3)?;
+        let flags = reference & 0b111;
+        let policy = Policy::from_code((flags & 0b11) as u8).ok_or(DecodeError::InvalidValue)?;
+        let origin = Origin::from_code((flags >> 2) as u8).ok_or(DecodeError::InvalidValue)?;
+        Ok(Stamp::new(
+            HlcTimestamp {
+                time,
+                node: NodeId(node),
+            },
+            policy,
+            origin,
+        ))
     }
 
     fn get(&self, index: u64) -> Result<(u64, u32), DecodeError> {
@@ -558,23 +781,19 @@ fn decode_section<K: WriteSink>(
         if last.as_ref().is_some_and(|l| path <= *l) {
             return Err(DecodeError::Malformed);
         }
-        if d.array()? != Some(2) {
+        // `[value, ref]` is a CBOR array (major type 4); anything else is a bare value with
+        // the default ref.
+        let wrapped = d.input().get(d.position()).is_some_and(|b| b >> 5 == 4);
+        if wrapped && d.array()? != Some(2) {
             return Err(DecodeError::Malformed);
         }
         let value = decode_value(d)?;
-        let reference = d.u64()?;
-        let (time, node) = clocks.get(reference >> 3)?;
-        let flags = reference & 0b111;
-        let policy = Policy::from_code((flags & 0b11) as u8).ok_or(DecodeError::InvalidValue)?;
-        let origin = Origin::from_code((flags >> 2) as u8).ok_or(DecodeError::InvalidValue)?;
-        let stamp = Stamp::new(
-            HlcTimestamp {
-                time,
-                node: NodeId(node),
-            },
-            policy,
-            origin,
-        );
+        let reference = if wrapped {
+            d.u64()?
+        } else {
+            clocks.default.ok_or(DecodeError::Malformed)?
+        };
+        let stamp = clocks.stamp(reference)?;
         sink.push_write(Write::new(section, path.clone(), value, stamp))
             .map_err(|_| DecodeError::CapacityExceeded)?;
         last = Some(path);
@@ -672,6 +891,128 @@ mod tests {
         for x in &writes {
             assert!(out.contains(x));
         }
+        // Past both fast paths (32 clocks, 8 default candidates): every ref is used once, so
+        // the default is the smallest (clock 0), and only that leaf is bare.
+        let mut costs = writes
+            .iter()
+            .map(|x| LeafCost::of(x.section, &x.path, &x.value, &x.stamp));
+        let table = ClockTable::new(costs.clone().map(|l| l.clock));
+        assert!(table.overflow);
+        let chosen = Census::of(&table, costs.clone()).default;
+        let last = costs.find(|l| l.clock.0 == 961).unwrap();
+        assert_eq!(chosen, Some(table.reference(last.clock, last.flags)));
+        assert_eq!(chosen, Some(5));
+    }
+
+    fn stamp(time: u64, node: u32, policy: Policy, origin: Origin) -> Stamp {
+        Stamp::new(
+            HlcTimestamp {
+                time,
+                node: NodeId(node),
+            },
+            policy,
+            origin,
+        )
+    }
+
+    fn decode_all(bytes: &[u8]) -> Result<heapless::Vec<Write, 8>, DecodeError> {
+        let mut out = heapless::Vec::new();
+        decode_message(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn leaves_with_the_default_ref_are_bare_values() {
+        // ref 5 = clock 0, origin device (1 << 2), policy device-wins (1).
+        let s = stamp(5, 1, Policy::DeviceWins, Origin::Device);
+        let p = |x: &str| Path::new(x).unwrap();
+        let array = Value::array(&[Scalar::Int(1)]).unwrap();
+        let writes = [
+            Write::new(Section::Reported, p("a"), Value::Int(1), s),
+            Write::new(Section::Reported, p("b"), Value::Null, s),
+            Write::new(Section::Reported, p("c"), array.clone(), s),
+        ];
+        let header = Header {
+            kind: Kind::Update,
+            version: None,
+            client_token: None,
+        };
+        let mut buf = [0u8; 64];
+        let n = encode_writes(&header, &writes, &mut buf).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0xa3, 0x00, 0x00,
+            0x03, 0x83, 0x05, 0x05, 0x01, // clocks: default ref 5, then (5, node 1)
+            0x05, 0xa3,
+            0x61, b'a', 0x01, // bare 1
+            0x61, b'b', 0xf6, // bare null: a removal with the default ref
+            0x61, b'c', 0x82, 0x81, 0x01, 0x05, // an array keeps [value, ref]
+        ];
+        assert_eq!(&buf[..n], &expected[..]);
+        let costs = writes
+            .iter()
+            .map(|x| LeafCost::of(x.section, &x.path, &x.value, &x.stamp));
+        assert_eq!(message_len(&header, costs), n);
+        let out = decode_all(&buf[..n]).unwrap();
+        assert_eq!(&out[..], &writes[..]);
+
+        // The wrapped form of a default-ref leaf decodes to the same leaf.
+        #[rustfmt::skip]
+        let wrapped = [
+            0xa3, 0x00, 0x00, 0x03, 0x83, 0x05, 0x05, 0x01, 0x05, 0xa3,
+            0x61, b'a', 0x82, 0x01, 0x05,
+            0x61, b'b', 0x82, 0xf6, 0x05,
+            0x61, b'c', 0x82, 0x81, 0x01, 0x05,
+        ];
+        assert_eq!(&decode_all(&wrapped).unwrap()[..], &writes[..]);
+    }
+
+    #[test]
+    fn bare_leaves_need_a_valid_default() {
+        for (bytes, error) in [
+            // A bare leaf without a default.
+            (
+                &[
+                    0xa3, 0x00, 0x00, 0x03, 0x82, 0x05, 0x01, 0x05, 0xa1, 0x61, b'a', 0x01,
+                ][..],
+                DecodeError::Malformed,
+            ),
+            // A bare leaf without any clock table.
+            (
+                &[0xa2, 0x00, 0x00, 0x05, 0xa1, 0x61, b'a', 0x01],
+                DecodeError::Malformed,
+            ),
+            // A default whose clock index (1) is out of range.
+            (
+                &[
+                    0xa3, 0x00, 0x00, 0x03, 0x83, 0x0d, 0x05, 0x01, 0x05, 0xa1, 0x61, b'a', 0x01,
+                ],
+                DecodeError::InvalidValue,
+            ),
+            // A default without clocks.
+            (
+                &[0xa2, 0x00, 0x00, 0x03, 0x81, 0x05],
+                DecodeError::Malformed,
+            ),
+            // An indefinite-length leaf array.
+            (
+                &[
+                    0xa3, 0x00, 0x00, 0x03, 0x83, 0x05, 0x05, 0x01, 0x05, 0xa1, 0x61, b'a', 0x9f,
+                    0x01, 0x05, 0xff,
+                ],
+                DecodeError::Malformed,
+            ),
+            // A leaf array of the wrong length.
+            (
+                &[
+                    0xa3, 0x00, 0x00, 0x03, 0x83, 0x05, 0x05, 0x01, 0x05, 0xa1, 0x61, b'a', 0x83,
+                    0x01, 0x05, 0x05,
+                ],
+                DecodeError::Malformed,
+            ),
+        ] {
+            assert_eq!(decode_all(bytes), Err(error), "{bytes:x?}");
+        }
     }
 
     #[test]
@@ -706,5 +1047,109 @@ mod tests {
             encode_writes(&header, &writes, &mut buf[..3]),
             Err(EncodeError::BufferTooSmall { .. })
         ));
+    }
+    /// Leaves drawn from small pools of clocks and flags, so refs repeat, often exceed the 8
+    /// default candidates and need two-byte refs (clock index 3 and up).
+    fn any_writes() -> impl proptest::strategy::Strategy<Value = std::vec::Vec<Write>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            (-1e6f64..1e6).prop_map(|f| Value::float(f).unwrap()),
+            "[a-z]{0,30}".prop_map(|t| Value::text(&t).unwrap()),
+            prop::collection::vec(any::<i64>(), 0..3).prop_map(|v| {
+                let scalars: std::vec::Vec<Scalar<'_>> = v.into_iter().map(Scalar::Int).collect();
+                Value::array(&scalars).unwrap()
+            }),
+        ];
+        let times = [0u64, 7, 23, 24, 255, 256, 1 << 40, u64::MAX];
+        let leaf = (value, 0usize..12, 0u8..4, 0u8..2);
+        prop::collection::btree_map((any::<bool>(), 0u16..300), leaf, 0..24).prop_map(
+            move |leaves| {
+                leaves
+                    .into_iter()
+                    .map(|((desired, key), (value, clock, policy, origin))| {
+                        let section = if desired {
+                            Section::Desired
+                        } else {
+                            Section::Reported
+                        };
+                        let st = stamp(
+                            times[clock % times.len()],
+                            (clock / times.len()) as u32 * 1000,
+                            Policy::from_code(policy).unwrap(),
+                            Origin::from_code(origin).unwrap(),
+                        );
+                        let path = Path::new(&std::format!("k{key}")).unwrap();
+                        Write::new(section, path, value, st)
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The size formula is exact, the message round-trips to the same bytes, the default
+        /// follows its rule, always saves bytes, and with at most 8 refs is optimal.
+        #[test]
+        fn encoded_length_is_exact_and_the_default_ref_follows_its_rule(writes in any_writes()) {
+            use proptest::{prop_assert, prop_assert_eq};
+            let header = Header {
+                kind: Kind::Document,
+                version: Some(3),
+                client_token: Some("t"),
+            };
+            let mut buf = std::vec![0u8; 4096];
+            let n = encode_writes(&header, &writes, &mut buf).unwrap();
+            let costs = writes
+                .iter()
+                .map(|x| LeafCost::of(x.section, &x.path, &x.value, &x.stamp));
+            prop_assert_eq!(message_len(&header, costs.clone()), n);
+            let d = Sorted::new(&writes, Section::Desired);
+            let r = Sorted::new(&writes, Section::Reported);
+            prop_assert_eq!(encoded_len(&header, d, r), n);
+
+            let mut out: heapless::Vec<Write, 48> = heapless::Vec::new();
+            prop_assert_eq!(decode_message(&buf[..n], &mut out), Ok(header));
+            prop_assert_eq!(out.len(), writes.len());
+            for x in &writes {
+                prop_assert!(out.contains(x));
+            }
+            let mut again = std::vec![0u8; 4096];
+            let m = encode_writes(&header, &out, &mut again).unwrap();
+            prop_assert_eq!(&buf[..n], &again[..m]);
+
+            let table = ClockTable::new(costs.clone().map(|l| l.clock));
+            let census = Census::of(&table, costs.clone());
+            let chosen = census.default;
+            // The rule, by brute force: count every ref of a leaf that can be bare; among the
+            // 8 smallest, the most bytes saved, ties to the smallest.
+            let mut counts = std::collections::BTreeMap::<u64, u32>::new();
+            for l in costs.clone().filter(|l| !l.array) {
+                *counts.entry(table.reference(l.clock, l.flags)).or_default() += 1;
+            }
+            let model = counts
+                .iter()
+                .take(DEFAULT_CANDIDATES)
+                .map(|(&r, &c)| (saving(r, c), core::cmp::Reverse(r)))
+                .max()
+                .map(|(_, core::cmp::Reverse(r))| r);
+            prop_assert_eq!(chosen, model);
+            let with = |default| Census { default, ..census };
+            let best = message_len_with(&header, costs.clone(), &table, &census);
+            prop_assert_eq!(best, n);
+            // A default always saves bytes; with few refs no other choice saves more.
+            let without = message_len_with(&header, costs.clone(), &table, &with(None));
+            prop_assert_eq!(chosen.is_some(), best < without);
+            if counts.len() <= DEFAULT_CANDIDATES {
+                for &other in counts.keys() {
+                    let len = message_len_with(&header, costs.clone(), &table, &with(Some(other)));
+                    prop_assert!(best <= len);
+                }
+            }
+        }
     }
 }
