@@ -85,8 +85,13 @@ impl Error for FleetError {
 }
 
 /// The backend's copy of a device shadow: iot-shadow's engine (the same delta, merge and
-/// conflict rules the device runs) over a heap store, with a four-entry client-token cache.
-pub type ServerShadow = Shadow<MapStore, Policy, 4>;
+/// conflict rules the device runs) over a heap store, with a one-entry client-token cache.
+///
+/// One entry is enough for a device, which retries its latest update until it is
+/// acknowledged; an older update replayed later cannot change anything either, because its
+/// stamps are equal to (or older than) the stored ones. Each extra entry would cost 96
+/// bytes per device.
+pub type ServerShadow = Shadow<MapStore, Policy, 1>;
 
 /// A rollout and the scope it was started for.
 #[derive(Debug, Clone, PartialEq)]

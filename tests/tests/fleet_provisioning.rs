@@ -16,10 +16,10 @@ use iot_fleet::AccessError;
 use iot_fleet::registry::ReportError;
 use iot_fleet::{
     Actor, AssignmentRule, AuditAction, AuditLog, Fleet, FleetError, ManufacturingRecord, Matcher,
-    Principal, RegistrationError, Role, RolloutConfig, Scope, Usage, answer,
+    Principal, RegistrationError, Role, RolloutConfig, Scope, ServerShadow, Usage, answer,
 };
 use iot_lifecycle::{Event, Lifecycle, State, TransitionError};
-use iot_shadow::{Origin, Path, Policy, Section, Stamp, Update, Value, Write};
+use iot_shadow::{Limits, MapStore, Origin, Path, Policy, Section, Stamp, Update, Value, Write};
 
 fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
@@ -501,4 +501,46 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
         fleet.handle_registration(&stranger, nonce, config, 30),
         RegistrationResponse::Rejected(RegistrationRejection::UnknownDevice)
     );
+}
+
+/// `ServerShadow` remembers one client token. An older update replayed after a newer one
+/// (its token long evicted) changes nothing, because its stamps are stale or equal to the
+/// stored ones; the latest token still replays its first outcome.
+#[test]
+fn a_replayed_old_update_cannot_change_a_server_shadow() {
+    let mut s = ServerShadow::new(MapStore::new(), Policy::LastWriterWins, Limits::DEFAULT);
+    let a = [
+        write(Section::Reported, "interval", 30, 1_000, 7, Origin::Device),
+        write(Section::Reported, "led", 1, 1_000, 7, Origin::Device),
+    ];
+    let b = [write(
+        Section::Reported,
+        "interval",
+        45,
+        2_000,
+        7,
+        Origin::Device,
+    )];
+    let first_a = s.apply(&Update::new(&a).with_token("a"), 1_000).unwrap();
+    let first_b = s.apply(&Update::new(&b).with_token("b"), 2_000).unwrap();
+    assert_eq!((first_a.version, first_b.version), (1, 2));
+    let before = s.to_cbor();
+
+    let replay_a = s.apply(&Update::new(&a).with_token("a"), 2_500).unwrap();
+    assert!(!replay_a.changed);
+    assert_eq!(s.to_cbor(), before);
+    assert_eq!(s.version(), 2);
+    assert_eq!(
+        s.value(Section::Reported, &Path::new("interval").unwrap()),
+        Some(&Value::Int(45))
+    );
+    // "b" was evicted by the replay of "a": a retry of "b" is a no-op at the same version.
+    let replay_b = s.apply(&Update::new(&b).with_token("b"), 2_600).unwrap();
+    assert_eq!((replay_b.version, replay_b.changed), (2, false));
+    // The latest token replays its recorded outcome within the window.
+    assert_eq!(
+        s.apply(&Update::new(&b).with_token("b"), 2_700).unwrap(),
+        replay_b
+    );
+    assert_eq!(s.to_cbor(), before);
 }
