@@ -99,9 +99,12 @@ fn device_ids(n: usize) -> Vec<(DeviceId, NodeId)> {
         .collect()
 }
 
+/// Bytes allocated minus bytes freed. `stats_alloc` already adds a reallocation's growth to
+/// `bytes_allocated` (and a shrink to `bytes_deallocated`); `bytes_reallocated` is the same
+/// change again, so it must not be added.
 fn live_bytes(region: &Region<'_, System>) -> isize {
     let s = region.change();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated
+    s.bytes_allocated as isize - s.bytes_deallocated as isize
 }
 
 // ---------------------------------------------------------------- engine
