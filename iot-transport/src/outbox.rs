@@ -6,6 +6,14 @@
 //! message, or drop the oldest message of the lowest priority. **Every** message that does not
 //! make it is counted in [`OutboxStats`] and reported to the caller: nothing is lost silently.
 //!
+//! A QoS 1 or 2 message is retransmitted on the [`BackoffPolicy`] until acknowledged. Its
+//! last permitted attempt is still awaited: the message stays queued (and keeps its slot),
+//! not sent again, until its ack arrives (counted `acked`) or the ack deadline passes
+//! ([`SentOutcome::LastAttempt`]); [`Outbox::take_expired`] then removes it and counts it as
+//! `expired`. A poll loop therefore does: take in acks ([`Outbox::ack`]), drain
+//! [`Outbox::take_expired`], send [`Outbox::next_due`] and [`Outbox::mark_sent`] it, sleep
+//! until [`Outbox::next_wakeup_ms`].
+//!
 //! The outbox can be saved to and restored from any [`embedded_storage::Storage`]: a flash
 //! region (through `embedded_storage::nor_flash::RmwNorFlashStorage`), a file
 //! (`FileStorage`, with `std`) or RAM ([`MemStorage`]).
@@ -97,7 +105,8 @@ pub struct OutboxStats {
     pub rejected: u32,
     /// Queued messages evicted to make room (`DropOldest`).
     pub evicted: u32,
-    /// Messages removed after their retry attempts or deadline ran out.
+    /// Messages removed because no ack arrived by the ack deadline of their last permitted
+    /// attempt (the retry attempts or deadline had run out).
     pub expired: u32,
 }
 
@@ -167,6 +176,7 @@ pub enum PushOutcome {
 }
 
 /// What happened to a message after a transmission.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SentOutcome {
@@ -177,8 +187,25 @@ pub enum SentOutcome {
         /// When to retransmit.
         retry_at_ms: u64,
     },
-    /// The retry budget ran out; removed and counted in `expired`.
-    Expired,
+    /// That was the last attempt the backoff allows (attempts or deadline ran out). The
+    /// message stays queued, is not sent again, and still occupies its slot until its ack
+    /// arrives (counted in `acked`) or `expires_at_ms` passes: then
+    /// [`Outbox::take_expired`] removes it and counts it in `expired`.
+    LastAttempt {
+        /// When the message expires if no ack has arrived.
+        expires_at_ms: u64,
+    },
+}
+
+/// Where a queued message is in its life; decides which index list holds its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not sent since it was queued or restored.
+    Fresh,
+    /// Sent; retransmitted at `next_attempt_ms` unless acknowledged.
+    Scheduled,
+    /// Its last attempt is sent; waiting for the ack until `ack_deadline_ms`.
+    Waiting,
 }
 
 /// One queued message.
@@ -194,31 +221,200 @@ pub struct OutboxEntry<const M: usize> {
     pub enqueued_ms: u64,
     /// Transmissions so far.
     pub attempts: u32,
-    /// Not to be sent before this time.
+    /// Not to be sent before this time; `u64::MAX` once its last attempt has been sent
+    /// (see [`OutboxEntry::ack_deadline_ms`]).
     pub next_attempt_ms: u64,
     /// When it was first transmitted, once it has been.
     pub first_sent_ms: Option<u64>,
+    /// Set once the last attempt the backoff allows has been sent: the message is not sent
+    /// again and expires if no ack has arrived by this time.
+    pub ack_deadline_ms: Option<u64>,
     /// The encoded message.
     pub data: heapless::Vec<u8, M>,
     order: u64,
+    state: State,
     backoff: Backoff,
+    /// Neighbours in its [`Chain`] (older, younger).
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+impl<const M: usize> OutboxEntry<M> {
+    /// Whether its last attempt has been sent and it only waits for the ack or expiry.
+    pub const fn is_awaiting_last_ack(&self) -> bool {
+        matches!(self.state, State::Waiting)
+    }
+}
+
+/// A doubly linked list of slots threaded through [`OutboxEntry`]'s `prev`/`next`, oldest
+/// at the head. The outbox keeps one per priority for unsent messages and one per priority
+/// for messages scheduled for retransmission, so the next message to send is a chain head
+/// and no operation shifts an array. Walks are bounded by the capacity `N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chain {
+    head: Option<usize>,
+    tail: Option<usize>,
+}
+
+impl Chain {
+    const EMPTY: Self = Self {
+        head: None,
+        tail: None,
+    };
+
+    /// Links `slot` after `after` (`None`: at the head).
+    fn link_after<const M: usize>(
+        &mut self,
+        slots: &mut [OutboxEntry<M>],
+        after: Option<usize>,
+        slot: usize,
+    ) {
+        let next = match after {
+            Some(a) => slots.get(a).and_then(|e| e.next),
+            None => self.head,
+        };
+        if let Some(e) = slots.get_mut(slot) {
+            e.prev = after;
+            e.next = next;
+        }
+        match after.and_then(|a| slots.get_mut(a)) {
+            Some(e) => e.next = Some(slot),
+            None => self.head = Some(slot),
+        }
+        match next.and_then(|n| slots.get_mut(n)) {
+            Some(e) => e.prev = Some(slot),
+            None => self.tail = Some(slot),
+        }
+    }
+
+    /// Links `slot` in age order, walking back from the tail (no step for a new message).
+    fn insert_by_age<const N: usize, const M: usize>(
+        &mut self,
+        slots: &mut [OutboxEntry<M>],
+        slot: usize,
+    ) {
+        let order = slots.get(slot).map_or(0, |e| e.order);
+        let mut after = self.tail;
+        for _ in 0..N {
+            match after.and_then(|a| slots.get(a)) {
+                Some(e) if e.order > order => after = e.prev,
+                _ => break,
+            }
+        }
+        self.link_after(slots, after, slot);
+    }
+
+    /// Takes `slot`, which must be in this chain, out of it.
+    fn unlink<const M: usize>(&mut self, slots: &mut [OutboxEntry<M>], slot: usize) {
+        let (prev, next) = slots.get(slot).map_or((None, None), |e| (e.prev, e.next));
+        match prev.and_then(|p| slots.get_mut(p)) {
+            Some(e) => e.next = next,
+            None => self.head = next,
+        }
+        match next.and_then(|n| slots.get_mut(n)) {
+            Some(e) => e.prev = prev,
+            None => self.tail = prev,
+        }
+        if let Some(e) = slots.get_mut(slot) {
+            e.prev = None;
+            e.next = None;
+        }
+    }
+
+    /// The oldest message in the chain that is due at `now_ms`.
+    fn first_due<'a, const N: usize, const M: usize>(
+        &self,
+        slots: &'a [OutboxEntry<M>],
+        now_ms: u64,
+    ) -> Option<&'a OutboxEntry<M>> {
+        let mut at = self.head;
+        for _ in 0..N {
+            let e = slots.get(at?)?;
+            if e.next_attempt_ms <= now_ms {
+                return Some(e);
+            }
+            at = e.next;
+        }
+        None
+    }
+}
+
+/// Buckets of the duplicate-id filter.
+const ID_BUCKETS: usize = 64;
+
+fn id_bucket(id: MessageId) -> usize {
+    // `& 63` keeps the value below 64, which every `usize` holds.
+    usize::try_from(id.0 & 63).unwrap_or(0)
+}
+
+/// Priorities, as chain indices.
+const PRIORITIES: usize = 4;
+
+fn chain_index(p: Priority) -> usize {
+    usize::from(p.code())
 }
 
 /// The outbox: at most `N` messages of at most `M` bytes. See the [module docs](self).
-#[derive(Debug, Clone)]
+///
+/// Messages stay in the slot they were written to. A compact list keeps their ids in age
+/// order (for acks), and per-priority chains through the slots keep unsent and scheduled
+/// messages in age order, so neither sending nor acknowledging moves a payload, and the
+/// next message to send is found at a chain head without scanning the others.
+#[derive(Clone)]
 pub struct Outbox<const N: usize, const M: usize> {
-    entries: heapless::Vec<OutboxEntry<M>, N>,
+    /// Message storage; a slot listed in `free` holds a stale message.
+    slots: heapless::Vec<OutboxEntry<M>, N>,
+    /// Released slots, reused before `slots` grows: a stack linked through `next`.
+    free: Option<usize>,
+    /// Queued messages, oldest first: id and slot.
+    by_age: heapless::Vec<(MessageId, usize), N>,
+    /// [`State::Fresh`] messages per priority.
+    fresh: [Chain; PRIORITIES],
+    /// [`State::Scheduled`] messages per priority.
+    scheduled: [Chain; PRIORITIES],
+    /// At most the earliest `next_attempt_ms` of a scheduled message (`u64::MAX` if none):
+    /// until then no scheduled message needs a look.
+    scheduled_min: u64,
+    /// [`State::Waiting`] messages, all priorities.
+    waiting: Chain,
+    /// Queued messages per `id & 63`: a zero proves an id absent without a scan. A count
+    /// that reaches `u8::MAX` stays there (it then only ever means "maybe").
+    id_counts: [u8; ID_BUCKETS],
     policy: OverflowPolicy,
     retry: BackoffPolicy,
     next_order: u64,
     stats: OutboxStats,
 }
 
+impl<const N: usize, const M: usize> core::fmt::Debug for Outbox<N, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        struct Entries<'a, const N: usize, const M: usize>(&'a Outbox<N, M>);
+        impl<const N: usize, const M: usize> core::fmt::Debug for Entries<'_, N, M> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_list().entries(self.0.iter()).finish()
+            }
+        }
+        f.debug_struct("Outbox")
+            .field("entries", &Entries(self))
+            .field("policy", &self.policy)
+            .field("retry", &self.retry)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<const N: usize, const M: usize> Outbox<N, M> {
     /// An empty outbox with an explicit overflow policy and the retransmission backoff.
     pub const fn new(policy: OverflowPolicy, retry: BackoffPolicy) -> Self {
         Self {
-            entries: heapless::Vec::new(),
+            slots: heapless::Vec::new(),
+            free: None,
+            by_age: heapless::Vec::new(),
+            fresh: [Chain::EMPTY; PRIORITIES],
+            scheduled: [Chain::EMPTY; PRIORITIES],
+            scheduled_min: u64::MAX,
+            waiting: Chain::EMPTY,
+            id_counts: [0; ID_BUCKETS],
             policy,
             retry,
             next_order: 0,
@@ -238,19 +434,19 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         self.stats
     }
 
-    /// Queued messages.
+    /// Queued messages (those waiting for the ack of their last attempt included).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.by_age.len()
     }
 
     /// Nothing queued.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.by_age.is_empty()
     }
 
     /// No room without dropping.
     pub fn is_full(&self) -> bool {
-        self.entries.is_full()
+        self.by_age.is_full()
     }
 
     /// The capacity `N`.
@@ -263,17 +459,19 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         self.policy
     }
 
-    /// Queued messages in no particular order.
+    /// Queued messages, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &OutboxEntry<M>> {
-        self.entries.iter()
+        self.by_age.iter().filter_map(|&(_, s)| self.slots.get(s))
     }
 
     /// Whether a message with `id` is queued.
     pub fn contains(&self, id: MessageId) -> bool {
-        self.entries.iter().any(|e| e.id == id)
+        self.id_counts.get(id_bucket(id)).is_some_and(|&c| c > 0) && self.position(id).is_some()
     }
 
-    /// Queues a message. See [`OverflowPolicy`] for a full outbox.
+    /// Queues a message. See [`OverflowPolicy`] for a full outbox; a full outbox first
+    /// makes room by expiring a message whose last ack deadline has passed by `now_ms`
+    /// (counted in `expired`, as [`Outbox::take_expired`] would).
     pub fn push(
         &mut self,
         id: MessageId,
@@ -285,30 +483,24 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         if self.contains(id) {
             return Err(OutboxError::DuplicateId);
         }
-        let Ok(bytes) = heapless::Vec::from_slice(data) else {
+        if data.len() > M {
             self.stats.rejected = self.stats.rejected.saturating_add(1);
             return Err(OutboxError::TooLarge {
                 len: data.len(),
                 max: M,
             });
-        };
+        }
         let mut outcome = PushOutcome::Queued;
-        if self.entries.is_full() {
+        if self.is_full() && self.expire_one(now_ms).is_none() {
             let victim = match self.policy {
                 OverflowPolicy::RejectNewest => None,
-                OverflowPolicy::DropOldest => self
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.priority <= priority)
-                    .min_by_key(|(_, e)| (e.priority, e.order))
-                    .map(|(i, _)| i),
+                OverflowPolicy::DropOldest => self.eviction_victim(priority),
             };
-            match victim {
-                Some(i) => {
-                    let evicted = self.entries.swap_remove(i);
+            match victim.and_then(|pos| self.remove_at(pos)) {
+                Some(slot) => {
                     self.stats.evicted = self.stats.evicted.saturating_add(1);
-                    outcome = PushOutcome::Evicted(evicted.id);
+                    let evicted = self.slots.get(slot).map_or(MessageId(0), |e| e.id);
+                    outcome = PushOutcome::Evicted(evicted);
                 }
                 None => {
                     self.stats.rejected = self.stats.rejected.saturating_add(1);
@@ -316,98 +508,392 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                 }
             }
         }
-        let entry = OutboxEntry {
-            id,
-            priority,
-            qos,
-            enqueued_ms: now_ms,
-            attempts: 0,
-            next_attempt_ms: now_ms,
-            first_sent_ms: None,
-            data: bytes,
-            order: self.next_order,
-            backoff: Backoff::new(self.retry, now_ms),
-        };
-        self.next_order = self.next_order.wrapping_add(1);
-        if self.entries.push(entry).is_err() {
+        if let Err(e) = self.insert(id, priority, qos, data, now_ms) {
             // Unreachable: room was made above. Counted rather than assumed.
             self.stats.rejected = self.stats.rejected.saturating_add(1);
-            return Err(OutboxError::Full);
+            return Err(e);
         }
         self.stats.accepted = self.stats.accepted.saturating_add(1);
         Ok(outcome)
     }
 
+    /// The position in `by_age` of the oldest message of the lowest priority not above
+    /// `priority`.
+    fn eviction_victim(&self, priority: Priority) -> Option<usize> {
+        let mut best: Option<(usize, Priority)> = None;
+        for (pos, &(_, s)) in self.by_age.iter().enumerate() {
+            let Some(p) = self.slots.get(s).map(|e| e.priority) else {
+                continue;
+            };
+            if p <= priority && best.is_none_or(|(_, b)| p < b) {
+                best = Some((pos, p));
+                if p == Priority::Low {
+                    break;
+                }
+            }
+        }
+        best.map(|(pos, _)| pos)
+    }
+
+    /// Writes a new fresh message into a free slot; returns the slot. Checks nothing but
+    /// room and size; changes nothing on error.
+    fn insert(
+        &mut self,
+        id: MessageId,
+        priority: Priority,
+        qos: QoS,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<usize, OutboxError> {
+        if self.by_age.is_full() {
+            return Err(OutboxError::Full);
+        }
+        let too_large = OutboxError::TooLarge {
+            len: data.len(),
+            max: M,
+        };
+        let order = self.next_order;
+        let backoff = Backoff::new(self.retry, now_ms);
+        let slot = match self.free {
+            Some(slot) => {
+                let e = self.slots.get_mut(slot).ok_or(OutboxError::Full)?;
+                let next_free = e.next;
+                e.data.clear();
+                e.data.extend_from_slice(data).map_err(|_| too_large)?;
+                e.id = id;
+                e.priority = priority;
+                e.qos = qos;
+                e.enqueued_ms = now_ms;
+                e.attempts = 0;
+                e.next_attempt_ms = now_ms;
+                e.first_sent_ms = None;
+                e.ack_deadline_ms = None;
+                e.order = order;
+                e.state = State::Fresh;
+                e.backoff = backoff;
+                e.prev = None;
+                e.next = None;
+                self.free = next_free;
+                slot
+            }
+            None => {
+                if data.len() > M {
+                    return Err(too_large);
+                }
+                let slot = self.slots.len();
+                // The payload is copied straight into the new slot, not moved with the entry.
+                let entry = OutboxEntry {
+                    id,
+                    priority,
+                    qos,
+                    enqueued_ms: now_ms,
+                    attempts: 0,
+                    next_attempt_ms: now_ms,
+                    first_sent_ms: None,
+                    ack_deadline_ms: None,
+                    data: heapless::Vec::new(),
+                    order,
+                    state: State::Fresh,
+                    backoff,
+                    prev: None,
+                    next: None,
+                };
+                self.slots.push(entry).map_err(|_| OutboxError::Full)?;
+                let stored = self
+                    .slots
+                    .get_mut(slot)
+                    .is_some_and(|e| e.data.extend_from_slice(data).is_ok());
+                if !stored {
+                    // Unreachable (the length was checked); the slot is kept for reuse.
+                    self.release(slot);
+                    return Err(too_large);
+                }
+                slot
+            }
+        };
+        self.next_order = self.next_order.wrapping_add(1);
+        // Cannot fail: `by_age` holds the `len() < N` queued messages.
+        self.by_age
+            .push((id, slot))
+            .map_err(|_| OutboxError::Full)?;
+        self.link(slot);
+        if let Some(c) = self.id_counts.get_mut(id_bucket(id)) {
+            *c = c.saturating_add(1);
+        }
+        Ok(slot)
+    }
+
+    /// Puts `slot` into the chain its state and priority select (none when waiting).
+    fn link(&mut self, slot: usize) {
+        let Some((state, p)) = self
+            .slots
+            .get(slot)
+            .map(|e| (e.state, chain_index(e.priority)))
+        else {
+            return;
+        };
+        let chain = match state {
+            State::Fresh => self.fresh.get_mut(p),
+            State::Scheduled => self.scheduled.get_mut(p),
+            State::Waiting => Some(&mut self.waiting),
+        };
+        if let Some(c) = chain {
+            c.insert_by_age::<N, M>(&mut self.slots, slot);
+        }
+    }
+
+    /// Takes `slot` out of the chain its state and priority select.
+    fn unlink(&mut self, slot: usize) {
+        let Some((state, p)) = self
+            .slots
+            .get(slot)
+            .map(|e| (e.state, chain_index(e.priority)))
+        else {
+            return;
+        };
+        let chain = match state {
+            State::Fresh => self.fresh.get_mut(p),
+            State::Scheduled => self.scheduled.get_mut(p),
+            State::Waiting => Some(&mut self.waiting),
+        };
+        if let Some(c) = chain {
+            c.unlink(&mut self.slots, slot);
+        }
+    }
+
+    /// Removes the message at `pos` in `by_age` from every index and frees its slot, whose
+    /// contents stay readable until the next insertion. Returns the slot.
+    fn remove_at(&mut self, pos: usize) -> Option<usize> {
+        if pos >= self.by_age.len() {
+            return None;
+        }
+        let (id, slot) = self.by_age.remove(pos);
+        if let Some(c) = self.id_counts.get_mut(id_bucket(id))
+            && *c != u8::MAX
+        {
+            *c = c.saturating_sub(1);
+        }
+        let state = self.slots.get(slot).map_or(State::Fresh, |e| e.state);
+        self.unlink(slot);
+        // `scheduled_min` stays a lower bound; when nothing is scheduled it resets.
+        if state == State::Scheduled && self.scheduled.iter().all(|c| c.head.is_none()) {
+            self.scheduled_min = u64::MAX;
+        }
+        self.release(slot);
+        Some(slot)
+    }
+
+    /// Pushes an unlinked `slot` onto the free stack.
+    fn release(&mut self, slot: usize) {
+        if let Some(e) = self.slots.get_mut(slot) {
+            e.next = self.free;
+            self.free = Some(slot);
+        }
+    }
+
+    /// A copy of the (possibly released) message in `slot`, without its links.
+    fn detached(&self, slot: usize) -> Option<OutboxEntry<M>> {
+        let mut e = self.slots.get(slot)?.clone();
+        e.prev = None;
+        e.next = None;
+        Some(e)
+    }
+
     /// The message to send next at `now_ms`: highest priority, then oldest, among those due.
+    /// A message waiting for the ack of its last attempt is never due.
     pub fn next_due(&self, now_ms: u64) -> Option<&OutboxEntry<M>> {
-        self.entries
-            .iter()
-            .filter(|e| e.next_attempt_ms <= now_ms)
-            .max_by_key(|e| (e.priority, core::cmp::Reverse(e.order)))
+        let look_at_scheduled = self.scheduled_min <= now_ms;
+        for p in (0..PRIORITIES).rev() {
+            let fresh = self
+                .fresh
+                .get(p)
+                .and_then(|c| c.first_due::<N, M>(&self.slots, now_ms));
+            let retry = if look_at_scheduled {
+                self.scheduled
+                    .get(p)
+                    .and_then(|c| c.first_due::<N, M>(&self.slots, now_ms))
+            } else {
+                None
+            };
+            let best = match (fresh, retry) {
+                (Some(a), Some(b)) => Some(if a.order <= b.order { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            if best.is_some() {
+                return best;
+            }
+        }
+        None
     }
 
-    /// The earliest time any message is due, for sleeping in a poll loop.
+    /// The earliest time any message is due or expires, for sleeping in a poll loop.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
-        self.entries.iter().map(|e| e.next_attempt_ms).min()
+        self.iter()
+            .map(|e| e.next_attempt_ms.min(e.ack_deadline_ms.unwrap_or(u64::MAX)))
+            .min()
     }
 
-    /// Records that message `id` was transmitted at `now_ms`; schedules its retransmission
-    /// (QoS 1 and 2) from the backoff policy, or removes it (QoS 0, or retries exhausted).
+    /// Records that message `id` was transmitted at `now_ms`.
+    ///
+    /// QoS 0 messages are removed ([`SentOutcome::Done`]). QoS 1 and 2 messages are
+    /// scheduled for retransmission from the backoff policy ([`SentOutcome::AwaitingAck`]);
+    /// after the last attempt the policy allows they stay queued, not due again, until
+    /// their ack arrives or the ack deadline passes ([`SentOutcome::LastAttempt`]). That
+    /// deadline is the policy's delay before the next attempt, had there been one, without
+    /// jitter: `now_ms + retry.base_delay_ms(attempts)` (at least 1 ms).
     pub fn mark_sent<R: Rng + ?Sized>(
         &mut self,
         id: MessageId,
         now_ms: u64,
         rng: &mut R,
     ) -> Result<SentOutcome, OutboxError> {
-        let i = self.position(id).ok_or(OutboxError::NotFound)?;
-        let entry = self.entries.get_mut(i).ok_or(OutboxError::NotFound)?;
+        let slot = self.find_slot(id).ok_or(OutboxError::NotFound)?;
+        let entry = self.slots.get_mut(slot).ok_or(OutboxError::NotFound)?;
         entry.attempts = entry.attempts.saturating_add(1);
         entry.first_sent_ms.get_or_insert(now_ms);
         if entry.qos == QoS::AtMostOnce {
-            self.entries.swap_remove(i);
+            if let Some(pos) = self.by_age.iter().position(|&(_, s)| s == slot) {
+                self.remove_at(pos);
+            }
             self.stats.sent_unacked = self.stats.sent_unacked.saturating_add(1);
             return Ok(SentOutcome::Done);
         }
-        match entry.backoff.next_delay(now_ms, rng) {
+        let was = entry.state;
+        if was == State::Waiting {
+            // Sent again although not due: the deadline of the last attempt stands.
+            let expires_at_ms = entry.ack_deadline_ms.unwrap_or(now_ms);
+            return Ok(SentOutcome::LastAttempt { expires_at_ms });
+        }
+        let outcome = match entry.backoff.next_delay(now_ms, rng) {
             Some(delay) => {
                 let at = now_ms.saturating_add(delay.max(1));
                 entry.next_attempt_ms = at;
-                Ok(SentOutcome::AwaitingAck { retry_at_ms: at })
+                SentOutcome::AwaitingAck { retry_at_ms: at }
             }
             None => {
-                self.entries.swap_remove(i);
-                self.stats.expired = self.stats.expired.saturating_add(1);
-                Ok(SentOutcome::Expired)
+                let wait = entry
+                    .backoff
+                    .policy()
+                    .base_delay_ms(entry.backoff.failures())
+                    .max(1);
+                let at = now_ms.saturating_add(wait);
+                entry.next_attempt_ms = u64::MAX;
+                entry.ack_deadline_ms = Some(at);
+                SentOutcome::LastAttempt { expires_at_ms: at }
             }
+        };
+        let next_state = match outcome {
+            SentOutcome::AwaitingAck { retry_at_ms } => {
+                self.scheduled_min = self.scheduled_min.min(retry_at_ms);
+                State::Scheduled
+            }
+            _ => State::Waiting,
+        };
+        // Move the slot between the indices (a scheduled message keeps its chain place:
+        // age order does not change).
+        if was != next_state {
+            self.unlink(slot);
+            if let Some(e) = self.slots.get_mut(slot) {
+                e.state = next_state;
+            }
+            self.link(slot);
         }
+        Ok(outcome)
     }
 
     /// Removes an acknowledged message. `false` if it was not queued (a duplicate ack).
+    /// A message waiting for the ack of its last attempt counts as acked, not expired.
     pub fn ack(&mut self, id: MessageId) -> bool {
-        self.ack_entry(id).is_some()
+        self.ack_slot(id).is_some()
     }
 
     /// Removes an acknowledged message and returns it (for latency and retry accounting).
     pub fn ack_entry(&mut self, id: MessageId) -> Option<OutboxEntry<M>> {
-        let i = self.position(id)?;
-        self.stats.acked = self.stats.acked.saturating_add(1);
-        Some(self.entries.swap_remove(i))
+        let slot = self.ack_slot(id)?;
+        self.detached(slot)
     }
 
-    /// Makes every queued message due now (for example when a link comes back up).
+    fn ack_slot(&mut self, id: MessageId) -> Option<usize> {
+        let slot = self.remove_at(self.position(id)?)?;
+        self.stats.acked = self.stats.acked.saturating_add(1);
+        Some(slot)
+    }
+
+    /// Removes one message whose last attempt's ack deadline has passed by `now_ms`
+    /// (the earliest deadline first), counts it in `expired` and returns it; `None` when no
+    /// deadline has passed. Call it in the poll loop, after taking in the acks that have
+    /// arrived and before sending: a message whose last attempt got no ack leaves the
+    /// outbox only here (or when a full outbox's `push` reclaims its slot).
+    pub fn take_expired(&mut self, now_ms: u64) -> Option<OutboxEntry<M>> {
+        let slot = self.expire_one(now_ms)?;
+        self.detached(slot)
+    }
+
+    /// Removes and counts the earliest expired waiting message; returns its freed slot.
+    fn expire_one(&mut self, now_ms: u64) -> Option<usize> {
+        // The chain is in age order: the first of equal deadlines is the oldest.
+        let mut best: Option<(u64, usize)> = None;
+        let mut at = self.waiting.head;
+        for _ in 0..N {
+            let Some((s, e)) = at.and_then(|s| Some((s, self.slots.get(s)?))) else {
+                break;
+            };
+            if let Some(d) = e.ack_deadline_ms
+                && d <= now_ms
+                && best.is_none_or(|(b, _)| d < b)
+            {
+                best = Some((d, s));
+            }
+            at = e.next;
+        }
+        let (_, slot) = best?;
+        let pos = self.by_age.iter().position(|&(_, s)| s == slot)?;
+        let slot = self.remove_at(pos)?;
+        self.stats.expired = self.stats.expired.saturating_add(1);
+        Some(slot)
+    }
+
+    /// Makes every queued message that has attempts left due now (for example when a link
+    /// comes back up). Messages waiting for the ack of their last attempt keep waiting.
     pub fn retry_all_now(&mut self, now_ms: u64) {
-        for e in self.entries.iter_mut() {
-            e.next_attempt_ms = e.next_attempt_ms.min(now_ms);
+        let mut any_scheduled = false;
+        for &(_, s) in &self.by_age {
+            if let Some(e) = self.slots.get_mut(s)
+                && e.state != State::Waiting
+            {
+                e.next_attempt_ms = e.next_attempt_ms.min(now_ms);
+                any_scheduled |= e.state == State::Scheduled;
+            }
+        }
+        if any_scheduled {
+            self.scheduled_min = self.scheduled_min.min(now_ms);
         }
     }
 
     fn position(&self, id: MessageId) -> Option<usize> {
-        self.entries.iter().position(|e| e.id == id)
+        self.by_age.iter().position(|&(i, _)| i == id)
+    }
+
+    /// The slot of message `id`. The message just sent is usually a chain head: those are
+    /// checked before the scan by age.
+    fn find_slot(&self, id: MessageId) -> Option<usize> {
+        let head = self
+            .fresh
+            .iter()
+            .chain(self.scheduled.iter())
+            .rev()
+            .filter_map(|c| c.head)
+            .find(|&s| self.slots.get(s).is_some_and(|e| e.id == id));
+        if head.is_some() {
+            return head;
+        }
+        let pos = self.position(id)?;
+        self.by_age.get(pos).map(|&(_, s)| s)
     }
 
     /// The number of bytes [`Outbox::save`] writes for the current contents.
     pub fn image_len(&self) -> usize {
-        self.entries.iter().fold(HEADER_LEN, |acc, e| {
+        self.iter().fold(HEADER_LEN, |acc, e| {
             acc.saturating_add(RECORD_HEADER_LEN)
                 .saturating_add(e.data.len())
         })
@@ -429,7 +915,7 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         let mut at = offset
             .checked_add(HEADER_LEN_U32)
             .ok_or(OutboxError::StorageTooSmall)?;
-        for e in &self.entries {
+        for e in self.iter() {
             let len = u16::try_from(e.data.len()).map_err(|_| OutboxError::StorageTooSmall)?;
             let mut rec = [0u8; RECORD_HEADER_LEN];
             rec[0..4].copy_from_slice(&e.id.0.to_le_bytes());
@@ -446,7 +932,7 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                     .ok_or(OutboxError::StorageTooSmall)?;
             }
         }
-        let count = u16::try_from(self.entries.len()).map_err(|_| OutboxError::StorageTooSmall)?;
+        let count = u16::try_from(self.len()).map_err(|_| OutboxError::StorageTooSmall)?;
         let mut header = [0u8; HEADER_LEN];
         header[0..4].copy_from_slice(&MAGIC);
         header[4..6].copy_from_slice(&count.to_le_bytes());
@@ -458,7 +944,10 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
     }
 
     /// Replaces the queued messages with those saved at `offset`; they become due at
-    /// `now_ms`. Counters are kept. On error the outbox is unchanged.
+    /// `now_ms` with a fresh retry budget (their `attempts` are kept). That includes a
+    /// message that was waiting for the ack of its last attempt when saved: the ack may have
+    /// been lost with the reboot, so it is sent again (the receiver's dedup window drops a
+    /// duplicate). Counters are kept. On error the outbox is unchanged.
     pub fn restore<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -502,8 +991,10 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         if digest.finalize() != crc {
             return Err(OutboxError::Corrupt);
         }
-        // Second pass: parse into a fresh list, then swap it in.
-        let mut entries: heapless::Vec<OutboxEntry<M>, N> = heapless::Vec::new();
+        // Second pass: parse into a fresh outbox, then swap it in.
+        let mut next = Self::new(self.policy, self.retry);
+        next.next_order = self.next_order;
+        next.stats = self.stats;
         let mut at = body_start;
         for _ in 0..count {
             let mut rec = [0u8; RECORD_HEADER_LEN];
@@ -513,13 +1004,34 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
             at = at
                 .checked_add(RECORD_HEADER_LEN_U32)
                 .ok_or(OutboxError::Corrupt)?;
-            let id = MessageId(u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]));
-            let priority = Priority::from_code(rec[4]).ok_or(OutboxError::Corrupt)?;
-            let qos = QoS::from_code(rec[5]).ok_or(OutboxError::Corrupt)?;
-            let attempts = u32::from_le_bytes([rec[6], rec[7], rec[8], rec[9]]);
-            let mut enq = [0u8; 8];
-            enq.copy_from_slice(&rec[10..18]);
-            let len = u16::from_le_bytes([rec[18], rec[19]]);
+            let [
+                i0,
+                i1,
+                i2,
+                i3,
+                p,
+                q,
+                a0,
+                a1,
+                a2,
+                a3,
+                e0,
+                e1,
+                e2,
+                e3,
+                e4,
+                e5,
+                e6,
+                e7,
+                l0,
+                l1,
+            ] = rec;
+            let id = MessageId(u32::from_le_bytes([i0, i1, i2, i3]));
+            let priority = Priority::from_code(p).ok_or(OutboxError::Corrupt)?;
+            let qos = QoS::from_code(q).ok_or(OutboxError::Corrupt)?;
+            let attempts = u32::from_le_bytes([a0, a1, a2, a3]);
+            let enqueued_ms = u64::from_le_bytes([e0, e1, e2, e3, e4, e5, e6, e7]);
+            let len = u16::from_le_bytes([l0, l1]);
             let mut data: heapless::Vec<u8, M> = heapless::Vec::new();
             data.resize(usize::from(len), 0)
                 .map_err(|_| OutboxError::Corrupt)?;
@@ -531,30 +1043,21 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                 .read(at, &mut data)
                 .map_err(|_| OutboxError::Storage)?;
             at = end;
-            if entries.iter().any(|e| e.id == id) {
+            if next.contains(id) {
                 return Err(OutboxError::Corrupt);
             }
-            let order = self.next_order;
-            self.next_order = self.next_order.wrapping_add(1);
-            entries
-                .push(OutboxEntry {
-                    id,
-                    priority,
-                    qos,
-                    enqueued_ms: u64::from_le_bytes(enq),
-                    attempts,
-                    next_attempt_ms: now_ms,
-                    first_sent_ms: None,
-                    data,
-                    order,
-                    backoff: Backoff::new(self.retry, now_ms),
-                })
+            let slot = next
+                .insert(id, priority, qos, &data, now_ms)
                 .map_err(|_| OutboxError::Corrupt)?;
+            if let Some(e) = next.slots.get_mut(slot) {
+                e.enqueued_ms = enqueued_ms;
+                e.attempts = attempts;
+            }
         }
         if at != body_end {
             return Err(OutboxError::Corrupt);
         }
-        self.entries = entries;
+        *self = next;
         Ok(count)
     }
 }
@@ -768,15 +1271,20 @@ mod tests {
         assert_eq!(o.next_wakeup_ms(), Some(100));
         assert!(o.ack(MessageId(2)));
         assert!(!o.ack(MessageId(2)));
-        // Message 1: attempts 2 and 3, then it expires.
+        // Message 1: attempts 2 and 3; the third one's ack is awaited for the delay a
+        // fourth attempt would have had (400 ms), then it expires.
         assert_eq!(
             o.mark_sent(MessageId(1), 100, &mut rng),
             Ok(SentOutcome::AwaitingAck { retry_at_ms: 300 })
         );
         assert_eq!(
             o.mark_sent(MessageId(1), 300, &mut rng),
-            Ok(SentOutcome::Expired)
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 700 })
         );
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.next_due(10_000), None);
+        assert_eq!(o.take_expired(699), None);
+        assert_eq!(o.take_expired(700).map(|e| e.id), Some(MessageId(1)));
         assert!(o.is_empty());
         let s = o.stats();
         assert_eq!((s.acked, s.sent_unacked, s.expired), (1, 1, 1));
@@ -784,6 +1292,203 @@ mod tests {
             o.mark_sent(MessageId(1), 0, &mut rng),
             Err(OutboxError::NotFound)
         );
+    }
+
+    #[test]
+    fn last_attempt_acked_after_mark_sent_counts_as_acked_not_expired() {
+        let mut rng = SplitMix64::new(0);
+        let mut o: Outbox<4, 8> =
+            Outbox::new(OverflowPolicy::RejectNewest, policy().with_max_attempts(2));
+        o.push(MessageId(1), Priority::Normal, QoS::AtLeastOnce, b"m", 0)
+            .unwrap();
+        assert_eq!(
+            o.mark_sent(MessageId(1), 0, &mut rng),
+            Ok(SentOutcome::AwaitingAck { retry_at_ms: 100 })
+        );
+        assert_eq!(
+            o.mark_sent(MessageId(1), 100, &mut rng),
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 300 })
+        );
+        // Still queued, never retransmitted, waking the poll loop at the deadline.
+        assert!(o.contains(MessageId(1)));
+        let e = o.iter().next().unwrap();
+        assert!(e.is_awaiting_last_ack());
+        assert_eq!((e.attempts, e.ack_deadline_ms), (2, Some(300)));
+        assert_eq!(o.next_due(299), None);
+        assert_eq!(o.next_due(u64::MAX), None);
+        assert_eq!(o.next_wakeup_ms(), Some(300));
+        assert_eq!(o.take_expired(299), None);
+        // The ack of the last attempt arrives before the deadline.
+        let acked = o.ack_entry(MessageId(1)).unwrap();
+        assert_eq!((acked.id, acked.attempts), (MessageId(1), 2));
+        assert!(o.is_empty());
+        assert_eq!(o.take_expired(u64::MAX), None);
+        let s = o.stats();
+        assert_eq!((s.accepted, s.acked, s.expired, s.dropped()), (1, 1, 0, 0));
+    }
+
+    #[test]
+    fn unacked_last_attempt_expires_exactly_once_at_its_deadline() {
+        let mut rng = SplitMix64::new(0);
+        let mut o: Outbox<4, 8> =
+            Outbox::new(OverflowPolicy::RejectNewest, policy().with_max_attempts(1));
+        o.push(MessageId(5), Priority::High, QoS::ExactlyOnce, b"x", 0)
+            .unwrap();
+        o.push(MessageId(6), Priority::Low, QoS::AtLeastOnce, b"y", 0)
+            .unwrap();
+        assert_eq!(
+            o.mark_sent(MessageId(5), 10, &mut rng),
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 110 })
+        );
+        // The other message is unaffected and still due; the waiting one is skipped.
+        assert_eq!(o.next_due(50).map(|e| e.id), Some(MessageId(6)));
+        // Reconnecting does not buy the waiting message another attempt.
+        o.retry_all_now(60);
+        assert_eq!(o.next_due(60).map(|e| e.id), Some(MessageId(6)));
+        // Sending it anyway does not move the deadline.
+        assert_eq!(
+            o.mark_sent(MessageId(5), 70, &mut rng),
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 110 })
+        );
+        assert_eq!(o.take_expired(109), None);
+        assert_eq!(o.stats().expired, 0);
+        assert_eq!(o.take_expired(110).map(|e| e.id), Some(MessageId(5)));
+        assert_eq!(o.stats().expired, 1);
+        assert_eq!(o.take_expired(10_000), None);
+        assert!(!o.ack(MessageId(5)), "a late ack finds nothing");
+        let s = o.stats();
+        assert_eq!((s.acked, s.expired, s.dropped()), (0, 1, 1));
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn give_up_on_the_deadline_also_awaits_the_last_ack() {
+        let mut rng = SplitMix64::new(0);
+        let mut o: Outbox<2, 8> =
+            Outbox::new(OverflowPolicy::RejectNewest, policy().with_deadline_ms(150));
+        o.push(MessageId(1), Priority::Normal, QoS::AtLeastOnce, b"d", 0)
+            .unwrap();
+        assert_eq!(
+            o.mark_sent(MessageId(1), 0, &mut rng),
+            Ok(SentOutcome::AwaitingAck { retry_at_ms: 100 })
+        );
+        assert_eq!(
+            o.mark_sent(MessageId(1), 100, &mut rng),
+            Ok(SentOutcome::AwaitingAck { retry_at_ms: 150 })
+        );
+        // Past the deadline: no retry, but this attempt's ack is awaited (base delay 400).
+        assert_eq!(
+            o.mark_sent(MessageId(1), 150, &mut rng),
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 550 })
+        );
+        assert!(o.ack(MessageId(1)));
+        assert_eq!((o.stats().acked, o.stats().expired), (1, 0));
+    }
+
+    #[test]
+    fn at_most_once_is_removed_when_sent_whatever_the_budget() {
+        let mut rng = SplitMix64::new(0);
+        let mut o: Outbox<2, 8> =
+            Outbox::new(OverflowPolicy::RejectNewest, policy().with_max_attempts(1));
+        o.push(MessageId(1), Priority::Normal, QoS::AtMostOnce, b"z", 0)
+            .unwrap();
+        assert_eq!(
+            o.mark_sent(MessageId(1), 0, &mut rng),
+            Ok(SentOutcome::Done)
+        );
+        assert!(o.is_empty());
+        assert_eq!(o.take_expired(u64::MAX), None);
+        let s = o.stats();
+        assert_eq!((s.sent_unacked, s.acked, s.expired), (1, 0, 0));
+    }
+
+    #[test]
+    fn waiting_message_keeps_its_slot_and_overflow_still_counts_drops() {
+        let mut rng = SplitMix64::new(0);
+        let retry = policy().with_max_attempts(1);
+        // RejectNewest: the waiting message holds its slot until its deadline.
+        let mut o: Outbox<2, 8> = Outbox::new(OverflowPolicy::RejectNewest, retry);
+        o.push(MessageId(1), Priority::Normal, QoS::AtLeastOnce, b"a", 0)
+            .unwrap();
+        o.push(MessageId(2), Priority::Normal, QoS::AtLeastOnce, b"b", 0)
+            .unwrap();
+        assert_eq!(
+            o.mark_sent(MessageId(1), 0, &mut rng),
+            Ok(SentOutcome::LastAttempt { expires_at_ms: 100 })
+        );
+        assert!(o.is_full());
+        assert_eq!(
+            o.push(MessageId(3), Priority::Critical, QoS::AtLeastOnce, b"c", 99),
+            Err(OutboxError::Full)
+        );
+        assert_eq!(o.stats().rejected, 1);
+        // Once its deadline has passed, a full outbox reclaims the slot as an expiry.
+        assert_eq!(
+            o.push(
+                MessageId(3),
+                Priority::Critical,
+                QoS::AtLeastOnce,
+                b"c",
+                100
+            ),
+            Ok(PushOutcome::Queued)
+        );
+        let s = o.stats();
+        assert_eq!((s.accepted, s.rejected, s.expired, s.evicted), (3, 1, 1, 0));
+        assert!(!o.contains(MessageId(1)));
+
+        // DropOldest: the waiting message is the oldest, so it is the one evicted.
+        let mut o: Outbox<2, 8> = Outbox::new(OverflowPolicy::DropOldest, retry);
+        o.push(MessageId(1), Priority::Normal, QoS::AtLeastOnce, b"a", 0)
+            .unwrap();
+        o.push(MessageId(2), Priority::Normal, QoS::AtLeastOnce, b"b", 0)
+            .unwrap();
+        o.mark_sent(MessageId(1), 0, &mut rng).unwrap();
+        assert_eq!(
+            o.push(MessageId(3), Priority::Normal, QoS::AtLeastOnce, b"c", 50),
+            Ok(PushOutcome::Evicted(MessageId(1)))
+        );
+        assert_eq!(o.take_expired(u64::MAX), None, "evicted, not expired too");
+        let s = o.stats();
+        assert_eq!(
+            (s.accepted, s.evicted, s.expired, s.dropped()),
+            (3, 1, 0, 1)
+        );
+        let ids: std::vec::Vec<_> = o.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [MessageId(2), MessageId(3)]);
+    }
+
+    #[test]
+    fn slots_are_reused_without_disturbing_order() {
+        let mut rng = SplitMix64::new(3);
+        let mut o: Outbox<3, 4> = Outbox::new(OverflowPolicy::RejectNewest, policy());
+        for round in 0..10u32 {
+            for k in 0..3 {
+                let id = MessageId(round * 3 + k);
+                o.push(
+                    id,
+                    Priority::Normal,
+                    QoS::AtLeastOnce,
+                    &id.0.to_le_bytes(),
+                    0,
+                )
+                .unwrap();
+            }
+            // Sent oldest first, each carrying its own bytes.
+            for k in 0..3 {
+                let e = o.next_due(0).unwrap();
+                assert_eq!(e.id, MessageId(round * 3 + k));
+                assert_eq!(e.data.as_slice(), &e.id.0.to_le_bytes());
+                let id = e.id;
+                o.mark_sent(id, 0, &mut rng).unwrap();
+            }
+            // Acked out of order.
+            for k in [1, 2, 0] {
+                assert!(o.ack(MessageId(round * 3 + k)));
+            }
+            assert!(o.is_empty());
+        }
+        assert_eq!(o.stats().acked, 30);
     }
 
     #[test]

@@ -318,6 +318,8 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         payload: &[u8],
         now_ms: u64,
     ) -> Result<MessageId, EndpointError<L::Error>> {
+        // Expired messages leave (as recorded losses) before a full outbox would drop one.
+        self.expire(now_ms);
         let id = MessageId(self.next_id);
         let env = Envelope {
             device: self.device,
@@ -346,6 +348,7 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         priority: Priority,
         now_ms: u64,
     ) -> Result<(), EndpointError<L::Error>> {
+        self.expire(now_ms);
         let n = env
             .encode_into(&mut self.tx)
             .map_err(|_| EndpointError::Encode)?;
@@ -374,10 +377,23 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         self.was_up = up;
         if up {
             self.receive_all(now_ms, &mut deliver, &mut report).await;
+        }
+        // After the acks that arrived were taken in: a message whose last attempt got no ack
+        // by its deadline is lost.
+        self.expire(now_ms);
+        if up {
             self.send_due(now_ms, &mut report).await;
         }
         report.next_wakeup_ms = self.outbox.next_wakeup_ms();
         Ok(report)
+    }
+
+    /// Removes the messages whose last attempt's ack deadline has passed, recording each
+    /// as a loss.
+    fn expire(&mut self, now_ms: u64) {
+        while self.outbox.take_expired(now_ms).is_some() {
+            self.monitor.record_loss();
+        }
     }
 
     async fn receive_all<F>(&mut self, now_ms: u64, deliver: &mut F, report: &mut PollReport)
@@ -503,11 +519,10 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                     self.stats.send_errors = self.stats.send_errors.saturating_add(1);
                 }
             }
-            // A failed send costs an attempt and waits for the backoff like a lost one.
-            match self.outbox.mark_sent(id, now_ms, &mut self.rng) {
-                Ok(crate::outbox::SentOutcome::Expired) => self.monitor.record_loss(),
-                Ok(_) => {}
-                Err(_) => break,
+            // A failed send costs an attempt and waits for the backoff like a lost one. After
+            // the last attempt the message waits for its ack; `expire` reports the loss.
+            if self.outbox.mark_sent(id, now_ms, &mut self.rng).is_err() {
+                break;
             }
         }
     }
@@ -718,6 +733,90 @@ mod tests {
         assert!(dev.outbox().is_empty());
         assert!(dev.stats().fragments_sent >= 4);
         assert!(gw.reassembly_stats().completed >= 1);
+    }
+
+    fn single_attempt_pair<'a>(net: &'a SimNetwork<&'a ManualClock, 32, 96>) -> (Ep<'a>, Ep<'a>) {
+        let (a, b) = net.endpoints();
+        // One attempt, no jitter: the ack of that attempt is awaited for 40 ms.
+        let retry = BackoffPolicy::new(40, 400)
+            .with_max_attempts(1)
+            .with_jitter(crate::retry::Jitter::None);
+        (
+            ReliableEndpoint::new(
+                a,
+                DeviceId::new("dev").unwrap(),
+                OverflowPolicy::RejectNewest,
+                retry,
+                SplitMix64::new(1),
+            ),
+            ReliableEndpoint::new(
+                b,
+                DeviceId::new("gw").unwrap(),
+                OverflowPolicy::RejectNewest,
+                retry,
+                SplitMix64::new(2),
+            ),
+        )
+    }
+
+    #[test]
+    fn the_ack_of_the_last_attempt_counts_as_delivered() {
+        let clock = ManualClock::new(0);
+        let net = SimNetwork::new(&clock, SimConfig::ideal(5), 3);
+        let (mut dev, mut gw) = single_attempt_pair(&net);
+        dev.enqueue(
+            MessageKind::Telemetry,
+            QoS::AtLeastOnce,
+            Priority::Normal,
+            b"t",
+            0,
+        )
+        .unwrap();
+        let mut got = 0;
+        for _ in 0..10 {
+            block_on(dev.poll(clock.now_ms(), |_| {})).unwrap();
+            block_on(gw.poll(clock.now_ms(), |_| got += 1)).unwrap();
+            clock.advance(10);
+        }
+        assert_eq!(got, 1);
+        assert_eq!(dev.stats().transmissions, 1, "the only attempt allowed");
+        let s = dev.outbox().stats();
+        assert_eq!((s.acked, s.expired), (1, 0));
+        assert!(dev.outbox().is_empty());
+        assert_eq!(dev.monitor().totals(), (1, 0), "delivered, not lost");
+    }
+
+    #[test]
+    fn an_unacked_last_attempt_is_one_loss_at_its_deadline() {
+        let clock = ManualClock::new(0);
+        let net = SimNetwork::new(&clock, SimConfig::ideal(5).with_loss(1000, u32::MAX), 3);
+        let (mut dev, mut gw) = single_attempt_pair(&net);
+        dev.enqueue(
+            MessageKind::Telemetry,
+            QoS::ExactlyOnce,
+            Priority::Normal,
+            b"t",
+            0,
+        )
+        .unwrap();
+        let r = block_on(dev.poll(0, |_| {})).unwrap();
+        assert_eq!(r.next_wakeup_ms, Some(40), "wake up at the ack deadline");
+        for t in [10, 20, 39] {
+            clock.advance_to(t);
+            block_on(dev.poll(t, |_| {})).unwrap();
+            block_on(gw.poll(t, |_| {})).unwrap();
+            assert_eq!(dev.outbox().len(), 1, "still awaiting the ack at {t}");
+            assert_eq!(dev.monitor().totals(), (0, 0));
+        }
+        for t in [40, 50, 500] {
+            clock.advance_to(t);
+            let r = block_on(dev.poll(t, |_| {})).unwrap();
+            assert_eq!(r.next_wakeup_ms, None);
+        }
+        assert!(dev.outbox().is_empty());
+        assert_eq!(dev.outbox().stats().expired, 1);
+        assert_eq!(dev.monitor().totals(), (0, 1));
+        assert_eq!(dev.stats().transmissions, 1);
     }
 
     #[test]
