@@ -107,27 +107,35 @@ impl Error for CodecError {
     }
 }
 
-/// Messages attached to minicbor errors by this crate's decoders, mapped back to
-/// [`DecodeError`] variants without needing an allocator.
-pub(crate) mod msg {
-    pub(crate) const INVALID: &str = "iot:invalid-value";
-    pub(crate) const CAPACITY: &str = "iot:capacity-exceeded";
-    pub(crate) const MISSING: &str = "iot:missing-field";
+/// How this crate's decoders mark a minicbor error with a [`DecodeError`] classification,
+/// without needing an allocator or `core::fmt`.
+///
+/// minicbor 2's `decode::Error` does not expose its message, so the marker is carried in the
+/// error's position: a slice never exceeds `isize::MAX` bytes, so a real decode position is
+/// never one of the three values at the top of `usize`. The messages only make the error
+/// readable when it is displayed.
+pub(crate) mod marker {
+    pub(crate) const INVALID: usize = usize::MAX;
+    pub(crate) const CAPACITY: usize = usize::MAX - 1;
+    pub(crate) const MISSING: usize = usize::MAX - 2;
+    pub(crate) const INVALID_MSG: &str = "iot:invalid-value";
+    pub(crate) const CAPACITY_MSG: &str = "iot:capacity-exceeded";
+    pub(crate) const MISSING_MSG: &str = "iot:missing-field";
 }
 
 /// A decode error carrying one of this crate's classifications.
 pub fn invalid_value() -> minicbor::decode::Error {
-    minicbor::decode::Error::message(msg::INVALID)
+    minicbor::decode::Error::message(marker::INVALID_MSG).at(marker::INVALID)
 }
 
 /// A decode error saying a fixed capacity was exceeded.
 pub fn capacity_exceeded() -> minicbor::decode::Error {
-    minicbor::decode::Error::message(msg::CAPACITY)
+    minicbor::decode::Error::message(marker::CAPACITY_MSG).at(marker::CAPACITY)
 }
 
 /// A decode error saying a required field was absent.
 pub fn missing_field() -> minicbor::decode::Error {
-    minicbor::decode::Error::message(msg::MISSING)
+    minicbor::decode::Error::message(marker::MISSING_MSG).at(marker::MISSING)
 }
 
 impl From<minicbor::decode::Error> for DecodeError {
@@ -146,39 +154,13 @@ impl From<minicbor::decode::Error> for DecodeError {
     }
 }
 
+/// Our markers by position (see [`marker`]); any other message is malformed input.
 fn classify_message(e: &minicbor::decode::Error) -> DecodeError {
-    use core::fmt::Write;
-    // Render the message into a small stack buffer to recognise our markers.
-    struct Probe {
-        buf: [u8; 64],
-        len: usize,
-    }
-    impl Write for Probe {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            for &b in s.as_bytes() {
-                if let Some(slot) = self.buf.get_mut(self.len) {
-                    *slot = b;
-                    self.len = self.len.saturating_add(1);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut probe = Probe {
-        buf: [0; 64],
-        len: 0,
-    };
-    let _ = write!(probe, "{e}");
-    let text = probe.buf.get(..probe.len).unwrap_or(&[]);
-    let has = |needle: &str| text.windows(needle.len()).any(|w| w == needle.as_bytes());
-    if has(msg::CAPACITY) {
-        DecodeError::CapacityExceeded
-    } else if has(msg::MISSING) {
-        DecodeError::MissingField
-    } else if has(msg::INVALID) {
-        DecodeError::InvalidValue
-    } else {
-        DecodeError::Malformed
+    match e.position() {
+        Some(marker::CAPACITY) => DecodeError::CapacityExceeded,
+        Some(marker::MISSING) => DecodeError::MissingField,
+        Some(marker::INVALID) => DecodeError::InvalidValue,
+        _ => DecodeError::Malformed,
     }
 }
 
@@ -311,6 +293,43 @@ mod tests {
         assert_eq!(
             DecodeError::from(missing_field()),
             DecodeError::MissingField
+        );
+    }
+
+    #[test]
+    fn other_messages_are_malformed_even_at_a_real_position() {
+        let at_start = minicbor::decode::Error::message("iot:invalid-value").at(0);
+        assert_eq!(DecodeError::from(at_start), DecodeError::Malformed);
+        let unplaced = minicbor::decode::Error::message("iot:capacity-exceeded");
+        assert_eq!(DecodeError::from(unplaced), DecodeError::Malformed);
+    }
+
+    #[test]
+    fn markers_survive_the_decoder() {
+        struct Rejects;
+        impl<'b> Decode<'b, ()> for Rejects {
+            fn decode(
+                d: &mut minicbor::Decoder<'b>,
+                _: &mut (),
+            ) -> Result<Self, minicbor::decode::Error> {
+                match d.u8()? {
+                    0 => Err(invalid_value()),
+                    1 => Err(capacity_exceeded()),
+                    _ => Err(missing_field()),
+                }
+            }
+        }
+        assert_eq!(
+            decode::<Rejects>(&[0x00]).err(),
+            Some(DecodeError::InvalidValue)
+        );
+        assert_eq!(
+            decode::<Rejects>(&[0x01]).err(),
+            Some(DecodeError::CapacityExceeded)
+        );
+        assert_eq!(
+            decode::<Rejects>(&[0x02]).err(),
+            Some(DecodeError::MissingField)
         );
     }
 }

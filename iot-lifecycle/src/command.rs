@@ -60,7 +60,7 @@ pub type ResultPayload = heapless::Vec<u8, RESULT_CAPACITY>;
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
+#[derive(Encode, CborLen)]
 pub enum CommandKind {
     /// Run self-diagnostics and report.
     #[n(0)]
@@ -107,11 +107,80 @@ pub enum CommandKind {
     },
 }
 
+/// Hand-written instead of derived, with the derived decoder's behaviour (a 2-element array
+/// of variant index and value, the fields of a variant in an array of any form, unknown
+/// fields skipped, an unknown index an `UnknownVariant` error): the derived decoder repeats
+/// every variant's fields for both array forms.
+impl<'b, C> Decode<'b, C> for CommandKind {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        let at = d.position();
+        let (variant, variant_at) = wire::enum_header(d)?;
+        let unit = match variant {
+            0 => Some(Self::Diagnostics),
+            3 => Some(Self::EnterMaintenance),
+            4 => Some(Self::ExitMaintenance),
+            5 => Some(Self::Reboot),
+            _ => None,
+        };
+        if let Some(unit) = unit {
+            d.skip()?;
+            return Ok(unit);
+        }
+        if !matches!(variant, 1 | 2 | 6 | 7) {
+            return Err(minicbor::decode::Error::unknown_variant(variant).at(variant_at));
+        }
+        // Up to two integer fields (`BlinkLed`, `ReadSensor`, `Custom`'s code), and the
+        // `SetConfig` or `Custom` payload.
+        let mut ints = [None::<i64>; 2];
+        let mut config = None;
+        let mut args = None;
+        wire::decode_array(d, &mut |i, d| {
+            let (min, max) = match (variant, i) {
+                (1 | 2, 0) => (0, u8::MAX.into()),
+                (1, 1) | (7, 0) => (0, u16::MAX.into()),
+                (6, 0) => {
+                    config = Some(DeviceConfig::decode(d, &mut ())?);
+                    return Ok(true);
+                }
+                (7, 1) => {
+                    args = Some(wire::hbytes::decode(d, &mut ())?);
+                    return Ok(true);
+                }
+                _ => return Ok(false),
+            };
+            let v = wire::int_in(d, min, max)?;
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| ints.get_mut(i)) {
+                *slot = Some(v);
+            }
+            Ok(true)
+        })?;
+        let [first, second] = ints;
+        match variant {
+            1 => Ok(Self::BlinkLed {
+                times: wire::required(first, 0, at)?,
+                period_ms: wire::required(second, 1, at)?,
+            }),
+            2 => Ok(Self::ReadSensor {
+                sensor: wire::required(first, 0, at)?,
+            }),
+            6 => Ok(Self::SetConfig(wire::present(config, 0, at)?)),
+            7 => Ok(Self::Custom {
+                code: wire::required(first, 0, at)?,
+                args: wire::present(args, 1, at)?,
+            }),
+            _ => Err(minicbor::decode::Error::unknown_variant(variant).at(variant_at)),
+        }
+    }
+}
+
 /// A command for a device: the payload of `MessageKind::Command`.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
+#[derive(Encode, CborLen)]
 #[cbor(map)]
 pub struct Command {
     /// The idempotency key: the same id is never executed twice (within the window).
@@ -126,6 +195,35 @@ pub struct Command {
     /// What to do.
     #[n(3)]
     pub kind: CommandKind,
+}
+
+/// Hand-written instead of derived, with the derived decoder's behaviour (any map form and
+/// integer width, unknown keys skipped, the first missing field reported), sharing its loop
+/// with the other hand-written decoders of this crate.
+impl<'b, C> Decode<'b, C> for Command {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        let at = d.position();
+        let (mut id, mut issued, mut expires, mut kind) = (None, None, None, None);
+        wire::decode_map(d, &mut |key, d| {
+            match key {
+                0 => id = Some(d.u32()?),
+                1 => issued = Some(d.u64()?),
+                2 => expires = Some(d.u64()?),
+                3 => kind = Some(CommandKind::decode(d, &mut ())?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Self {
+            id: wire::present(id, 0, at)?,
+            issued_at_ms: wire::present(issued, 1, at)?,
+            expires_at_ms: wire::present(expires, 2, at)?,
+            kind: wire::present(kind, 3, at)?,
+        })
+    }
 }
 
 impl Command {

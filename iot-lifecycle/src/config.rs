@@ -96,7 +96,7 @@ pub const MAX_INTERVAL_MS: u32 = 86_400_000;
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
+#[derive(Encode, CborLen)]
 #[cbor(map)]
 pub struct DeviceConfig {
     /// Configuration version; only a strictly newer version replaces the one in force.
@@ -124,6 +124,50 @@ pub struct DeviceConfig {
     /// Health thresholds.
     #[n(7)]
     pub thresholds: HealthThresholds,
+}
+
+/// Hand-written instead of derived, with the derived decoder's behaviour (any map form and
+/// integer width, unknown keys skipped, the first missing field reported), sharing its loop
+/// with [`HealthThresholds`]' decoder.
+impl<'b, C> Decode<'b, C> for DeviceConfig {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        let at = d.position();
+        let mut ints = [None::<i64>; 7];
+        let (mut deadband, mut thresholds) = (None, None);
+        wire::decode_map(d, &mut |key, d| {
+            match key {
+                0..=4 | 6 => {
+                    let max = if key == 6 {
+                        u8::MAX.into()
+                    } else {
+                        u32::MAX.into()
+                    };
+                    let v = wire::int_in(d, 0, max)?;
+                    if let Some(slot) = usize::try_from(key).ok().and_then(|k| ints.get_mut(k)) {
+                        *slot = Some(v);
+                    }
+                }
+                5 => deadband = Some(wire::f32c::decode(d, &mut ())?),
+                7 => thresholds = Some(HealthThresholds::decode(d, &mut ())?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        let int = |key: usize| ints.get(key).copied().flatten();
+        Ok(Self {
+            version: wire::required(int(0), 0, at)?,
+            heartbeat_interval_ms: wire::required(int(1), 1, at)?,
+            telemetry_interval_ms: wire::required(int(2), 2, at)?,
+            health_interval_ms: wire::required(int(3), 3, at)?,
+            sync_interval_ms: wire::required(int(4), 4, at)?,
+            telemetry_deadband: wire::present(deadband, 5, at)?,
+            degraded_telemetry_factor: wire::required(int(6), 6, at)?,
+            thresholds: wire::present(thresholds, 7, at)?,
+        })
+    }
 }
 
 impl DeviceConfig {

@@ -162,7 +162,7 @@ impl fmt::Debug for HealthFlags {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
+#[derive(Encode, CborLen)]
 #[cbor(map)]
 pub struct HealthThresholds {
     /// Battery charge (percent) at or below which a warning is raised.
@@ -218,6 +218,84 @@ pub struct HealthThresholds {
     /// Consecutive healthy checks a degraded device needs before `AutoRecovery` (>= 1).
     #[n(16)]
     pub recovery_checks: u16,
+}
+
+/// Keys of the integer fields of [`HealthThresholds`] and their ranges (keys 9 and 10, the
+/// floats, are read apart).
+const THRESHOLD_RANGES: [(i64, i64); 17] = {
+    const U8: (i64, i64) = (0, u8::MAX as i64);
+    const U16: (i64, i64) = (0, u16::MAX as i64);
+    const I16: (i64, i64) = (i16::MIN as i64, i16::MAX as i64);
+    const U32: (i64, i64) = (0, u32::MAX as i64);
+    [
+        U8, U8, U16, U16, I16, I16, U16, U16, U16, U32, U32, U32, U32, U32, U32, U32, U16,
+    ]
+};
+
+/// Hand-written instead of derived, with the derived decoder's behaviour (any map form and
+/// integer width, unknown keys skipped, the first missing field reported): the derived one
+/// is 2.5 KB of riscv32 code, this one shares its loop with
+/// [`DeviceConfig`](crate::config::DeviceConfig)'s.
+impl<'b, C> Decode<'b, C> for HealthThresholds {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        let at = d.position();
+        let mut ints = [None::<i64>; 17];
+        let (mut reading_min, mut reading_max) = (None, None);
+        wire::decode_map(d, &mut |key, d| {
+            match key {
+                9 => reading_min = Some(wire::f32c::decode(d, &mut ())?),
+                10 => reading_max = Some(wire::f32c::decode(d, &mut ())?),
+                _ => {
+                    let Some((slot, &(min, max))) = usize::try_from(key)
+                        .ok()
+                        .and_then(|k| Some((ints.get_mut(k)?, THRESHOLD_RANGES.get(k)?)))
+                    else {
+                        return Ok(false);
+                    };
+                    *slot = Some(wire::int_in(d, min, max)?);
+                }
+            }
+            Ok(true)
+        })?;
+        // The first missing field in key order is the error, as in the derived decoder.
+        let mut values = [0i64; 17];
+        for (key, (slot, value)) in (0i64..).zip(ints.iter().zip(values.iter_mut())) {
+            let present = match key {
+                9 => reading_min.is_some(),
+                10 => reading_max.is_some(),
+                _ => slot.is_some(),
+            };
+            if !present {
+                return Err(minicbor::decode::Error::missing_value(key).at(at));
+            }
+            *value = slot.unwrap_or(0);
+        }
+        let [a, b, c, d, e, f, g, h, i, _, _, l, m, n, o, p, q] = values;
+        // Every integer was read by `wire::int_in` within its field's range
+        // (`THRESHOLD_RANGES`), so these conversions are exact.
+        Ok(Self {
+            battery_warning_percent: a as u8,
+            battery_critical_percent: b as u8,
+            battery_warning_mv: c as u16,
+            battery_critical_mv: d as u16,
+            rssi_warning_dbm: e as i16,
+            rssi_critical_dbm: f as i16,
+            send_failures_warning: g as u16,
+            send_failures_critical: h as u16,
+            stuck_readings: i as u16,
+            reading_min: reading_min.unwrap_or(0.0),
+            reading_max: reading_max.unwrap_or(0.0),
+            free_memory_warning_bytes: l as u32,
+            free_memory_critical_bytes: m as u32,
+            errors_warning: n as u32,
+            errors_critical: o as u32,
+            recent_reboot_ms: p as u32,
+            recovery_checks: q as u16,
+        })
+    }
 }
 
 impl HealthThresholds {

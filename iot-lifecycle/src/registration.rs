@@ -32,6 +32,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::config::DeviceConfig;
 use crate::state::{Event, Hooks, Lifecycle, State};
+use crate::wire;
 
 /// Length of a [`DeviceSecret`] in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -245,7 +246,7 @@ pub enum RegistrationRejection {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
+#[derive(Encode, CborLen)]
 pub enum RegistrationResponse {
     /// Prove possession of the secret by signing this nonce.
     #[n(0)]
@@ -260,6 +261,38 @@ pub enum RegistrationResponse {
     /// Refused.
     #[n(2)]
     Rejected(#[n(0)] RegistrationRejection),
+}
+
+/// Hand-written instead of derived, with the derived decoder's behaviour (a 2-element array
+/// of variant index and value, the variant's field in an array of any form, unknown fields
+/// skipped, an unknown index an `UnknownVariant` error), sharing its loops with the other
+/// hand-written decoders of this crate.
+impl<'b, C> Decode<'b, C> for RegistrationResponse {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        let at = d.position();
+        let (variant, variant_at) = wire::enum_header(d)?;
+        if !(0..=2).contains(&variant) {
+            return Err(minicbor::decode::Error::unknown_variant(variant).at(variant_at));
+        }
+        let (mut nonce, mut config, mut reason) = (None, None, None);
+        wire::decode_array(d, &mut |i, d| {
+            match (variant, i) {
+                (0, 0) => nonce = Some(minicbor::bytes::decode(d, &mut ())?),
+                (1, 0) => config = Some(DeviceConfig::decode(d, &mut ())?),
+                (2, 0) => reason = Some(RegistrationRejection::decode(d, &mut ())?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        match variant {
+            0 => Ok(Self::Challenge(wire::present(nonce, 0, at)?)),
+            1 => Ok(Self::Accepted(wire::present(config, 0, at)?)),
+            _ => Ok(Self::Rejected(wire::present(reason, 0, at)?)),
+        }
+    }
 }
 
 /// Why the device is being decommissioned.

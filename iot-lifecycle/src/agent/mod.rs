@@ -61,17 +61,19 @@
 //!   is refused.
 //!
 //! No allocation: every buffer is inside the [`Agent`] (its size is the sum of its const
-//! generic capacities) or on the stack.
+//! generic capacities) or on the stack. The `B`-byte encode buffer lives on the stack only
+//! while a message is encoded and sent, so it costs no static RAM between sends.
 
 pub mod runner;
 
-use iot_core::codec::{DecodeError, decode, encode_into};
+use iot_core::codec::{DecodeError, decode};
 use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
 use iot_core::telemetry::{Measurement, Reading, Telemetry};
 use iot_core::{DeviceId, EnvelopeRef, Error, ErrorKind, MessageKind, NodeId, QoS};
 use iot_shadow::{DeviceShadow, Handled, Limits, ShadowError, Value};
 use iot_transport::SplitMix64;
 use iot_transport::retry::{Backoff, BackoffPolicy, Jitter};
+use minicbor::encode::write::Cursor;
 use minicbor::{CborLen, Decode, Encode};
 
 use crate::command::{CommandAck, CommandHandler, CommandProcessor, DeviceCommands, command_id};
@@ -300,7 +302,8 @@ impl<B: Board + ?Sized> Wipe for BoardWipe<'_, B> {
 
 /// The device agent. `H`: lifecycle history records; `C`: command ids remembered for
 /// idempotence; `S`: shadow leaves (at least 8 for [`AgentState`]: its four fields, desired
-/// and reported); `B`: bytes of the largest payload it encodes. See the [module
+/// and reported); `B`: bytes of the largest payload it encodes (a stack buffer while it
+/// sends, not part of the agent). See the [module
 /// documentation](self).
 pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize> {
     device: DeviceId,
@@ -326,7 +329,6 @@ pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize>
     send_failures: u16,
     led: bool,
     stats: AgentStats,
-    buf: [u8; B],
 }
 
 impl<const H: usize, const C: usize, const S: usize, const B: usize> core::fmt::Debug
@@ -413,7 +415,6 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             send_failures: 0,
             led: false,
             stats: AgentStats::default(),
-            buf: [0; B],
         })
     }
 
@@ -961,20 +962,21 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     }
 
     fn sync_shadow<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
-        match self.shadow.encode_pending(None, &mut self.buf) {
-            Ok(Some(n)) => {
-                if let Some(bytes) = self.buf.get(..n) {
-                    let result = out.send(
-                        MessageKind::ShadowUpdate,
-                        qos_for(MessageKind::ShadowUpdate),
-                        bytes,
-                        now_ms,
-                    );
-                    self.count_send(result.is_ok());
-                }
-            }
-            Ok(None) => self.request_document(now_ms, out),
-            Err(_) => self.stats.encode_errors = self.stats.encode_errors.saturating_add(1),
+        let shadow = &mut self.shadow;
+        let sent = send_encoded::<B, O>(
+            &mut self.stats,
+            &mut self.send_failures,
+            MessageKind::ShadowUpdate,
+            now_ms,
+            out,
+            &mut |buf| match shadow.encode_pending(None, buf) {
+                Ok(Some(n)) => Encoded::Bytes(n),
+                Ok(None) => Encoded::Nothing,
+                Err(_) => Encoded::Failed,
+            },
+        );
+        if sent.is_none() {
+            self.request_document(now_ms, out);
         }
     }
 
@@ -1027,38 +1029,83 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
 
     // ---- output -------------------------------------------------------------------------
 
-    /// Encodes `value` into the agent's buffer and sends it; `false` if either failed.
+    /// Encodes `value` and sends it (see [`send_encoded`]); `false` if either failed.
     fn emit<T, O>(&mut self, kind: MessageKind, value: &T, now_ms: u64, out: &mut O) -> bool
     where
-        T: Encode<()> + CborLen<()>,
+        T: Encode<()>,
         O: Outbound + ?Sized,
     {
-        let Ok(n) = encode_into(value, &mut self.buf) else {
-            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
-            return false;
-        };
-        let Some(bytes) = self.buf.get(..n) else {
-            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
-            return false;
-        };
-        let ok = out.send(kind, qos_for(kind), bytes, now_ms).is_ok();
-        self.count_send(ok);
-        ok
-    }
-
-    fn count_send(&mut self, ok: bool) {
-        if ok {
-            self.stats.sent = self.stats.sent.saturating_add(1);
-            self.send_failures = 0;
-        } else {
-            self.stats.send_errors = self.stats.send_errors.saturating_add(1);
-            self.send_failures = self.send_failures.saturating_add(1);
-        }
+        send_encoded::<B, O>(
+            &mut self.stats,
+            &mut self.send_failures,
+            kind,
+            now_ms,
+            out,
+            &mut |buf| encode_payload(value, buf),
+        )
+        .unwrap_or(false)
     }
 }
 
+/// What an encoder wrote into the send buffer.
+enum Encoded {
+    /// This many bytes at the start of the buffer.
+    Bytes(usize),
+    /// Nothing to send (no pending shadow change).
+    Nothing,
+    /// The value does not fit the buffer or cannot be encoded.
+    Failed,
+}
+
+/// Encodes `value` at the start of `buf`: the bytes `iot_core::codec::encode_into` writes,
+/// without measuring the encoding first (a value that does not fit is only counted), which
+/// spares the firmware a second, length-only walk of every message type.
+fn encode_payload<T: Encode<()>>(value: &T, buf: &mut [u8]) -> Encoded {
+    let mut cursor = Cursor::new(buf);
+    if minicbor::encode(value, &mut cursor).is_ok() {
+        Encoded::Bytes(cursor.position())
+    } else {
+        Encoded::Failed
+    }
+}
+
+/// Runs `encode` on a `B`-byte stack buffer (it lives only for this call, so the agent holds
+/// no buffer between sends) and sends what it wrote, counting the outcome in `stats`.
+/// `Some(true)`: sent; `Some(false)`: encoding or sending failed; `None`: nothing to send.
+///
+/// One copy per outbound type: every message type shares it, only `encode` is per type.
+#[inline(never)]
+fn send_encoded<const B: usize, O: Outbound + ?Sized>(
+    stats: &mut AgentStats,
+    send_failures: &mut u16,
+    kind: MessageKind,
+    now_ms: u64,
+    out: &mut O,
+    encode: &mut dyn FnMut(&mut [u8]) -> Encoded,
+) -> Option<bool> {
+    let mut buf = [0u8; B];
+    let bytes = match encode(&mut buf) {
+        Encoded::Bytes(n) => buf.get(..n),
+        Encoded::Nothing => return None,
+        Encoded::Failed => None,
+    };
+    let Some(bytes) = bytes else {
+        stats.encode_errors = stats.encode_errors.saturating_add(1);
+        return Some(false);
+    };
+    let ok = out.send(kind, qos_for(kind), bytes, now_ms).is_ok();
+    if ok {
+        stats.sent = stats.sent.saturating_add(1);
+        *send_failures = 0;
+    } else {
+        stats.send_errors = stats.send_errors.saturating_add(1);
+        *send_failures = send_failures.saturating_add(1);
+    }
+    Some(ok)
+}
+
 /// The device lab's agent: 8 lifecycle records, 16 remembered commands, 8 shadow leaves,
-/// 512-byte payloads.
+/// 512-byte payloads (encoded in a stack buffer of that size while a message is sent).
 pub type LabAgent = Agent<8, 16, 8, 512>;
 
 #[cfg(test)]
