@@ -3,8 +3,9 @@
 //! `virt`, the stack high-water mark (scripts/footprint.sh reads all three).
 //!
 //! What it instantiates and runs:
-//! * the device agent (`iot_lifecycle::LabAgent`: lifecycle, health monitor, command
-//!   processor, configuration store, its own device shadow) through registration, ten
+//! * the device agent (`iot_lifecycle::Agent` with `LabAgent`'s capacities but a payload
+//!   buffer sized to the outbox slot: lifecycle, health monitor, command processor,
+//!   configuration store, its own device shadow) through registration, ten
 //!   minutes of simulated duty (health, heartbeat, telemetry, shadow sync), a maintenance
 //!   command and its exit;
 //! * a `DeviceShadow` of a 10-field typed state: local changes, the pending update encoded
@@ -26,12 +27,13 @@ use core::hint::black_box;
 use core::mem::MaybeUninit;
 use core::ptr::{read_volatile, write_volatile};
 
-use iot_core::codec::{decode, encode_into};
+use iot_core::codec::{decode, encode_into, encoded_len};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
-use iot_lifecycle::agent::{Board, LabAgent, Outbound, SensorSample};
-use iot_lifecycle::command::{Command, CommandHandler, CommandKind};
+use iot_lifecycle::agent::{Agent, Board, Outbound, SensorSample};
+use iot_lifecycle::command::CommandHandler;
 use iot_lifecycle::config::DeviceConfig;
-use iot_lifecycle::registration::{DeviceSecret, RegistrationResponse};
+use iot_lifecycle::registration::{DeviceSecret, registration_proof};
+use iot_lifecycle::state::State;
 use iot_shadow::iot_core::NodeId;
 use iot_shadow::{DeviceShadow, Limits, Value, shadow_state};
 use iot_transport::SplitMix64;
@@ -45,8 +47,49 @@ const EXIT_DEVICE: usize = 0x10_0000;
 /// Bytes of stack painted below `main`'s frame (the measurement's ceiling).
 const PAINT_BYTES: usize = 64 * 1024;
 const PAINT: u32 = 0x5AA5_C33C;
+/// Bytes of an outbox slot: one agent message in its CBOR envelope.
 const MESSAGE: usize = 256;
-const FRAME: usize = max_encoded_len(MESSAGE + 64);
+/// Bytes of the largest agent payload whose envelope fills a slot exactly: the envelope of
+/// this device (its id, `seq` and `id` at `u32::MAX`; every kind and QoS code is one byte)
+/// adds 34 bytes. `run` checks that a payload of this size fits a slot and one byte more
+/// does not, so the value is exact.
+const PAYLOAD: usize = MESSAGE - 34;
+/// Bytes of a frame: a slot's bytes with CRC, COBS and delimiter (nothing else is framed).
+const FRAME: usize = max_encoded_len(MESSAGE);
+
+// The backend's messages as they arrive from the link (canonical CBOR, as
+// `iot_lifecycle`'s encoders write them; the wire format is fixed by its tests and by
+// proto/iot.proto). The firmware holds them as bytes because a device only decodes these
+// messages: encoding them here would count the backend's encoders in the device's flash.
+// A wrong byte fails the workload (the agent refuses the message).
+
+/// `RegistrationResponse::Challenge([42; 16])`.
+const CHALLENGE: [u8; 20] = [
+    0x82, 0x00, 0x81, 0x50, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42,
+];
+/// `RegistrationResponse::Accepted(DeviceConfig { version: 1, ..DeviceConfig::DEFAULT })`.
+const ACCEPTED: [u8; 84] = [
+    130, 1, 129, 168, 0, 1, 1, 25, 39, 16, 2, 25, 117, 48, 3, 25, 19, 136, 4, 25, 58, 152, 5, 250,
+    63, 0, 0, 0, 6, 3, 7, 177, 0, 20, 1, 10, 2, 25, 13, 172, 3, 25, 12, 228, 4, 56, 79, 5, 56, 89,
+    6, 3, 7, 10, 8, 10, 9, 250, 194, 32, 0, 0, 10, 250, 66, 170, 0, 0, 11, 25, 64, 0, 12, 25, 16,
+    0, 13, 1, 14, 10, 15, 0, 16, 3,
+];
+/// `Command::new(1, 300_000, Command::NEVER_EXPIRES, CommandKind::EnterMaintenance)`.
+const ENTER_MAINTENANCE: [u8; 23] = [
+    164, 0, 1, 1, 26, 0, 4, 147, 224, 2, 27, 255, 255, 255, 255, 255, 255, 255, 255, 3, 130, 3, 128,
+];
+/// `Command::new(2, 300_000, Command::NEVER_EXPIRES, CommandKind::ExitMaintenance)`.
+const EXIT_MAINTENANCE: [u8; 23] = [
+    164, 0, 2, 1, 26, 0, 4, 147, 224, 2, 27, 255, 255, 255, 255, 255, 255, 255, 255, 3, 130, 4, 128,
+];
+
+/// The registration proof for secret `[7; 32]`, this device and challenge `[42; 16]`, as
+/// `iot_lifecycle::registration_proof` computes it on the host (x86-64, sha2's default
+/// implementation).
+const EXPECTED_PROOF: [u8; 32] = [
+    152, 143, 189, 184, 157, 52, 53, 2, 145, 127, 108, 171, 214, 35, 252, 127, 30, 87, 193, 18,
+    200, 127, 150, 186, 170, 209, 73, 180, 138, 213, 140, 209,
+];
 
 shadow_state! {
     /// A 10-field device state, as a firmware declares it.
@@ -75,10 +118,16 @@ shadow_state! {
     }
 }
 
-type Shadow10 = DeviceShadow<Lab, 24>;
+/// Leaves: each of the 10 fields can hold a desired and a reported value, so 20 are enough.
+type Shadow10 = DeviceShadow<Lab, 20>;
 type DeviceOutbox = Outbox<8, MESSAGE>;
+/// The lab agent (`LabAgent`'s history, command window and shadow capacities) with an
+/// encode buffer of `PAYLOAD` bytes instead of `LabAgent`'s 512: on this device every payload
+/// goes into an outbox slot of `MESSAGE` bytes, so a longer one could never be sent anyway
+/// (the agent counts it in `AgentStats::encode_errors` instead of failing at the outbox).
+type DeviceAgent = Agent<8, 16, 8, PAYLOAD>;
 
-static mut AGENT: MaybeUninit<LabAgent> = MaybeUninit::uninit();
+static mut AGENT: MaybeUninit<DeviceAgent> = MaybeUninit::uninit();
 static mut SHADOW: MaybeUninit<Shadow10> = MaybeUninit::uninit();
 static mut OUTBOX: MaybeUninit<DeviceOutbox> = MaybeUninit::uninit();
 static mut DECODER: MaybeUninit<FrameDecoder<FRAME>> = MaybeUninit::uninit();
@@ -259,11 +308,31 @@ fn inbound(kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
 #[inline(never)]
 fn run() -> u32 {
     let device = DeviceId::from_mac(black_box([0x24, 0x0a, 0xc4, 0x12, 0x34, 0x56]));
+    // `PAYLOAD` is the largest payload whose envelope fits an outbox slot.
+    let envelope_len = |payload: &[u8]| {
+        encoded_len(&EnvelopeRef {
+            device,
+            seq: u32::MAX,
+            id: MessageId(u32::MAX),
+            qos: QoS::AtLeastOnce,
+            kind: MessageKind::ShadowUpdate,
+            payload,
+        })
+    };
+    let largest = [0u8; PAYLOAD + 1];
+    if envelope_len(&largest[..PAYLOAD]) > MESSAGE || envelope_len(&largest) <= MESSAGE {
+        return 15;
+    }
     let secret = DeviceSecret::from_bytes(black_box([7; 32]));
+    // sha2's compact round function (see Cargo.toml) must give the proof the host computes
+    // with its default one for this secret, device and challenge.
+    if registration_proof(&secret, &device, &[42; 16]) != Ok(EXPECTED_PROOF) {
+        return 16;
+    }
     // SAFETY: single-threaded firmware; each static is initialised once, here, before use,
     // and only this function holds references to them.
     let (agent, shadow, outbox, decoder) = unsafe {
-        let Ok(a) = LabAgent::new(device, 1, secret, DeviceConfig::DEFAULT) else {
+        let Ok(a) = DeviceAgent::new(device, 1, secret, DeviceConfig::DEFAULT) else {
             return 1;
         };
         (
@@ -302,46 +371,26 @@ fn run() -> u32 {
         outbox,
         next_id: 1,
     };
-    let mut buf = [0u8; 128];
-
     // Registration: challenge, proof, acceptance with the initial configuration.
     if agent.start(0, &mut wire).is_err() {
         return 2;
     }
-    let Ok(n) = encode_into(
-        &RegistrationResponse::Challenge(black_box([42; 16])),
-        &mut buf,
-    ) else {
-        return 3;
-    };
-    if agent
-        .handle(
-            0,
-            &inbound(MessageKind::RegistrationResponse, &buf[..n]),
-            &mut board,
-            &mut wire,
-        )
-        .is_err()
-    {
-        return 4;
+    for (step, payload) in [(4, &CHALLENGE[..]), (6, &ACCEPTED[..])] {
+        let payload = black_box(payload);
+        if agent
+            .handle(
+                0,
+                &inbound(MessageKind::RegistrationResponse, payload),
+                &mut board,
+                &mut wire,
+            )
+            .is_err()
+        {
+            return step;
+        }
     }
-    let config = DeviceConfig {
-        version: black_box(1),
-        ..DeviceConfig::DEFAULT
-    };
-    let Ok(n) = encode_into(&RegistrationResponse::Accepted(config), &mut buf) else {
+    if agent.state() != State::Active || agent.config().current().version != 1 {
         return 5;
-    };
-    if agent
-        .handle(
-            0,
-            &inbound(MessageKind::RegistrationResponse, &buf[..n]),
-            &mut board,
-            &mut wire,
-        )
-        .is_err()
-    {
-        return 6;
     }
     let mut delivered = drain(wire.outbox, decoder, &mut rng, 0);
 
@@ -355,26 +404,24 @@ fn run() -> u32 {
         delivered += drain(wire.outbox, decoder, &mut rng, now);
         if !maintenance && now >= 300_000 {
             maintenance = true;
-            for (id, kind) in [
-                (1, CommandKind::EnterMaintenance),
-                (2, CommandKind::ExitMaintenance),
+            for (payload, state) in [
+                (&ENTER_MAINTENANCE, State::Maintenance),
+                (&EXIT_MAINTENANCE, State::Active),
             ] {
-                let Ok(n) = encode_into(
-                    &Command::new(id, now, Command::NEVER_EXPIRES, kind),
-                    &mut buf,
-                ) else {
-                    return 8;
-                };
+                let payload = black_box(&payload[..]);
                 if agent
                     .handle(
                         now,
-                        &inbound(MessageKind::Command, &buf[..n]),
+                        &inbound(MessageKind::Command, payload),
                         &mut board,
                         &mut wire,
                     )
                     .is_err()
                 {
                     return 9;
+                }
+                if agent.state() != state {
+                    return 8;
                 }
             }
         }
@@ -407,12 +454,14 @@ fn run() -> u32 {
     };
     // Feed the bytes back through the device's decoder (an update is not a notification the
     // device acts on; whatever it answers, it must not fail hard).
-    let _ = black_box(shadow.handle_cbor::<24>(black_box(&doc[..n]), 3_000));
+    let _ = black_box(shadow.handle_cbor::<20>(black_box(&doc[..n]), 3_000));
 
     uart_write(b"delivered=");
     uart_number(delivered);
     uart_write(b"\n");
-    if delivered < 20 || agent.stats().rejected != 0 {
+    // Nothing refused, nothing too long for the agent's buffer, nothing refused by the outbox.
+    let stats = agent.stats();
+    if delivered < 20 || stats.rejected != 0 || stats.encode_errors != 0 || stats.send_errors != 0 {
         return 14;
     }
     0
