@@ -197,7 +197,8 @@ pub enum SentOutcome {
     },
 }
 
-/// Where a queued message is in its life; decides which index list holds its slot.
+/// Where a queued message is in its life; decides which index list holds its slot. Not
+/// stored: it follows from the entry's public fields (see [`OutboxEntry::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Not sent since it was queued or restored.
@@ -206,6 +207,24 @@ enum State {
     Scheduled,
     /// Its last attempt is sent; waiting for the ack until `ack_deadline_ms`.
     Waiting,
+}
+
+/// A slot index, with [`NIL`] for "none": two bytes where an `Option<usize>` takes 8 on
+/// riscv32 and 16 on x86_64. [`Outbox::new`] checks at compile time that `N` slots fit.
+type Slot = u16;
+
+/// No slot.
+const NIL: Slot = Slot::MAX;
+
+/// A slot number as an index. [`NIL`] is not below `N`, so `slots.get(ix(NIL))` is `None`
+/// and "no slot" needs no test of its own.
+fn ix(s: Slot) -> usize {
+    usize::from(s)
+}
+
+/// An index below `N` as a slot number (`N < NIL` is checked at compile time).
+fn slot_of(i: usize) -> Slot {
+    Slot::try_from(i).unwrap_or(NIL)
 }
 
 /// One queued message.
@@ -231,18 +250,36 @@ pub struct OutboxEntry<const M: usize> {
     pub ack_deadline_ms: Option<u64>,
     /// The encoded message.
     pub data: heapless::Vec<u8, M>,
-    order: u64,
-    state: State,
-    backoff: Backoff,
-    /// Neighbours in its [`Chain`] (older, younger).
-    prev: Option<usize>,
-    next: Option<usize>,
+    /// When its retransmission backoff started (queued or restored); with `failures` and
+    /// the outbox's one [`BackoffPolicy`] this is the message's whole [`Backoff`].
+    backoff_started_ms: u64,
+    /// Failures its backoff has recorded.
+    failures: u32,
+    /// Age rank among the queued messages: larger is younger. Renumbered before it could
+    /// wrap (see [`Outbox::renumber`]).
+    order: u16,
+    /// Neighbours in its [`Chain`] (older, younger), or [`NIL`].
+    prev: Slot,
+    next: Slot,
 }
 
 impl<const M: usize> OutboxEntry<M> {
     /// Whether its last attempt has been sent and it only waits for the ack or expiry.
     pub const fn is_awaiting_last_ack(&self) -> bool {
-        matches!(self.state, State::Waiting)
+        self.ack_deadline_ms.is_some()
+    }
+
+    /// Its state: waiting once its last attempt's deadline is set, fresh until first sent
+    /// (`insert` clears both fields, `mark_sent` sets them; callers only ever see `&self` or a
+    /// detached copy, so they always agree with the index lists).
+    const fn state(&self) -> State {
+        if self.ack_deadline_ms.is_some() {
+            State::Waiting
+        } else if self.first_sent_ms.is_none() {
+            State::Fresh
+        } else {
+            State::Scheduled
+        }
     }
 }
 
@@ -252,38 +289,38 @@ impl<const M: usize> OutboxEntry<M> {
 /// and no operation shifts an array. Walks are bounded by the capacity `N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Chain {
-    head: Option<usize>,
-    tail: Option<usize>,
+    head: Slot,
+    tail: Slot,
 }
 
 impl Chain {
     const EMPTY: Self = Self {
-        head: None,
-        tail: None,
+        head: NIL,
+        tail: NIL,
     };
 
-    /// Links `slot` after `after` (`None`: at the head).
+    /// Links `slot` after `after` ([`NIL`]: at the head).
     fn link_after<const M: usize>(
         &mut self,
         slots: &mut [OutboxEntry<M>],
-        after: Option<usize>,
-        slot: usize,
+        after: Slot,
+        slot: Slot,
     ) {
-        let next = match after {
-            Some(a) => slots.get(a).and_then(|e| e.next),
+        let next = match slots.get(ix(after)) {
+            Some(a) => a.next,
             None => self.head,
         };
-        if let Some(e) = slots.get_mut(slot) {
+        if let Some(e) = slots.get_mut(ix(slot)) {
             e.prev = after;
             e.next = next;
         }
-        match after.and_then(|a| slots.get_mut(a)) {
-            Some(e) => e.next = Some(slot),
-            None => self.head = Some(slot),
+        match slots.get_mut(ix(after)) {
+            Some(e) => e.next = slot,
+            None => self.head = slot,
         }
-        match next.and_then(|n| slots.get_mut(n)) {
-            Some(e) => e.prev = Some(slot),
-            None => self.tail = Some(slot),
+        match slots.get_mut(ix(next)) {
+            Some(e) => e.prev = slot,
+            None => self.tail = slot,
         }
     }
 
@@ -291,12 +328,12 @@ impl Chain {
     fn insert_by_age<const N: usize, const M: usize>(
         &mut self,
         slots: &mut [OutboxEntry<M>],
-        slot: usize,
+        slot: Slot,
     ) {
-        let order = slots.get(slot).map_or(0, |e| e.order);
+        let order = slots.get(ix(slot)).map_or(0, |e| e.order);
         let mut after = self.tail;
         for _ in 0..N {
-            match after.and_then(|a| slots.get(a)) {
+            match slots.get(ix(after)) {
                 Some(e) if e.order > order => after = e.prev,
                 _ => break,
             }
@@ -305,19 +342,20 @@ impl Chain {
     }
 
     /// Takes `slot`, which must be in this chain, out of it.
-    fn unlink<const M: usize>(&mut self, slots: &mut [OutboxEntry<M>], slot: usize) {
-        let (prev, next) = slots.get(slot).map_or((None, None), |e| (e.prev, e.next));
-        match prev.and_then(|p| slots.get_mut(p)) {
+    fn unlink<const M: usize>(&mut self, slots: &mut [OutboxEntry<M>], slot: Slot) {
+        let Some(e) = slots.get_mut(ix(slot)) else {
+            return;
+        };
+        let (prev, next) = (e.prev, e.next);
+        e.prev = NIL;
+        e.next = NIL;
+        match slots.get_mut(ix(prev)) {
             Some(e) => e.next = next,
             None => self.head = next,
         }
-        match next.and_then(|n| slots.get_mut(n)) {
+        match slots.get_mut(ix(next)) {
             Some(e) => e.prev = prev,
             None => self.tail = prev,
-        }
-        if let Some(e) = slots.get_mut(slot) {
-            e.prev = None;
-            e.next = None;
         }
     }
 
@@ -329,7 +367,7 @@ impl Chain {
     ) -> Option<&'a OutboxEntry<M>> {
         let mut at = self.head;
         for _ in 0..N {
-            let e = slots.get(at?)?;
+            let e = slots.get(ix(at))?;
             if e.next_attempt_ms <= now_ms {
                 return Some(e);
             }
@@ -339,12 +377,10 @@ impl Chain {
     }
 }
 
-/// Buckets of the duplicate-id filter.
-const ID_BUCKETS: usize = 64;
-
-fn id_bucket(id: MessageId) -> usize {
-    // `& 63` keeps the value below 64, which every `usize` holds.
-    usize::try_from(id.0 & 63).unwrap_or(0)
+/// The duplicate-id filter's bit for `id`: bit `id & 63` (`wrapping_shl` takes the shift
+/// modulo 64).
+const fn id_bit(id: MessageId) -> u64 {
+    1u64.wrapping_shl(id.0)
 }
 
 /// Priorities, as chain indices.
@@ -360,29 +396,35 @@ fn chain_index(p: Priority) -> usize {
 /// order (for acks), and per-priority chains through the slots keep unsent and scheduled
 /// messages in age order, so neither sending nor acknowledging moves a payload, and the
 /// next message to send is found at a chain head without scanning the others.
+///
+/// `N` must be below 65,535 (slots are numbered with `u16`); a larger `N` fails to compile.
 #[derive(Clone)]
 pub struct Outbox<const N: usize, const M: usize> {
     /// Message storage; a slot listed in `free` holds a stale message.
     slots: heapless::Vec<OutboxEntry<M>, N>,
-    /// Released slots, reused before `slots` grows: a stack linked through `next`.
-    free: Option<usize>,
-    /// Queued messages, oldest first: id and slot.
-    by_age: heapless::Vec<(MessageId, usize), N>,
+    /// The retransmission backoff every message follows.
+    retry: BackoffPolicy,
+    /// At most the earliest `next_attempt_ms` of a scheduled message (`u64::MAX` if none):
+    /// until then no scheduled message needs a look.
+    scheduled_min: u64,
+    /// Bit `i` is set while a queued message's `id & 63` is `i`: a clear bit proves an id
+    /// absent without a scan.
+    id_bits: u64,
+    /// Ids of the queued messages, oldest first.
+    ids: heapless::Vec<MessageId, N>,
+    /// The slot of each message in `ids`, at the same position.
+    id_slots: [Slot; N],
     /// [`State::Fresh`] messages per priority.
     fresh: [Chain; PRIORITIES],
     /// [`State::Scheduled`] messages per priority.
     scheduled: [Chain; PRIORITIES],
-    /// At most the earliest `next_attempt_ms` of a scheduled message (`u64::MAX` if none):
-    /// until then no scheduled message needs a look.
-    scheduled_min: u64,
     /// [`State::Waiting`] messages, all priorities.
     waiting: Chain,
-    /// Queued messages per `id & 63`: a zero proves an id absent without a scan. A count
-    /// that reaches `u8::MAX` stays there (it then only ever means "maybe").
-    id_counts: [u8; ID_BUCKETS],
+    /// Released slots, reused before `slots` grows: a stack linked through `next`.
+    free: Slot,
+    /// The `order` of the next message queued.
+    next_order: u16,
     policy: OverflowPolicy,
-    retry: BackoffPolicy,
-    next_order: u64,
     stats: OutboxStats,
 }
 
@@ -404,20 +446,25 @@ impl<const N: usize, const M: usize> core::fmt::Debug for Outbox<N, M> {
 }
 
 impl<const N: usize, const M: usize> Outbox<N, M> {
+    /// Every slot number is below [`NIL`].
+    const SLOTS_FIT: () = assert!(N < NIL as usize, "Outbox capacity N must be below 65535");
+
     /// An empty outbox with an explicit overflow policy and the retransmission backoff.
     pub const fn new(policy: OverflowPolicy, retry: BackoffPolicy) -> Self {
+        let () = Self::SLOTS_FIT;
         Self {
             slots: heapless::Vec::new(),
-            free: None,
-            by_age: heapless::Vec::new(),
+            retry,
+            scheduled_min: u64::MAX,
+            id_bits: 0,
+            ids: heapless::Vec::new(),
+            id_slots: [NIL; N],
             fresh: [Chain::EMPTY; PRIORITIES],
             scheduled: [Chain::EMPTY; PRIORITIES],
-            scheduled_min: u64::MAX,
             waiting: Chain::EMPTY,
-            id_counts: [0; ID_BUCKETS],
-            policy,
-            retry,
+            free: NIL,
             next_order: 0,
+            policy,
             stats: OutboxStats {
                 accepted: 0,
                 acked: 0,
@@ -436,17 +483,17 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
 
     /// Queued messages (those waiting for the ack of their last attempt included).
     pub fn len(&self) -> usize {
-        self.by_age.len()
+        self.ids.len()
     }
 
     /// Nothing queued.
     pub fn is_empty(&self) -> bool {
-        self.by_age.is_empty()
+        self.ids.is_empty()
     }
 
     /// No room without dropping.
     pub fn is_full(&self) -> bool {
-        self.by_age.is_full()
+        self.ids.is_full()
     }
 
     /// The capacity `N`.
@@ -459,14 +506,21 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         self.policy
     }
 
+    /// The slots of the queued messages, oldest first.
+    fn age_slots(&self) -> &[Slot] {
+        self.id_slots.get(..self.ids.len()).unwrap_or(&[])
+    }
+
     /// Queued messages, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &OutboxEntry<M>> {
-        self.by_age.iter().filter_map(|&(_, s)| self.slots.get(s))
+        self.age_slots()
+            .iter()
+            .filter_map(|&s| self.slots.get(ix(s)))
     }
 
     /// Whether a message with `id` is queued.
     pub fn contains(&self, id: MessageId) -> bool {
-        self.id_counts.get(id_bucket(id)).is_some_and(|&c| c > 0) && self.position(id).is_some()
+        self.id_bits & id_bit(id) != 0 && self.position(id).is_some()
     }
 
     /// Queues a message. See [`OverflowPolicy`] for a full outbox; a full outbox first
@@ -517,12 +571,12 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         Ok(outcome)
     }
 
-    /// The position in `by_age` of the oldest message of the lowest priority not above
+    /// The position in age order of the oldest message of the lowest priority not above
     /// `priority`.
     fn eviction_victim(&self, priority: Priority) -> Option<usize> {
         let mut best: Option<(usize, Priority)> = None;
-        for (pos, &(_, s)) in self.by_age.iter().enumerate() {
-            let Some(p) = self.slots.get(s).map(|e| e.priority) else {
+        for (pos, &s) in self.age_slots().iter().enumerate() {
+            let Some(p) = self.slots.get(ix(s)).map(|e| e.priority) else {
                 continue;
             };
             if p <= priority && best.is_none_or(|(_, b)| p < b) {
@@ -535,6 +589,22 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         best.map(|(pos, _)| pos)
     }
 
+    /// Gives the queued messages the ranks `0..len` in age order, so `next_order` restarts
+    /// far from `u16::MAX`; relative order, and so every chain, is unchanged. Runs at most
+    /// once per `65,535 - N` insertions.
+    fn renumber(&mut self) {
+        let mut rank: u16 = 0;
+        let queued = self.id_slots.get(..self.ids.len()).unwrap_or(&[]);
+        for &s in queued {
+            if let Some(e) = self.slots.get_mut(ix(s)) {
+                e.order = rank;
+            }
+            // `len() <= N < u16::MAX`: cannot saturate.
+            rank = rank.saturating_add(1);
+        }
+        self.next_order = rank;
+    }
+
     /// Writes a new fresh message into a free slot; returns the slot. Checks nothing but
     /// room and size; changes nothing on error.
     fn insert(
@@ -545,21 +615,26 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         data: &[u8],
         now_ms: u64,
     ) -> Result<usize, OutboxError> {
-        if self.by_age.is_full() {
+        if self.ids.is_full() {
             return Err(OutboxError::Full);
         }
-        let too_large = OutboxError::TooLarge {
-            len: data.len(),
-            max: M,
-        };
+        if data.len() > M {
+            return Err(OutboxError::TooLarge {
+                len: data.len(),
+                max: M,
+            });
+        }
+        if self.next_order == u16::MAX {
+            self.renumber();
+        }
         let order = self.next_order;
-        let backoff = Backoff::new(self.retry, now_ms);
-        let slot = match self.free {
-            Some(slot) => {
-                let e = self.slots.get_mut(slot).ok_or(OutboxError::Full)?;
+        let free = ix(self.free);
+        let slot = match self.slots.get_mut(free) {
+            Some(e) => {
                 let next_free = e.next;
                 e.data.clear();
-                e.data.extend_from_slice(data).map_err(|_| too_large)?;
+                // Cannot fail: the length was checked.
+                let _ = e.data.extend_from_slice(data);
                 e.id = id;
                 e.priority = priority;
                 e.qos = qos;
@@ -568,18 +643,15 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                 e.next_attempt_ms = now_ms;
                 e.first_sent_ms = None;
                 e.ack_deadline_ms = None;
+                e.backoff_started_ms = now_ms;
+                e.failures = 0;
                 e.order = order;
-                e.state = State::Fresh;
-                e.backoff = backoff;
-                e.prev = None;
-                e.next = None;
+                e.prev = NIL;
+                e.next = NIL;
                 self.free = next_free;
-                slot
+                free
             }
             None => {
-                if data.len() > M {
-                    return Err(too_large);
-                }
                 let slot = self.slots.len();
                 // The payload is copied straight into the new slot, not moved with the entry.
                 let entry = OutboxEntry {
@@ -592,110 +664,101 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                     first_sent_ms: None,
                     ack_deadline_ms: None,
                     data: heapless::Vec::new(),
+                    backoff_started_ms: now_ms,
+                    failures: 0,
                     order,
-                    state: State::Fresh,
-                    backoff,
-                    prev: None,
-                    next: None,
+                    prev: NIL,
+                    next: NIL,
                 };
                 self.slots.push(entry).map_err(|_| OutboxError::Full)?;
-                let stored = self
-                    .slots
-                    .get_mut(slot)
-                    .is_some_and(|e| e.data.extend_from_slice(data).is_ok());
-                if !stored {
-                    // Unreachable (the length was checked); the slot is kept for reuse.
-                    self.release(slot);
-                    return Err(too_large);
+                if let Some(e) = self.slots.get_mut(slot) {
+                    // Cannot fail: the length was checked.
+                    let _ = e.data.extend_from_slice(data);
                 }
                 slot
             }
         };
-        self.next_order = self.next_order.wrapping_add(1);
-        // Cannot fail: `by_age` holds the `len() < N` queued messages.
-        self.by_age
-            .push((id, slot))
-            .map_err(|_| OutboxError::Full)?;
-        self.link(slot);
-        if let Some(c) = self.id_counts.get_mut(id_bucket(id)) {
-            *c = c.saturating_add(1);
+        self.next_order = self.next_order.saturating_add(1);
+        // Cannot fail: `ids` holds the `len() < N` queued messages.
+        let pos = self.ids.len();
+        self.ids.push(id).map_err(|_| OutboxError::Full)?;
+        if let Some(s) = self.id_slots.get_mut(pos) {
+            *s = slot_of(slot);
         }
+        self.id_bits |= id_bit(id);
+        self.link(slot_of(slot), State::Fresh, priority);
         Ok(slot)
     }
 
-    /// Puts `slot` into the chain its state and priority select (none when waiting).
-    fn link(&mut self, slot: usize) {
-        let Some((state, p)) = self
-            .slots
-            .get(slot)
-            .map(|e| (e.state, chain_index(e.priority)))
-        else {
-            return;
-        };
+    /// The chain that holds messages in `state` of `priority`, and the slots it threads.
+    fn chain_mut(
+        &mut self,
+        state: State,
+        priority: Priority,
+    ) -> Option<(&mut Chain, &mut [OutboxEntry<M>])> {
+        let p = chain_index(priority);
         let chain = match state {
-            State::Fresh => self.fresh.get_mut(p),
-            State::Scheduled => self.scheduled.get_mut(p),
-            State::Waiting => Some(&mut self.waiting),
+            State::Fresh => self.fresh.get_mut(p)?,
+            State::Scheduled => self.scheduled.get_mut(p)?,
+            State::Waiting => &mut self.waiting,
         };
-        if let Some(c) = chain {
-            c.insert_by_age::<N, M>(&mut self.slots, slot);
+        Some((chain, &mut self.slots))
+    }
+
+    /// Puts `slot` into the chain of `state` and `priority`, in age order.
+    fn link(&mut self, slot: Slot, state: State, priority: Priority) {
+        if let Some((chain, slots)) = self.chain_mut(state, priority) {
+            chain.insert_by_age::<N, M>(slots, slot);
         }
     }
 
-    /// Takes `slot` out of the chain its state and priority select.
-    fn unlink(&mut self, slot: usize) {
-        let Some((state, p)) = self
-            .slots
-            .get(slot)
-            .map(|e| (e.state, chain_index(e.priority)))
-        else {
-            return;
-        };
-        let chain = match state {
-            State::Fresh => self.fresh.get_mut(p),
-            State::Scheduled => self.scheduled.get_mut(p),
-            State::Waiting => Some(&mut self.waiting),
-        };
-        if let Some(c) = chain {
-            c.unlink(&mut self.slots, slot);
+    /// Takes `slot` out of the chain of `state` and `priority`.
+    fn unlink(&mut self, slot: Slot, state: State, priority: Priority) {
+        if let Some((chain, slots)) = self.chain_mut(state, priority) {
+            chain.unlink(slots, slot);
         }
     }
 
-    /// Removes the message at `pos` in `by_age` from every index and frees its slot, whose
-    /// contents stay readable until the next insertion. Returns the slot.
+    /// Removes the message at `pos` in age order from every index and frees its slot,
+    /// whose contents stay readable until the next insertion. Returns the slot.
     fn remove_at(&mut self, pos: usize) -> Option<usize> {
-        if pos >= self.by_age.len() {
+        let len = self.ids.len();
+        if pos >= len {
             return None;
         }
-        let (id, slot) = self.by_age.remove(pos);
-        if let Some(c) = self.id_counts.get_mut(id_bucket(id))
-            && *c != u8::MAX
-        {
-            *c = c.saturating_sub(1);
+        let slot = *self.id_slots.get(pos)?;
+        let id = self.ids.remove(pos);
+        if let Some(rest) = self.id_slots.get_mut(pos..len) {
+            // `pos < len`: `rest` is not empty.
+            rest.copy_within(1.., 0);
         }
-        let state = self.slots.get(slot).map_or(State::Fresh, |e| e.state);
-        self.unlink(slot);
+        let bucket = id_bit(id);
+        if !self.ids.iter().any(|&i| id_bit(i) == bucket) {
+            self.id_bits &= !bucket;
+        }
+        let (state, priority) = self.slots.get(ix(slot)).map(|e| (e.state(), e.priority))?;
+        self.unlink(slot, state, priority);
         // `scheduled_min` stays a lower bound; when nothing is scheduled it resets.
-        if state == State::Scheduled && self.scheduled.iter().all(|c| c.head.is_none()) {
+        if state == State::Scheduled && self.scheduled.iter().all(|c| c.head == NIL) {
             self.scheduled_min = u64::MAX;
         }
         self.release(slot);
-        Some(slot)
+        Some(ix(slot))
     }
 
     /// Pushes an unlinked `slot` onto the free stack.
-    fn release(&mut self, slot: usize) {
-        if let Some(e) = self.slots.get_mut(slot) {
+    fn release(&mut self, slot: Slot) {
+        if let Some(e) = self.slots.get_mut(ix(slot)) {
             e.next = self.free;
-            self.free = Some(slot);
+            self.free = slot;
         }
     }
 
     /// A copy of the (possibly released) message in `slot`, without its links.
     fn detached(&self, slot: usize) -> Option<OutboxEntry<M>> {
         let mut e = self.slots.get(slot)?.clone();
-        e.prev = None;
-        e.next = None;
+        e.prev = NIL;
+        e.next = NIL;
         Some(e)
     }
 
@@ -750,53 +813,51 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         let slot = self.find_slot(id).ok_or(OutboxError::NotFound)?;
         let entry = self.slots.get_mut(slot).ok_or(OutboxError::NotFound)?;
         entry.attempts = entry.attempts.saturating_add(1);
-        entry.first_sent_ms.get_or_insert(now_ms);
         if entry.qos == QoS::AtMostOnce {
-            if let Some(pos) = self.by_age.iter().position(|&(_, s)| s == slot) {
+            if let Some(pos) = self.age_slots().iter().position(|&s| ix(s) == slot) {
                 self.remove_at(pos);
             }
             self.stats.sent_unacked = self.stats.sent_unacked.saturating_add(1);
             return Ok(SentOutcome::Done);
         }
-        let was = entry.state;
-        if was == State::Waiting {
+        let was = entry.state();
+        if let Some(expires_at_ms) = entry.ack_deadline_ms {
             // Sent again although not due: the deadline of the last attempt stands.
-            let expires_at_ms = entry.ack_deadline_ms.unwrap_or(now_ms);
             return Ok(SentOutcome::LastAttempt { expires_at_ms });
         }
-        let outcome = match entry.backoff.next_delay(now_ms, rng) {
+        let priority = entry.priority;
+        entry.first_sent_ms.get_or_insert(now_ms);
+        let mut backoff = Backoff::resume(self.retry, entry.backoff_started_ms, entry.failures);
+        let delay = backoff.next_delay(now_ms, rng);
+        entry.failures = backoff.failures();
+        let (outcome, next_state) = match delay {
             Some(delay) => {
                 let at = now_ms.saturating_add(delay.max(1));
                 entry.next_attempt_ms = at;
-                SentOutcome::AwaitingAck { retry_at_ms: at }
+                self.scheduled_min = self.scheduled_min.min(at);
+                (
+                    SentOutcome::AwaitingAck { retry_at_ms: at },
+                    State::Scheduled,
+                )
             }
             None => {
-                let wait = entry
-                    .backoff
-                    .policy()
-                    .base_delay_ms(entry.backoff.failures())
-                    .max(1);
+                let wait = self.retry.base_delay_ms(backoff.failures()).max(1);
                 let at = now_ms.saturating_add(wait);
                 entry.next_attempt_ms = u64::MAX;
                 entry.ack_deadline_ms = Some(at);
-                SentOutcome::LastAttempt { expires_at_ms: at }
+                (
+                    SentOutcome::LastAttempt { expires_at_ms: at },
+                    State::Waiting,
+                )
             }
-        };
-        let next_state = match outcome {
-            SentOutcome::AwaitingAck { retry_at_ms } => {
-                self.scheduled_min = self.scheduled_min.min(retry_at_ms);
-                State::Scheduled
-            }
-            _ => State::Waiting,
         };
         // Move the slot between the indices (a scheduled message keeps its chain place:
-        // age order does not change).
+        // age order does not change). The chains are named by state, not read from the
+        // entry, whose fields already tell the new state.
         if was != next_state {
-            self.unlink(slot);
-            if let Some(e) = self.slots.get_mut(slot) {
-                e.state = next_state;
-            }
-            self.link(slot);
+            let slot = slot_of(slot);
+            self.unlink(slot, was, priority);
+            self.link(slot, next_state, priority);
         }
         Ok(outcome)
     }
@@ -832,22 +893,22 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
     /// Removes and counts the earliest expired waiting message; returns its freed slot.
     fn expire_one(&mut self, now_ms: u64) -> Option<usize> {
         // The chain is in age order: the first of equal deadlines is the oldest.
-        let mut best: Option<(u64, usize)> = None;
+        let mut best: Option<(u64, Slot)> = None;
         let mut at = self.waiting.head;
         for _ in 0..N {
-            let Some((s, e)) = at.and_then(|s| Some((s, self.slots.get(s)?))) else {
+            let Some(e) = self.slots.get(ix(at)) else {
                 break;
             };
             if let Some(d) = e.ack_deadline_ms
                 && d <= now_ms
                 && best.is_none_or(|(b, _)| d < b)
             {
-                best = Some((d, s));
+                best = Some((d, at));
             }
             at = e.next;
         }
         let (_, slot) = best?;
-        let pos = self.by_age.iter().position(|&(_, s)| s == slot)?;
+        let pos = self.age_slots().iter().position(|&s| s == slot)?;
         let slot = self.remove_at(pos)?;
         self.stats.expired = self.stats.expired.saturating_add(1);
         Some(slot)
@@ -857,12 +918,14 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
     /// comes back up). Messages waiting for the ack of their last attempt keep waiting.
     pub fn retry_all_now(&mut self, now_ms: u64) {
         let mut any_scheduled = false;
-        for &(_, s) in &self.by_age {
-            if let Some(e) = self.slots.get_mut(s)
-                && e.state != State::Waiting
-            {
-                e.next_attempt_ms = e.next_attempt_ms.min(now_ms);
-                any_scheduled |= e.state == State::Scheduled;
+        let queued = self.id_slots.get(..self.ids.len()).unwrap_or(&[]);
+        for &s in queued {
+            if let Some(e) = self.slots.get_mut(ix(s)) {
+                let state = e.state();
+                if state != State::Waiting {
+                    e.next_attempt_ms = e.next_attempt_ms.min(now_ms);
+                    any_scheduled |= state == State::Scheduled;
+                }
             }
         }
         if any_scheduled {
@@ -871,7 +934,7 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
     }
 
     fn position(&self, id: MessageId) -> Option<usize> {
-        self.by_age.iter().position(|&(i, _)| i == id)
+        self.ids.iter().position(|&i| i == id)
     }
 
     /// The slot of message `id`. The message just sent is usually a chain head: those are
@@ -882,13 +945,13 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
             .iter()
             .chain(self.scheduled.iter())
             .rev()
-            .filter_map(|c| c.head)
+            .map(|c| ix(c.head))
             .find(|&s| self.slots.get(s).is_some_and(|e| e.id == id));
         if head.is_some() {
             return head;
         }
         let pos = self.position(id)?;
-        self.by_age.get(pos).map(|&(_, s)| s)
+        self.id_slots.get(pos).map(|&s| ix(s))
     }
 
     /// The number of bytes [`Outbox::save`] writes for the current contents.
@@ -993,7 +1056,6 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
         }
         // Second pass: parse into a fresh outbox, then swap it in.
         let mut next = Self::new(self.policy, self.retry);
-        next.next_order = self.next_order;
         next.stats = self.stats;
         let mut at = body_start;
         for _ in 0..count {
@@ -1489,6 +1551,43 @@ mod tests {
             assert!(o.is_empty());
         }
         assert_eq!(o.stats().acked, 30);
+    }
+
+    #[test]
+    fn age_ranks_are_renumbered_before_they_wrap() {
+        let mut rng = SplitMix64::new(0);
+        let mut o: Outbox<4, 4> = Outbox::new(OverflowPolicy::RejectNewest, policy());
+        // Two messages scheduled for retransmission stay queued while 70,000 others, more
+        // than a `u16` age rank counts, pass through a third slot.
+        for id in [1, 2] {
+            o.push(MessageId(id), Priority::Normal, QoS::AtLeastOnce, b"s", 0)
+                .unwrap();
+            o.mark_sent(MessageId(id), 0, &mut rng).unwrap();
+        }
+        for id in 10..70_010 {
+            o.push(MessageId(id), Priority::Normal, QoS::AtLeastOnce, b"p", 0)
+                .unwrap();
+            assert!(o.ack(MessageId(id)));
+        }
+        // Two young messages; the older of them is sent, then both are due with the old two.
+        for id in [3, 4] {
+            o.push(MessageId(id), Priority::Normal, QoS::AtLeastOnce, b"y", 0)
+                .unwrap();
+        }
+        assert_eq!(o.next_due(0).map(|e| e.id), Some(MessageId(3)));
+        o.mark_sent(MessageId(3), 0, &mut rng).unwrap();
+        let mut sent = std::vec::Vec::new();
+        while let Some(id) = o.next_due(100).map(|e| e.id) {
+            sent.push(id);
+            o.mark_sent(id, 100, &mut rng).unwrap();
+        }
+        // Oldest first across the retransmission and fresh chains: ranks stayed distinct.
+        assert_eq!(sent, [1, 2, 3, 4].map(MessageId));
+        let ids: std::vec::Vec<_> = o.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4].map(MessageId));
+        // The young message joined the retransmission chain behind the old ones.
+        o.retry_all_now(1_000);
+        assert_eq!(o.next_due(1_000).map(|e| e.id), Some(MessageId(1)));
     }
 
     #[test]

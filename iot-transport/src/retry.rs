@@ -141,6 +141,19 @@ impl Backoff {
         }
     }
 
+    /// A backoff started at `started_ms` that has recorded `failures` failures and not
+    /// given up, as [`Backoff::new`] followed by `failures` delays would be; for callers
+    /// that keep the two counters themselves rather than a whole `Backoff` (the outbox
+    /// stores one policy for all its messages).
+    pub const fn resume(policy: BackoffPolicy, started_ms: u64, failures: u32) -> Self {
+        Self {
+            policy,
+            started_ms,
+            failures,
+            gave_up: None,
+        }
+    }
+
     /// The policy.
     pub const fn policy(&self) -> &BackoffPolicy {
         &self.policy
