@@ -53,7 +53,7 @@ use crate::policy::CLIENT_TOKEN_CAPACITY;
 use crate::stamp::{Origin, Policy, Stamp};
 use crate::store::{Leaf, Section};
 use crate::update::Write;
-use crate::value::{Counter, Value, decode_value, encode_value, value_len};
+use crate::value::{Value, decode_value, encode_value, value_len};
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +112,12 @@ pub trait WriteSink {
 pub struct SinkFull;
 
 impl<const N: usize> WriteSink for heapless::Vec<Write, N> {
+    fn push_write(&mut self, write: Write) -> Result<(), SinkFull> {
+        self.push(write).map_err(|_| SinkFull)
+    }
+}
+
+impl WriteSink for heapless::VecView<Write> {
     fn push_write(&mut self, write: Write) -> Result<(), SinkFull> {
         self.push(write).map_err(|_| SinkFull)
     }
@@ -185,24 +191,54 @@ impl LeafCost {
     }
 }
 
-/// Distinct values of a cloneable iterator in ascending order, without storage.
-#[derive(Debug, Clone)]
-struct Distinct<I> {
-    source: I,
+/// A source of clocks that can be scanned any number of times (a cloneable iterator),
+/// behind a trait object so the scans below are compiled once.
+trait ClockScan {
+    /// Calls `f` with every clock of the source, in the source's order.
+    fn scan(&self, f: &mut dyn FnMut((u64, u32)));
+}
+
+impl<I: Iterator<Item = (u64, u32)> + Clone> ClockScan for I {
+    fn scan(&self, f: &mut dyn FnMut((u64, u32))) {
+        self.clone().for_each(f);
+    }
+}
+
+/// Distinct values of a scannable source in ascending order, without storage.
+struct Distinct<'t> {
+    source: &'t dyn ClockScan,
     last: Option<(u64, u32)>,
 }
 
-impl<I: Iterator<Item = (u64, u32)> + Clone> Iterator for Distinct<I> {
+impl Iterator for Distinct<'_> {
     type Item = (u64, u32);
     fn next(&mut self) -> Option<(u64, u32)> {
         let last = self.last;
-        let next = self
-            .source
-            .clone()
-            .filter(|x| last.is_none_or(|l| *x > l))
-            .min()?;
-        self.last = Some(next);
-        Some(next)
+        let mut next: Option<(u64, u32)> = None;
+        self.source.scan(&mut |x| {
+            if last.is_none_or(|l| x > l) && next.is_none_or(|n| x < n) {
+                next = Some(x);
+            }
+        });
+        self.last = next;
+        next
+    }
+}
+
+/// The distinct clocks of a [`ClockTable`] in ascending order: its sorted vector, or, when
+/// that overflowed, a rescan of the source per clock.
+enum TableClocks<'t> {
+    Fast(core::slice::Iter<'t, (u64, u32)>),
+    Scan(Distinct<'t>),
+}
+
+impl Iterator for TableClocks<'_> {
+    type Item = (u64, u32);
+    fn next(&mut self) -> Option<(u64, u32)> {
+        match self {
+            Self::Fast(clocks) => clocks.next().copied(),
+            Self::Scan(distinct) => distinct.next(),
+        }
     }
 }
 
@@ -213,56 +249,83 @@ const FAST_CLOCKS: usize = 32;
 #[derive(Debug, Clone)]
 struct ClockTable<I> {
     source: I,
+    index: ClockIndex,
+}
+
+/// The part of a [`ClockTable`] that does not depend on its source's type (compiled once).
+#[derive(Debug, Clone)]
+struct ClockIndex {
+    /// The distinct clocks in ascending order, unless there are more than [`FAST_CLOCKS`].
     fast: heapless::Vec<(u64, u32), FAST_CLOCKS>,
     overflow: bool,
 }
 
-impl<I: Iterator<Item = (u64, u32)> + Clone> ClockTable<I> {
-    fn new(source: I) -> Self {
+impl ClockIndex {
+    #[inline(never)]
+    fn of(source: &dyn ClockScan) -> Self {
         let mut fast = heapless::Vec::new();
         let mut overflow = false;
-        for clock in source.clone() {
+        source.scan(&mut |clock| {
+            if overflow {
+                return;
+            }
             if let Err(at) = fast.binary_search(&clock)
                 && fast.insert(at, clock).is_err()
             {
                 overflow = true;
-                break;
             }
-        }
-        Self {
-            source,
-            fast,
-            overflow,
-        }
+        });
+        Self { fast, overflow }
     }
 
-    fn distinct(&self) -> Distinct<I> {
-        Distinct {
-            source: self.source.clone(),
-            last: None,
-        }
-    }
-
-    fn len(&self) -> usize {
+    fn distinct<'t>(&'t self, source: &'t dyn ClockScan) -> TableClocks<'t> {
         if self.overflow {
-            self.distinct().count()
+            TableClocks::Scan(Distinct { source, last: None })
+        } else {
+            TableClocks::Fast(self.fast.iter())
+        }
+    }
+
+    fn len(&self, source: &dyn ClockScan) -> usize {
+        if self.overflow {
+            self.distinct(source).count()
         } else {
             self.fast.len()
         }
     }
 
-    fn rank(&self, clock: (u64, u32)) -> usize {
+    fn reference(&self, source: &dyn ClockScan, clock: (u64, u32), flags: u8) -> u64 {
+        (self.rank(source, clock) as u64)
+            .saturating_mul(8)
+            .saturating_add(u64::from(flags))
+    }
+
+    #[inline(never)]
+    fn rank(&self, source: &dyn ClockScan, clock: (u64, u32)) -> usize {
         if self.overflow {
-            self.distinct().take_while(|c| *c < clock).count()
+            self.distinct(source).take_while(|c| *c < clock).count()
         } else {
             self.fast.binary_search(&clock).unwrap_or_else(|at| at)
         }
     }
+}
+
+impl<I: Iterator<Item = (u64, u32)> + Clone> ClockTable<I> {
+    fn new(source: I) -> Self {
+        let index = ClockIndex::of(&source);
+        Self { source, index }
+    }
+
+    fn distinct(&self) -> TableClocks<'_> {
+        self.index.distinct(&self.source)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len(&self.source)
+    }
 
     fn reference(&self, clock: (u64, u32), flags: u8) -> u64 {
-        (self.rank(clock) as u64)
-            .saturating_mul(8)
-            .saturating_add(u64::from(flags))
+        self.index.reference(&self.source, clock, flags)
     }
 }
 
@@ -373,7 +436,7 @@ impl Census {
 /// Exact encoded length of a message with these leaves, clock table and census.
 fn message_len_with<I, C>(
     header: &Header<'_>,
-    leaves: I,
+    mut leaves: I,
     table: &ClockTable<C>,
     census: &Census,
 ) -> usize
@@ -381,7 +444,26 @@ where
     I: Iterator<Item = LeafCost>,
     C: Iterator<Item = (u64, u32)> + Clone,
 {
-    let k = table.len();
+    measure(
+        header,
+        &mut |f| leaves.by_ref().for_each(f),
+        (&table.index, &table.source),
+        census,
+    )
+}
+
+/// Calls its argument with every leaf of a message.
+type LeafScan<'s> = dyn FnMut(&mut dyn FnMut(LeafCost)) + 's;
+
+/// [`message_len_with`], compiled once.
+#[inline(never)]
+fn measure(
+    header: &Header<'_>,
+    leaves: &mut LeafScan<'_>,
+    (index, source): (&ClockIndex, &dyn ClockScan),
+    census: &Census,
+) -> usize {
+    let k = index.len(source);
     let (nd, nr, default) = (census.desired, census.reported, census.default);
     let mut fields = 1u64;
     let mut len = 2usize;
@@ -396,8 +478,8 @@ where
         header.client_token.is_some(),
         header.client_token.map_or(0, |t| text_len(t.len())),
     );
-    let clocks = table
-        .distinct()
+    let clocks = index
+        .distinct(source)
         .map(|(t, n)| uint_len(t).saturating_add(uint_len(u64::from(n))))
         .fold(
             uint_len(
@@ -411,19 +493,18 @@ where
     add(k > 0, clocks);
     add(nd > 0, uint_len(nd as u64));
     add(nr > 0, uint_len(nr as u64));
-    let entries = leaves
-        .map(|l| {
-            let reference = table.reference(l.clock, l.flags);
-            let leaf = if is_bare(default, reference, l.array) {
-                l.value
-            } else {
-                l.value
-                    .saturating_add(1)
-                    .saturating_add(uint_len(reference))
-            };
-            text_len(l.key).saturating_add(leaf)
-        })
-        .fold(0usize, usize::saturating_add);
+    let mut entries = 0usize;
+    leaves(&mut |l| {
+        let reference = index.reference(source, l.clock, l.flags);
+        let leaf = if is_bare(default, reference, l.array) {
+            l.value
+        } else {
+            l.value
+                .saturating_add(1)
+                .saturating_add(uint_len(reference))
+        };
+        entries = entries.saturating_add(text_len(l.key).saturating_add(leaf));
+    });
     len.saturating_add(entries).saturating_add(uint_len(fields))
 }
 
@@ -543,9 +624,31 @@ where
     R: Iterator<Item = Item<'a>> + Clone,
 {
     let (table, default) = prepare(&desired, &reported);
-    let mut e = Encoder::new(Counter(0));
-    let _ = encode_parts(&mut e, header, (&table, default), desired, reported);
-    e.into_writer().0
+    prepared_len(header, (&table, default), desired, reported)
+}
+
+/// Exact encoded length of a message whose clock table and default ref are prepared.
+fn prepared_len<'a, D, R, C>(
+    header: &Header<'_>,
+    (table, default): (&ClockTable<C>, Option<u64>),
+    desired: D,
+    reported: R,
+) -> usize
+where
+    D: Iterator<Item = Item<'a>> + Clone,
+    R: Iterator<Item = Item<'a>> + Clone,
+    C: Iterator<Item = (u64, u32)> + Clone,
+{
+    let census = Census {
+        desired: desired.clone().count(),
+        reported: reported.clone().count(),
+        default,
+    };
+    let cost = |section| move |(p, v, s): Item<'a>| LeafCost::of(section, p, v, s);
+    let leaves = desired
+        .map(cost(Section::Desired))
+        .chain(reported.map(cost(Section::Reported)));
+    message_len_with(header, leaves, table, &census)
 }
 
 /// Encodes a message at the start of `buf`, returning the bytes written. The length is
@@ -561,15 +664,7 @@ where
     R: Iterator<Item = Item<'a>> + Clone,
 {
     let (table, default) = prepare(&desired, &reported);
-    let mut count = Encoder::new(Counter(0));
-    let _ = encode_parts(
-        &mut count,
-        header,
-        (&table, default),
-        desired.clone(),
-        reported.clone(),
-    );
-    let needed = count.into_writer().0;
+    let needed = prepared_len(header, (&table, default), desired.clone(), reported.clone());
     if needed > buf.len() {
         return Err(EncodeError::BufferTooSmall {
             needed,
@@ -650,7 +745,7 @@ pub fn encode_writes_to_vec(
 /// Decodes a message, pushing its writes into `sink` (desired first, each section in path
 /// order). Rejects non-canonical key order, unknown keys, empty sections, duplicate paths,
 /// trailing bytes and anything over capacity. Never panics.
-pub fn decode_message<'b, K: WriteSink>(
+pub fn decode_message<'b, K: WriteSink + ?Sized>(
     bytes: &'b [u8],
     sink: &mut K,
 ) -> Result<Header<'b>, DecodeError> {
@@ -765,7 +860,7 @@ impl<'b> Clocks<'b> {
     }
 }
 
-fn decode_section<K: WriteSink>(
+fn decode_section<K: WriteSink + ?Sized>(
     d: &mut Decoder<'_>,
     clocks: &Clocks<'_>,
     section: Section,
@@ -897,7 +992,7 @@ mod tests {
             .iter()
             .map(|x| LeafCost::of(x.section, &x.path, &x.value, &x.stamp));
         let table = ClockTable::new(costs.clone().map(|l| l.clock));
-        assert!(table.overflow);
+        assert!(table.index.overflow);
         let chosen = Census::of(&table, costs.clone()).default;
         let last = costs.find(|l| l.clock.0 == 961).unwrap();
         assert_eq!(chosen, Some(table.reference(last.clock, last.flags)));

@@ -25,8 +25,8 @@ use crate::error::ShadowError;
 use crate::path::Path;
 use crate::policy::{Limits, Winner, resolve, settle};
 use crate::stamp::{Origin, Stamp};
-use crate::store::{FieldStore, FixedStore, Section};
-use crate::typed::{ShadowState, TypedPolicies};
+use crate::store::{FieldStore, FixedStore, FixedStoreView, Section};
+use crate::typed::{FieldSpec, FieldTable, ShadowState};
 use crate::update::Write;
 use crate::value::Value;
 
@@ -42,14 +42,28 @@ pub enum Handled {
     Ignored,
 }
 
-/// The replica type a [`DeviceShadow`] keeps.
-pub type Replica<T, const N: usize> = Shadow<FixedStore<N>, TypedPolicies<T>, 1>;
+/// The replica type a [`DeviceShadow`] keeps: at most `N` leaves, the typed state's field
+/// policies as a [`FieldTable`].
+pub type Replica<const N: usize> = Shadow<FixedStore<N>, FieldTable, 1>;
+
+/// A [`Replica`] of any capacity, behind a reference (`&Replica<N>` coerces to it).
+pub type ReplicaView = Shadow<FixedStoreView, FieldTable, 1>;
 
 /// A device's shadow: typed state `T`, a replica of at most `N` leaves, and its clock.
+///
+/// The work is done by code that is generic over neither `T` nor `N` (the state through a
+/// trait object, the replica as a [`ReplicaView`]), so a firmware with several device
+/// shadows carries it once.
 #[derive(Debug)]
 pub struct DeviceShadow<T, const N: usize> {
-    replica: Replica<T, N>,
+    book: Book,
     state: T,
+    replica: Replica<N>,
+}
+
+/// The device shadow's clock and bookkeeping.
+#[derive(Debug)]
+struct Book {
     hlc: HybridLogicalClock,
     last_version: u64,
     handled: u8,
@@ -59,11 +73,38 @@ pub struct DeviceShadow<T, const N: usize> {
     local: u64,
 }
 
+/// A typed state's field access, object-safe ([`ShadowState`] has a constant).
+trait Fields {
+    fn get(&self, id: usize) -> Option<Value>;
+    fn set(&mut self, id: usize, value: &Value) -> Result<(), ShadowError>;
+}
+
+impl<T: ShadowState> Fields for T {
+    fn get(&self, id: usize) -> Option<Value> {
+        self.get_field(id)
+    }
+    fn set(&mut self, id: usize, value: &Value) -> Result<(), ShadowError> {
+        self.set_field(id, value)
+    }
+}
+
+/// A device shadow with its type and capacity erased.
+struct Parts<'a> {
+    book: &'a mut Book,
+    state: &'a mut dyn Fields,
+    replica: &'a mut ReplicaView,
+}
+
 fn bit(id: usize) -> u64 {
     u32::try_from(id)
         .ok()
         .and_then(|i| 1u64.checked_shl(i))
         .unwrap_or(0)
+}
+
+fn field_path(fields: &[FieldSpec], id: usize) -> Result<Path, ShadowError> {
+    let spec = fields.get(id).ok_or(ShadowError::UnknownField)?;
+    Path::new(spec.path).map_err(|_| ShadowError::UnknownField)
 }
 
 impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
@@ -74,20 +115,22 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
     pub const fn new(state: T, node: NodeId, limits: Limits, max_drift_ms: u64) -> Self {
         let () = Self::FITS;
         Self {
-            replica: Shadow::new(FixedStore::new(), TypedPolicies::new(), limits),
+            book: Book {
+                hlc: HybridLogicalClock::new(node, max_drift_ms),
+                last_version: 0,
+                handled: 0,
+                dirty: 0,
+                local: 0,
+            },
             state,
-            hlc: HybridLogicalClock::new(node, max_drift_ms),
-            last_version: 0,
-            handled: 0,
-            dirty: 0,
-            local: 0,
+            replica: Shadow::new(FixedStore::new(), FieldTable::of::<T>(), limits),
         }
     }
 
     /// Restores the clock after a reboot (from [`HybridLogicalClock::last`]).
     #[must_use]
     pub const fn with_clock(mut self, hlc: HybridLogicalClock) -> Self {
-        self.hlc = hlc;
+        self.book.hlc = hlc;
         self
     }
 
@@ -97,75 +140,42 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
     }
 
     /// The replica of the backend document.
-    pub const fn replica(&self) -> &Replica<T, N> {
+    pub const fn replica(&self) -> &Replica<N> {
         &self.replica
     }
 
     /// The device's clock.
     pub const fn clock(&self) -> &HybridLogicalClock {
-        &self.hlc
+        &self.book.hlc
     }
 
     /// The version of the last notification applied.
     pub const fn last_version(&self) -> u64 {
-        self.last_version
+        self.book.last_version
     }
 
     /// `true` while changes await an ack.
     pub const fn has_pending(&self) -> bool {
-        self.dirty != 0
+        self.book.dirty != 0
     }
 
-    fn path(id: usize) -> Result<Path, ShadowError> {
-        let spec = T::FIELDS.get(id).ok_or(ShadowError::UnknownField)?;
-        Path::new(spec.path).map_err(|_| ShadowError::UnknownField)
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            book: &mut self.book,
+            state: &mut self.state,
+            replica: &mut self.replica,
+        }
     }
 
     /// Reports every typed field whose value the replica does not hold yet (at boot).
     pub fn report_state(&mut self, wall_ms: u64) -> Result<(), ShadowError> {
-        for (id, spec) in T::FIELDS.iter().enumerate() {
-            let path = Self::path(id)?;
-            let Some(value) = self.state.get_field(id) else {
-                continue;
-            };
-            let held = self.replica.value(Section::Reported, &path);
-            if value.is_null() || held == Some(&value) {
-                continue;
-            }
-            let stamp = Stamp::new(self.hlc.now(wall_ms)?, spec.policy, Origin::Device);
-            self.replica
-                .set_leaf(&Write::new(Section::Reported, path, value, stamp))?;
-            self.dirty |= bit(id);
-            self.local |= bit(id);
-        }
-        self.settle(wall_ms)
+        self.parts().report_state(wall_ms)
     }
 
     /// The firmware changes field `id` locally. Returns `false` if the field's policy
     /// immediately reverted it to a pending desired value (cloud-owned field).
     pub fn set(&mut self, id: usize, value: Value, wall_ms: u64) -> Result<bool, ShadowError> {
-        let spec = T::FIELDS.get(id).ok_or(ShadowError::UnknownField)?;
-        let path = Self::path(id)?;
-        let old = self.state.get_field(id).ok_or(ShadowError::UnknownField)?;
-        self.state.set_field(id, &value)?;
-        let stamp = match self.hlc.now(wall_ms) {
-            Ok(hlc) => Stamp::new(hlc, spec.policy, Origin::Device),
-            Err(e) => {
-                let _ = self.state.set_field(id, &old);
-                return Err(e.into());
-            }
-        };
-        if let Err(e) =
-            self.replica
-                .set_leaf(&Write::new(Section::Reported, path, value.clone(), stamp))
-        {
-            let _ = self.state.set_field(id, &old);
-            return Err(e);
-        }
-        self.dirty |= bit(id);
-        self.local |= bit(id);
-        self.settle(wall_ms)?;
-        Ok(self.state.get_field(id) == Some(value))
+        self.parts().set(id, value, wall_ms)
     }
 
     /// Applies a decoded notification (`Accepted`, `Delta` or `Document`).
@@ -175,13 +185,166 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
         writes: &[Write],
         wall_ms: u64,
     ) -> Result<Handled, ShadowError> {
+        self.parts().handle(header, writes, wall_ms)
+    }
+
+    /// Decodes a CBOR notification (up to `M` leaves, on the stack) and applies it.
+    pub fn handle_cbor<const M: usize>(
+        &mut self,
+        bytes: &[u8],
+        wall_ms: u64,
+    ) -> Result<Handled, ShadowError> {
+        let mut writes: heapless::Vec<Write, M> = heapless::Vec::new();
+        self.parts()
+            .handle_cbor(bytes, writes.as_mut_view(), wall_ms)
+    }
+
+    /// Copies the writes awaiting an ack into `sink`; returns how many.
+    pub fn pending<K: WriteSink + ?Sized>(&self, sink: &mut K) -> Result<usize, ShadowError> {
+        let (desired, reported) = pending_items(&self.replica, self.book.dirty);
+        let mut n = 0usize;
+        for (section, (path, value, stamp)) in desired
+            .map(|i| (Section::Desired, i))
+            .chain(reported.map(|i| (Section::Reported, i)))
+        {
+            sink.push_write(Write::new(section, path.clone(), value.clone(), *stamp))
+                .map_err(|_| ShadowError::StoreFull { capacity: n })?;
+            n = n.saturating_add(1);
+        }
+        Ok(n)
+    }
+
+    /// Encodes the update to send (`Ok(None)` when nothing is pending).
+    pub fn encode_pending(
+        &self,
+        client_token: Option<&str>,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ShadowError> {
+        encode_pending(&self.replica, self.book.dirty, client_token, buf)
+    }
+}
+
+/// The pending desired tombstones and reported leaves of the `dirty` fields.
+fn pending_items(
+    replica: &ReplicaView,
+    dirty: u64,
+) -> (
+    impl Iterator<Item = Item<'_>> + Clone,
+    impl Iterator<Item = Item<'_>> + Clone,
+) {
+    let table = replica.resolver();
+    let is_dirty = move |p: &Path| {
+        table
+            .field_id(p.as_str())
+            .is_some_and(|id| dirty & bit(id) != 0)
+    };
+    let desired = replica
+        .section(Section::Desired)
+        .filter(move |(p, l)| l.value.is_null() && l.stamp.origin == Origin::Device && is_dirty(p))
+        .map(cbor::leaf_item);
+    let reported = replica
+        .section(Section::Reported)
+        .filter(move |(p, _)| is_dirty(p))
+        .map(cbor::leaf_item);
+    (desired, reported)
+}
+
+#[inline(never)]
+fn encode_pending(
+    replica: &ReplicaView,
+    dirty: u64,
+    client_token: Option<&str>,
+    buf: &mut [u8],
+) -> Result<Option<usize>, ShadowError> {
+    if dirty == 0 {
+        return Ok(None);
+    }
+    let (desired, reported) = pending_items(replica, dirty);
+    let header = Header {
+        kind: Kind::Update,
+        version: None,
+        client_token,
+    };
+    Ok(Some(cbor::encode_into(&header, desired, reported, buf)?))
+}
+
+impl Parts<'_> {
+    fn fields(&self) -> &'static [FieldSpec] {
+        self.replica.resolver().fields()
+    }
+
+    #[inline(never)]
+    fn report_state(&mut self, wall_ms: u64) -> Result<(), ShadowError> {
+        for (id, spec) in self.fields().iter().enumerate() {
+            let path = field_path(self.fields(), id)?;
+            let Some(value) = self.state.get(id) else {
+                continue;
+            };
+            let held = self.replica.value(Section::Reported, &path);
+            if value.is_null() || held == Some(&value) {
+                continue;
+            }
+            let stamp = Stamp::new(self.book.hlc.now(wall_ms)?, spec.policy, Origin::Device);
+            self.replica
+                .set_leaf(&Write::new(Section::Reported, path, value, stamp))?;
+            self.book.dirty |= bit(id);
+            self.book.local |= bit(id);
+        }
+        self.settle(wall_ms)
+    }
+
+    #[inline(never)]
+    fn set(&mut self, id: usize, value: Value, wall_ms: u64) -> Result<bool, ShadowError> {
+        let spec = self.fields().get(id).ok_or(ShadowError::UnknownField)?;
+        let path = field_path(self.fields(), id)?;
+        let old = self.state.get(id).ok_or(ShadowError::UnknownField)?;
+        self.state.set(id, &value)?;
+        let stamp = match self.book.hlc.now(wall_ms) {
+            Ok(hlc) => Stamp::new(hlc, spec.policy, Origin::Device),
+            Err(e) => {
+                let _ = self.state.set(id, &old);
+                return Err(e.into());
+            }
+        };
+        if let Err(e) =
+            self.replica
+                .set_leaf(&Write::new(Section::Reported, path, value.clone(), stamp))
+        {
+            let _ = self.state.set(id, &old);
+            return Err(e);
+        }
+        self.book.dirty |= bit(id);
+        self.book.local |= bit(id);
+        self.settle(wall_ms)?;
+        Ok(self.state.get(id) == Some(value))
+    }
+
+    #[inline(never)]
+    fn handle_cbor(
+        &mut self,
+        bytes: &[u8],
+        writes: &mut heapless::VecView<Write>,
+        wall_ms: u64,
+    ) -> Result<Handled, ShadowError> {
+        let header = cbor::decode_message(bytes, writes)?;
+        self.handle(&header, writes, wall_ms)
+    }
+
+    #[inline(never)]
+    fn handle(
+        &mut self,
+        header: &Header<'_>,
+        writes: &[Write],
+        wall_ms: u64,
+    ) -> Result<Handled, ShadowError> {
         let version = header.version.ok_or(ShadowError::Decode(
             iot_core::codec::DecodeError::MissingField,
         ))?;
         let mask = 1u8 << header.kind.code();
+        let book = &*self.book;
         if header.kind == Kind::Update
-            || version < self.last_version
-            || (version == self.last_version && self.handled & mask != 0)
+            || version < book.last_version
+            || (version == book.last_version && book.handled & mask != 0)
         {
             return Ok(Handled::Ignored);
         }
@@ -193,17 +356,18 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
         }
         for w in writes {
             // A stamp beyond the drift bound is still merged; the clock just ignores it.
-            let _ = self.hlc.observe(w.stamp.hlc(), wall_ms);
+            let _ = self.book.hlc.observe(w.stamp.hlc(), wall_ms);
         }
         if header.kind == Kind::Accepted {
             self.acknowledge(writes);
         }
-        let gap = header.kind != Kind::Document && version > self.last_version.saturating_add(1);
-        if version > self.last_version {
-            self.last_version = version;
-            self.handled = mask;
+        let book = &mut *self.book;
+        let gap = header.kind != Kind::Document && version > book.last_version.saturating_add(1);
+        if version > book.last_version {
+            book.last_version = version;
+            book.handled = mask;
         } else {
-            self.handled |= mask;
+            book.handled |= mask;
         }
         self.settle(wall_ms)?;
         Ok(if gap {
@@ -213,27 +377,19 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
         })
     }
 
-    /// Decodes a CBOR notification (up to `M` leaves, on the stack) and applies it.
-    pub fn handle_cbor<const M: usize>(
-        &mut self,
-        bytes: &[u8],
-        wall_ms: u64,
-    ) -> Result<Handled, ShadowError> {
-        let mut writes: heapless::Vec<Write, M> = heapless::Vec::new();
-        let header = cbor::decode_message(bytes, &mut writes)?;
-        self.handle(&header, &writes, wall_ms)
-    }
-
     /// Resets the replica to a full document, keeping unacknowledged local changes.
     fn adopt(&mut self, writes: &[Write], version: u64) -> Result<(), ShadowError> {
         self.replica.check_writes(writes)?;
-        let me = self.hlc.node();
-        let local = self.local;
+        let me = self.book.hlc.node();
+        let local = self.book.local;
+        let table = *self.replica.resolver();
         let keep = |s: Section, p: &Path, stamp: &Stamp| {
             s == Section::Reported
                 && stamp.node == me
                 && stamp.origin == Origin::Device
-                && T::field_id(p.as_str()).is_some_and(|id| local & bit(id) != 0)
+                && table
+                    .field_id(p.as_str())
+                    .is_some_and(|id| local & bit(id) != 0)
         };
         let kept_outside = self
             .replica
@@ -248,17 +404,21 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
         if needed > max {
             return Err(ShadowError::TooManyFields { count: needed, max });
         }
-        if needed > N {
-            return Err(ShadowError::StoreFull { capacity: N });
+        let capacity = self.replica.store().capacity();
+        if needed > capacity {
+            return Err(ShadowError::StoreFull { capacity });
         }
         self.replica.retain(|s, p, l| keep(s, p, &l.stamp));
         self.replica.merge_writes(writes, version)?;
-        self.dirty = self.local;
+        self.book.dirty = self.book.local;
         // The reported values the document brings become the typed state.
-        for (id, _) in T::FIELDS.iter().enumerate() {
-            let Ok(path) = Self::path(id) else { continue };
+        let fields = self.fields();
+        for (id, _) in fields.iter().enumerate() {
+            let Ok(path) = field_path(fields, id) else {
+                continue;
+            };
             if let Some(v) = self.replica.value(Section::Reported, &path) {
-                let _ = self.state.set_field(id, v);
+                let _ = self.state.set(id, v);
             }
         }
         Ok(())
@@ -266,8 +426,9 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
 
     /// Clears what an ack confirms and drops the tombstones it carried.
     fn acknowledge(&mut self, writes: &[Write]) {
+        let table = *self.replica.resolver();
         for w in writes {
-            let Some(id) = T::field_id(w.path.as_str()) else {
+            let Some(id) = table.field_id(w.path.as_str()) else {
                 continue;
             };
             let confirmed = self
@@ -275,8 +436,8 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
                 .leaf(w.section, &w.path)
                 .is_some_and(|l| l.value == w.value && l.stamp == w.stamp);
             if confirmed && w.section == Section::Reported {
-                self.dirty &= !bit(id);
-                self.local &= !bit(id);
+                self.book.dirty &= !bit(id);
+                self.book.local &= !bit(id);
             }
         }
         self.replica.retain(|s, p, l| {
@@ -288,10 +449,12 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
     }
 
     /// Settles every typed field by its policy so desired and reported agree.
+    #[inline(never)]
     fn settle(&mut self, wall_ms: u64) -> Result<(), ShadowError> {
-        let resolver = TypedPolicies::<T>::new();
-        for (id, spec) in T::FIELDS.iter().enumerate() {
-            let path = Self::path(id)?;
+        let resolver = *self.replica.resolver();
+        let fields = resolver.fields();
+        for (id, spec) in fields.iter().enumerate() {
+            let path = field_path(fields, id)?;
             let Some(d) = self
                 .replica
                 .leaf(Section::Desired, &path)
@@ -313,34 +476,36 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
                 .map_or(Winner::Desired, |r| resolve(&resolver, &path, &d, r));
             match (winner, r) {
                 (Winner::Desired, r) => {
-                    let Some(old) = self.state.get_field(id) else {
+                    let Some(old) = self.state.get(id) else {
                         continue;
                     };
-                    if self.state.set_field(id, &d.value).is_err() {
+                    if self.state.set(id, &d.value).is_err() {
                         // The firmware cannot take this value; leave the delta visible.
                         continue;
                     }
                     let after = r.map_or(0, |r| r.stamp.time).max(d.stamp.time);
                     let stamp = Stamp {
                         time: after.saturating_add(1),
-                        node: self.hlc.node(),
+                        node: self.book.hlc.node(),
                         policy: spec.policy,
                         origin: Origin::Device,
                     };
                     let adopt = Write::new(Section::Reported, path, d.value.clone(), stamp);
                     if let Err(e) = self.replica.set_leaf(&adopt) {
-                        let _ = self.state.set_field(id, &old);
+                        let _ = self.state.set(id, &old);
                         return Err(e);
                     }
-                    let _ = self.hlc.observe(stamp.hlc(), wall_ms);
-                    self.dirty |= bit(id);
+                    let _ = self.book.hlc.observe(stamp.hlc(), wall_ms);
+                    self.book.dirty |= bit(id);
                 }
                 (Winner::Reported, Some(r)) => {
                     // A resolver may pick a reported value older than the desired one; then
                     // only a fresh stamp outranks the desired leaf.
                     let stamp = match settle(&resolver, &path, &d, &r) {
                         Some(t) => t.stamp,
-                        None => Stamp::new(self.hlc.now(wall_ms)?, spec.policy, Origin::Device),
+                        None => {
+                            Stamp::new(self.book.hlc.now(wall_ms)?, spec.policy, Origin::Device)
+                        }
                     };
                     if stamp.cmp_precedence(&d.stamp) == core::cmp::Ordering::Greater {
                         self.replica.set_leaf(&Write::new(
@@ -349,69 +514,12 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
                             Value::Null,
                             stamp,
                         ))?;
-                        self.dirty |= bit(id);
+                        self.book.dirty |= bit(id);
                     }
                 }
                 (Winner::Reported, None) => {}
             }
         }
         Ok(())
-    }
-
-    fn pending_items(
-        &self,
-    ) -> (
-        impl Iterator<Item = Item<'_>> + Clone,
-        impl Iterator<Item = Item<'_>> + Clone,
-    ) {
-        let dirty = self.dirty;
-        let is_dirty =
-            move |p: &Path| T::field_id(p.as_str()).is_some_and(|id| dirty & bit(id) != 0);
-        let desired = self
-            .replica
-            .section(Section::Desired)
-            .filter(move |(p, l)| {
-                l.value.is_null() && l.stamp.origin == Origin::Device && is_dirty(p)
-            })
-            .map(cbor::leaf_item);
-        let reported = self
-            .replica
-            .section(Section::Reported)
-            .filter(move |(p, _)| is_dirty(p))
-            .map(cbor::leaf_item);
-        (desired, reported)
-    }
-
-    /// Copies the writes awaiting an ack into `sink`; returns how many.
-    pub fn pending<K: WriteSink>(&self, sink: &mut K) -> Result<usize, ShadowError> {
-        let (desired, reported) = self.pending_items();
-        let mut n = 0usize;
-        for (section, (path, value, stamp)) in desired
-            .map(|i| (Section::Desired, i))
-            .chain(reported.map(|i| (Section::Reported, i)))
-        {
-            sink.push_write(Write::new(section, path.clone(), value.clone(), *stamp))
-                .map_err(|_| ShadowError::StoreFull { capacity: n })?;
-            n = n.saturating_add(1);
-        }
-        Ok(n)
-    }
-
-    /// Encodes the update to send (`Ok(None)` when nothing is pending).
-    pub fn encode_pending(
-        &self,
-        client_token: Option<&str>,
-        buf: &mut [u8],
-    ) -> Result<Option<usize>, ShadowError> {
-        if self.dirty == 0 {
-            return Ok(None);
-        }
-        let (desired, reported) = self.pending_items();
-        let header = Header {
-            kind: Kind::Update,
-            version: None,
-            client_token,
-        };
-        Ok(Some(cbor::encode_into(&header, desired, reported, buf)?))
     }
 }

@@ -127,13 +127,18 @@ enum Mode {
 ///
 /// The same type serves devices (`Shadow<FixedStore<N>>`, no allocation) and backends
 /// (`Shadow<MapStore>`), so both run one implementation of every rule.
+///
+/// The store is the last field and may be unsized: a `&mut Shadow<FixedStore<N>, R, T>`
+/// coerces to `&mut Shadow<FixedStoreView, R, T>` (see
+/// [`FixedStoreView`](crate::FixedStoreView)), so code over views runs one compiled copy of
+/// the engine for every capacity.
 #[derive(Debug, Clone)]
-pub struct Shadow<S, R = Policy, const T: usize = 8> {
-    store: S,
+pub struct Shadow<S: ?Sized, R = Policy, const T: usize = 8> {
     version: u64,
     resolver: R,
     limits: Limits,
     tokens: heapless::Deque<TokenEntry, T>,
+    store: S,
 }
 
 impl<S: FieldStore + Default> Default for Shadow<S> {
@@ -166,7 +171,9 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
         shadow.version = versions.load()?;
         Ok(shadow)
     }
+}
 
+impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
     /// The document version: raised by exactly one by every update that changes it.
     pub const fn version(&self) -> u64 {
         self.version
@@ -785,7 +792,7 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     }
 
     /// Joins another replica's document into this one; see [`Shadow::merge_writes`].
-    pub fn merge<S2: FieldStore, R2, const T2: usize>(
+    pub fn merge<S2: FieldStore + ?Sized, R2, const T2: usize>(
         &mut self,
         other: &Shadow<S2, R2, T2>,
     ) -> Result<bool, ShadowError> {
@@ -980,7 +987,7 @@ fn sorted_paths(writes: &[Write]) -> Option<heapless::Vec<&Path, TOUCHED_FAST>> 
 
 /// Stored leaves of one section at the paths an update wrote, in canonical order.
 #[derive(Debug)]
-struct Touched<'a, 's, S> {
+struct Touched<'a, 's, S: ?Sized> {
     store: &'a S,
     writes: &'a [Write],
     /// The distinct written paths in canonical order ([`sorted_paths`]), when they fit.
@@ -990,7 +997,7 @@ struct Touched<'a, 's, S> {
     last: Option<&'a Path>,
 }
 
-impl<'a, 's, S> Touched<'a, 's, S> {
+impl<'a, 's, S: ?Sized> Touched<'a, 's, S> {
     fn new(
         store: &'a S,
         writes: &'a [Write],
@@ -1008,7 +1015,7 @@ impl<'a, 's, S> Touched<'a, 's, S> {
     }
 }
 
-impl<S> Clone for Touched<'_, '_, S> {
+impl<S: ?Sized> Clone for Touched<'_, '_, S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store,
@@ -1021,7 +1028,7 @@ impl<S> Clone for Touched<'_, '_, S> {
     }
 }
 
-impl<'a, S: FieldStore> Iterator for Touched<'a, '_, S> {
+impl<'a, S: FieldStore + ?Sized> Iterator for Touched<'a, '_, S> {
     type Item = Item<'a>;
     fn next(&mut self) -> Option<Item<'a>> {
         loop {

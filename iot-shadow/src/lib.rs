@@ -40,7 +40,9 @@ pub use policy::{FieldPolicies, Limits, Resolver, Winner};
 pub use stamp::{Origin, Policy, Stamp};
 #[cfg(feature = "alloc")]
 pub use store::MapStore;
-pub use store::{FieldStore, FixedStore, Leaf, Section};
+pub use store::{
+    FieldStore, FixedEntry, FixedStore, FixedStoreInner, FixedStoreView, Leaf, Section,
+};
 #[cfg(feature = "alloc")]
 pub use update::OwnedMessage;
 pub use update::{Outcome, Update, Write};

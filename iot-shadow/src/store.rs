@@ -7,6 +7,8 @@
 
 use core::cmp::Ordering;
 
+use heapless::vec::{OwnedVecStorage, VecInner, VecStorage, ViewVecStorage};
+
 use crate::path::Path;
 use crate::stamp::Stamp;
 use crate::value::Value;
@@ -83,11 +85,24 @@ fn search<T>(items: &[T], mut cmp: impl FnMut(&T) -> Ordering) -> Result<usize, 
     Err(items.len())
 }
 
-/// A fixed-capacity store of at most `N` leaves in a sorted inline vector. No allocation.
-#[derive(Debug, Clone, Default)]
-pub struct FixedStore<const N: usize> {
-    entries: heapless::Vec<(Section, Path, Leaf), N>,
+/// One entry of a [`FixedStore`]: the section, the path and the leaf.
+pub type FixedEntry = (Section, Path, Leaf);
+
+/// A fixed-capacity store in a sorted inline vector, generic over heapless's storage: use
+/// [`FixedStore<N>`] (at most `N` leaves, owned) or [`FixedStoreView`] (the same store with
+/// its capacity erased, behind a reference). No allocation.
+///
+/// A `&mut FixedStore<N>` (or a [`Shadow`](crate::Shadow) over one) coerces to its view, so
+/// code over views is compiled once for every capacity.
+pub struct FixedStoreInner<S: VecStorage<FixedEntry> + ?Sized> {
+    entries: VecInner<FixedEntry, usize, S>,
 }
+
+/// A fixed-capacity store of at most `N` leaves in a sorted inline vector. No allocation.
+pub type FixedStore<const N: usize> = FixedStoreInner<OwnedVecStorage<FixedEntry, N>>;
+
+/// A [`FixedStore`] of any capacity, behind a reference (`&FixedStore<N>` coerces to it).
+pub type FixedStoreView = FixedStoreInner<ViewVecStorage<FixedEntry>>;
 
 impl<const N: usize> FixedStore<N> {
     /// An empty store; usable in a `static`.
@@ -96,7 +111,31 @@ impl<const N: usize> FixedStore<N> {
             entries: heapless::Vec::new(),
         }
     }
+}
 
+impl<const N: usize> Default for FixedStore<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Clone for FixedStore<N> {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+impl<S: VecStorage<FixedEntry> + ?Sized> core::fmt::Debug for FixedStoreInner<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FixedStore")
+            .field("entries", &self.entries.as_slice())
+            .finish()
+    }
+}
+
+impl<S: VecStorage<FixedEntry> + ?Sized> FixedStoreInner<S> {
     fn find(&self, section: Section, path: &Path) -> Result<usize, usize> {
         search(&self.entries, |(s, p, _)| {
             s.cmp(&section).then_with(|| p.cmp(path))
@@ -104,7 +143,7 @@ impl<const N: usize> FixedStore<N> {
     }
 }
 
-impl<const N: usize> FieldStore for FixedStore<N> {
+impl<S: VecStorage<FixedEntry> + ?Sized> FieldStore for FixedStoreInner<S> {
     fn get(&self, section: Section, path: &Path) -> Option<&Leaf> {
         let i = self.find(section, path).ok()?;
         self.entries.get(i).map(|(_, _, leaf)| leaf)
@@ -137,7 +176,7 @@ impl<const N: usize> FieldStore for FixedStore<N> {
     }
 
     fn capacity(&self) -> usize {
-        N
+        self.entries.capacity()
     }
 
     fn clear(&mut self) {
@@ -149,10 +188,19 @@ impl<const N: usize> FieldStore for FixedStore<N> {
     }
 
     fn retain(&mut self, mut keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|(s, p, l)| keep(*s, p, l));
-        before.saturating_sub(self.entries.len())
+        retain_fixed(self.entries.as_mut_view(), &mut keep)
     }
+}
+
+/// [`FieldStore::retain`] of a [`FixedStore`], compiled once for every capacity and filter.
+#[inline(never)]
+fn retain_fixed(
+    entries: &mut heapless::VecView<FixedEntry>,
+    keep: &mut dyn FnMut(Section, &Path, &Leaf) -> bool,
+) -> usize {
+    let before = entries.len();
+    entries.retain(|(s, p, l)| keep(*s, p, l));
+    before.saturating_sub(entries.len())
 }
 
 /// A heap-backed store without a capacity limit (backends). Feature `alloc`.
@@ -265,7 +313,6 @@ impl FieldStore for MapStore {
 mod tests {
     use super::*;
 
-    #[allow(dead_code)]
     fn leaf(i: i64) -> Leaf {
         Leaf {
             value: Value::Int(i),
@@ -299,6 +346,59 @@ mod tests {
         assert_eq!(s.insert(Section::Desired, &p("c"), leaf(3)), Err(StoreFull));
         let order: heapless::Vec<Section, 2> = s.entries().map(|(sec, _, _)| sec).collect();
         assert_eq!(order.as_slice(), [Section::Desired, Section::Reported]);
+    }
+
+    /// Stores of different capacities behind one view type: each keeps its own capacity,
+    /// and a shadow over a view (the device's one compiled engine) refuses exactly what the
+    /// owned store refuses and leaves its changes in the owned store.
+    #[test]
+    fn views_of_fixed_stores_keep_their_capacity() {
+        use crate::{Limits, Origin, Policy, Shadow, ShadowError, Update, Write};
+        use iot_core::{HlcTimestamp, NodeId};
+        let p = |x: &str| Path::new(x).unwrap();
+        let mut small = FixedStore::<1>::new();
+        let mut large = FixedStore::<3>::new();
+        for (view, capacity) in [
+            (&mut small as &mut FixedStoreView, 1usize),
+            (&mut large as &mut FixedStoreView, 3),
+        ] {
+            assert_eq!(view.capacity(), capacity);
+            for (i, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+                let fits = i < capacity;
+                assert_eq!(
+                    view.insert(Section::Reported, &p(key), leaf(1)).is_ok(),
+                    fits
+                );
+            }
+            assert_eq!(view.len(), capacity);
+        }
+        assert_eq!(small.len(), 1);
+        assert_eq!(large.len(), 3);
+
+        let stamp = Stamp::new(
+            HlcTimestamp::from_parts(1_000, 0, NodeId(1)).unwrap(),
+            Policy::LastWriterWins,
+            Origin::Device,
+        );
+        let writes = [
+            Write::new(Section::Reported, p("x"), Value::Int(1), stamp),
+            Write::new(Section::Reported, p("y"), Value::Int(2), stamp),
+        ];
+        let mut owned: Shadow<FixedStore<1>> =
+            Shadow::new(FixedStore::new(), Policy::LastWriterWins, Limits::DEFAULT);
+        let view: &mut Shadow<FixedStoreView> = &mut owned;
+        assert_eq!(
+            view.apply(&Update::new(&writes), 0),
+            Err(ShadowError::StoreFull { capacity: 1 })
+        );
+        assert_eq!(view.version(), 0);
+        let outcome = view.apply(&Update::new(&writes[..1]), 0).unwrap();
+        assert_eq!(outcome.version, 1);
+        assert_eq!(
+            owned.value(Section::Reported, &p("x")),
+            Some(&Value::Int(1))
+        );
+        assert_eq!(owned.version(), 1);
     }
 
     #[test]

@@ -106,6 +106,49 @@ impl<T: ShadowState> Resolver for TypedPolicies<T> {
     }
 }
 
+/// The [`Resolver`] of a typed state without its type: the state's field table and its
+/// [`ShadowState::resolve_custom`] as a function pointer. Same decisions as
+/// [`TypedPolicies`], but shadows of different state types share one engine.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldTable {
+    fields: &'static [FieldSpec],
+    id_of: fn(&str) -> Option<usize>,
+    custom: fn(&Path, &Leaf, &Leaf) -> Winner,
+}
+
+impl FieldTable {
+    /// The table of state type `T`.
+    pub const fn of<T: ShadowState>() -> Self {
+        Self {
+            fields: T::FIELDS,
+            id_of: T::field_id,
+            custom: T::resolve_custom,
+        }
+    }
+
+    /// The fields, by id ([`ShadowState::FIELDS`]).
+    pub const fn fields(&self) -> &'static [FieldSpec] {
+        self.fields
+    }
+
+    /// The id of the field at `path` ([`ShadowState::field_id`]).
+    pub fn field_id(&self, path: &str) -> Option<usize> {
+        (self.id_of)(path)
+    }
+}
+
+impl Resolver for FieldTable {
+    fn policy(&self, path: &Path) -> Policy {
+        self.field_id(path.as_str())
+            .and_then(|i| self.fields.get(i))
+            .map_or(Policy::LastWriterWins, |f| f.policy)
+    }
+
+    fn resolve_custom(&self, path: &Path, desired: &Leaf, reported: &Leaf) -> Winner {
+        (self.custom)(path, desired, reported)
+    }
+}
+
 /// Conversion between a Rust field type and a shadow [`Value`].
 pub trait FieldValue: Sized {
     /// The value of `self`.
@@ -323,6 +366,62 @@ mod tests {
             b: Option<f32> => B, "x.b", DeviceWins;
             c: Text => C, "x.c", Custom;
         }
+    }
+
+    fn later_text_wins(_: &Path, desired: &Leaf, reported: &Leaf) -> Winner {
+        match (&desired.value, &reported.value) {
+            (Value::Text(d), Value::Text(r)) if r > d => Winner::Reported,
+            _ => Winner::Desired,
+        }
+    }
+
+    crate::shadow_state! {
+        #[derive(Debug, Clone, PartialEq, Default)]
+        struct Custom {
+            name: Text => NAME, "name", Custom;
+            level: u8 => LEVEL, "level", DeviceWins;
+        }
+        custom_resolver = later_text_wins;
+    }
+
+    /// The type-erased table decides every path exactly as the typed resolver does, custom
+    /// resolution included.
+    #[test]
+    fn field_table_resolves_like_typed_policies() {
+        use crate::stamp::Stamp;
+        let text = |s: &str| Leaf {
+            value: Value::text(s).unwrap(),
+            stamp: Stamp::default(),
+        };
+        fn check<T: ShadowState>(paths: &[&str], leaves: &[(Leaf, Leaf)]) {
+            let table = FieldTable::of::<T>();
+            let typed = TypedPolicies::<T>::new();
+            assert_eq!(table.fields(), T::FIELDS);
+            for path in paths {
+                assert_eq!(table.field_id(path), T::field_id(path));
+                let path = Path::new(path).unwrap();
+                assert_eq!(table.policy(&path), typed.policy(&path));
+                for (d, r) in leaves {
+                    assert_eq!(
+                        table.resolve_custom(&path, d, r),
+                        typed.resolve_custom(&path, d, r)
+                    );
+                }
+            }
+        }
+        let leaves = [(text("a"), text("b")), (text("b"), text("a"))];
+        check::<Cfg>(&["a", "x.b", "x.c", "other"], &leaves);
+        check::<Custom>(&["name", "level", "other"], &leaves);
+        let table = FieldTable::of::<Custom>();
+        let name = Path::new("name").unwrap();
+        assert_eq!(
+            table.resolve_custom(&name, &text("a"), &text("b")),
+            Winner::Reported
+        );
+        assert_eq!(
+            table.resolve_custom(&name, &text("b"), &text("a")),
+            Winner::Desired
+        );
     }
 
     #[test]

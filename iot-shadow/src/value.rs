@@ -21,6 +21,8 @@
 use core::fmt;
 
 use iot_core::codec::invalid_value;
+
+use crate::cbor::{text_len, uint_len};
 use iot_core::{Error, ErrorKind};
 use minicbor::data::Type;
 use minicbor::encode::Write;
@@ -121,17 +123,28 @@ pub struct Array {
 impl Array {
     /// Builds an array from its elements.
     pub fn new(items: &[Scalar<'_>]) -> Result<Self, ValueError> {
-        let mut bytes = heapless::Vec::new();
-        let mut enc = Encoder::new(VecWriter(&mut bytes));
         let len = u16::try_from(items.len()).map_err(|_| ValueError::ArrayTooLarge {
             max: ARRAY_CAPACITY,
         })?;
+        let mut items = items.iter().copied();
+        Self::build(len, &mut || Ok(items.next()))
+    }
+
+    /// Encodes `len` elements, each taken from `next`, into an array (one compiled body for
+    /// [`Array::new`] and for decoding).
+    #[inline(never)]
+    fn build<'s>(
+        len: u16,
+        next: &mut dyn FnMut() -> Result<Option<Scalar<'s>>, ValueError>,
+    ) -> Result<Self, ValueError> {
+        let mut bytes = heapless::Vec::new();
+        let mut enc = Encoder::new(VecWriter(&mut bytes));
         let too_large = |_| ValueError::ArrayTooLarge {
             max: ARRAY_CAPACITY,
         };
         enc.array(u64::from(len)).map_err(too_large)?;
-        for item in items {
-            match *item {
+        while let Some(item) = next()? {
+            match item {
                 Scalar::Bool(b) => enc.bool(b).map(|_| ()),
                 Scalar::Int(i) => enc.i64(i).map(|_| ()),
                 Scalar::Float(f) => {
@@ -176,16 +189,35 @@ impl Array {
         (0..n).map_while(move |_| decode_scalar(&mut d).ok())
     }
 
+    /// Decodes an array of at most [`ARRAY_CAPACITY`] scalars and re-encodes it canonically.
+    /// The elements are validated in a first pass and encoded from a second one, so no
+    /// element is held in between; errors are those of decoding every element first.
     fn decode(d: &mut Decoder<'_>) -> Result<Self, minicbor::decode::Error> {
         let n = d.array()?.ok_or_else(invalid_value)?;
-        let mut items: heapless::Vec<Scalar<'_>, ARRAY_CAPACITY> = heapless::Vec::new();
+        let start = d.clone();
+        let mut count = 0usize;
         for _ in 0..n {
-            let s = decode_scalar(d)?;
-            items
-                .push(s)
-                .map_err(|_| iot_core::codec::capacity_exceeded())?;
+            decode_scalar(d)?;
+            if count >= ARRAY_CAPACITY {
+                return Err(iot_core::codec::capacity_exceeded());
+            }
+            count = count.saturating_add(1);
         }
-        Self::new(&items).map_err(|e| match e {
+        // At most `ARRAY_CAPACITY` (48) elements, checked above.
+        let len = u16::try_from(count).map_err(|_| iot_core::codec::capacity_exceeded())?;
+        let mut again = start;
+        let mut left = count;
+        let mut next = || {
+            if left == 0 {
+                return Ok(None);
+            }
+            left = left.saturating_sub(1);
+            // The first pass decoded these elements: this cannot fail.
+            decode_scalar(&mut again)
+                .map(Some)
+                .map_err(|_| ValueError::NonFinite)
+        };
+        Self::build(len, &mut next).map_err(|e| match e {
             ValueError::NonFinite => invalid_value(),
             _ => iot_core::codec::capacity_exceeded(),
         })
@@ -414,23 +446,23 @@ impl<const N: usize, L: heapless::LenType> Write for VecWriter<'_, N, L> {
     }
 }
 
-/// A minicbor writer that only counts bytes.
-#[derive(Debug, Default)]
-pub(crate) struct Counter(pub(crate) usize);
-
-impl Write for Counter {
-    type Error = core::convert::Infallible;
-    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.0 = self.0.saturating_add(buf.len());
-        Ok(())
-    }
-}
-
-/// Encoded length of a value in bytes.
+/// Encoded length of a value in bytes: what [`encode_value`] writes, computed from the
+/// value (heads by [`uint_len`], floats as in [`encode_float`]).
 pub(crate) fn value_len(v: &Value) -> usize {
-    let mut e = Encoder::new(Counter(0));
-    let _ = encode_value(&mut e, v);
-    e.into_writer().0
+    match v {
+        Value::Null | Value::Bool(_) => 1,
+        // A negative integer `i` is encoded as major type 1 with argument `-1 - i`, `!i`.
+        Value::Int(i) => uint_len(if *i < 0 { !*i as u64 } else { *i as u64 }),
+        Value::Float(f) => {
+            let x = f.get();
+            // As in `encode_float`: f32 when it holds the value exactly.
+            #[allow(clippy::cast_possible_truncation)]
+            let narrow = x as f32;
+            if f64::from(narrow) == x { 5 } else { 9 }
+        }
+        Value::Text(t) => text_len(t.len()),
+        Value::Array(a) => a.as_cbor().len(),
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +506,43 @@ mod tests {
         assert_eq!(Value::float(-0.0), Value::float(0.0));
     }
 
+    mod length {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn encoded(v: &Value) -> usize {
+            let mut buf: heapless::Vec<u8, 256> = heapless::Vec::new();
+            encode_value(&mut Encoder::new(VecWriter(&mut buf)), v).unwrap();
+            buf.len()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+            /// The computed length of a value is the length `encode_value` writes, for every
+            /// integer (both signs, every head size), float (f32-exact or not), text and array.
+            #[test]
+            fn computed_length_equals_encoded_length(
+                int in prop_oneof![any::<i64>(), -300i64..300, Just(i64::MIN), Just(i64::MAX)],
+                wide in any::<f64>(),
+                narrow in any::<f32>(),
+                text in "[a-zé]{0,48}",
+                items in proptest::collection::vec(any::<i32>(), 0..6),
+                flag in any::<bool>(),
+            ) {
+                let mut values = std::vec![Value::Null, Value::Bool(flag), Value::Int(int)];
+                values.extend(Value::float(wide).ok());
+                values.extend(Value::float(f64::from(narrow)).ok());
+                values.extend(Value::text(&text).ok());
+                let scalars: std::vec::Vec<Scalar<'_>> =
+                    items.iter().map(|i| Scalar::Int(i64::from(*i))).collect();
+                values.extend(Value::array(&scalars).ok());
+                for v in &values {
+                    prop_assert_eq!(value_len(v), encoded(v), "{:?}", v);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bounds_are_errors() {
         let long = "x".repeat(TEXT_CAPACITY + 1);
@@ -497,6 +566,70 @@ mod tests {
         assert_ne!(a, b);
         let items: std::vec::Vec<_> = a.as_array().unwrap().iter().collect();
         assert_eq!(items, [Scalar::Int(1), Scalar::Int(2)]);
+    }
+
+    /// The CBOR array of `items` as any encoder writes it (not checked against capacities).
+    fn raw_array(items: &[Scalar<'_>]) -> heapless::Vec<u8, 1024> {
+        let mut buf: heapless::Vec<u8, 1024> = heapless::Vec::new();
+        let mut e = Encoder::new(VecWriter(&mut buf));
+        e.array(items.len() as u64).unwrap();
+        for item in items {
+            match *item {
+                Scalar::Bool(b) => e.bool(b).map(|_| ()),
+                Scalar::Int(i) => e.i64(i).map(|_| ()),
+                Scalar::Float(f) => e.f64(f).map(|_| ()),
+                Scalar::Text(t) => e.str(t).map(|_| ()),
+            }
+            .unwrap();
+        }
+        buf
+    }
+
+    fn decoded(bytes: &[u8]) -> Result<Array, iot_core::codec::DecodeError> {
+        Array::decode(&mut Decoder::new(bytes)).map_err(Into::into)
+    }
+
+    /// Decoding an array validates every element, then re-encodes it canonically: the
+    /// result equals `Array::new` of the elements, and each limit is the same error.
+    #[test]
+    fn arrays_decode_to_their_canonical_form_within_capacity() {
+        use iot_core::codec::DecodeError;
+        let items = [
+            Scalar::Int(-300),
+            Scalar::Float(0.5),
+            Scalar::Text("ab"),
+            Scalar::Bool(true),
+        ];
+        // 0.5 arrives as an f64 and is stored as the canonical f32.
+        let bytes = raw_array(&items);
+        let array = decoded(&bytes).unwrap();
+        assert_eq!(array, Array::new(&items).unwrap());
+        assert!(array.as_cbor().len() < bytes.len());
+        assert_eq!(array.iter().collect::<std::vec::Vec<_>>(), items);
+
+        // 46 one-byte elements fill the 48 bytes (with the two-byte header) exactly; 47 do
+        // not, and 49 elements are over the element limit.
+        let ones = [Scalar::Int(1); ARRAY_CAPACITY + 1];
+        let fits = ARRAY_CAPACITY - 2;
+        assert_eq!(decoded(&raw_array(&ones[..fits])).unwrap().len(), fits);
+        for n in [fits + 1, ARRAY_CAPACITY + 1] {
+            assert_eq!(
+                decoded(&raw_array(&ones[..n])),
+                Err(DecodeError::CapacityExceeded)
+            );
+        }
+        // Few elements whose encoding is too long.
+        let long = [Scalar::Text("0123456789012345678901234567890123456789"); 2];
+        assert_eq!(
+            decoded(&raw_array(&long)),
+            Err(DecodeError::CapacityExceeded)
+        );
+        // A malformed element is invalid even after elements that fit.
+        let mut bad = raw_array(&[Scalar::Int(1), Scalar::Int(2)]);
+        let last = bad.len() - 1;
+        bad[last] = 0xa0; // an empty map instead of 2
+        assert!(decoded(&bad).is_err());
+        assert_ne!(decoded(&bad), Err(DecodeError::CapacityExceeded));
     }
 
     #[test]
