@@ -111,6 +111,8 @@ struct Planned {
     changed: bool,
     /// One [`Step`] per write, when the batch has at most [`PLAN_STEPS`] writes.
     steps: Option<heapless::Vec<Step, PLAN_STEPS>>,
+    /// New keys the batch writes in (desired, reported), for [`FieldStore::reserve`].
+    new_keys: (usize, usize),
 }
 
 /// How a write is applied: `Update` collapses equal values (no-op updates change nothing),
@@ -351,6 +353,7 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
     {
         let mut changed = false;
         let mut new_keys = 0usize;
+        let (mut new_desired, mut new_reported) = (0usize, 0usize);
         let mut steps = Some(heapless::Vec::<Step, PLAN_STEPS>::new());
         for (i, (section, (path, value, stamp))) in items.clone().enumerate() {
             self.check_path(path)?;
@@ -379,6 +382,10 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
                     return Err(ShadowError::PathConflict);
                 }
                 new_keys = new_keys.saturating_add(1);
+                match section {
+                    Section::Desired => new_desired = new_desired.saturating_add(1),
+                    Section::Reported => new_reported = new_reported.saturating_add(1),
+                }
             }
             let settles = reconcile
                 && section == Section::Reported
@@ -438,7 +445,11 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
                 });
             }
         }
-        Ok(Planned { changed, steps })
+        Ok(Planned {
+            changed,
+            steps,
+            new_keys: (new_desired, new_reported),
+        })
     }
 
     /// An upper bound of the document's encoded size after the batch, computed without
@@ -572,6 +583,13 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
     where
         I: Iterator<Item = (Section, Item<'a>)> + Clone,
     {
+        let (desired, reported) = planned.new_keys;
+        if desired > 0 {
+            self.store.reserve(Section::Desired, desired);
+        }
+        if reported > 0 {
+            self.store.reserve(Section::Reported, reported);
+        }
         if let Some(steps) = &planned.steps {
             for ((section, (path, value, stamp)), step) in items.clone().zip(steps.iter()) {
                 if step.store {
@@ -1142,7 +1160,11 @@ mod tests {
                 let mut with_steps = doc.clone();
                 with_steps.commit(mode, items.clone(), reconcile, &planned);
                 let mut again = doc.clone();
-                let unplanned = Planned { changed: planned.changed, steps: None };
+                let unplanned = Planned {
+                    changed: planned.changed,
+                    steps: None,
+                    new_keys: planned.new_keys,
+                };
                 again.commit(mode, items, reconcile, &unplanned);
                 prop_assert_eq!(entries(&with_steps), entries(&again));
                 prop_assert_eq!(planned.changed, entries(&with_steps) != entries(&doc));

@@ -64,6 +64,12 @@ pub trait FieldStore {
     fn entries(&self) -> impl Iterator<Item = (Section, &Path, &Leaf)> + Clone;
     /// Removes every leaf for which `keep` returns `false`; returns how many were removed.
     fn retain(&mut self, keep: impl FnMut(Section, &Path, &Leaf) -> bool) -> usize;
+    /// Makes room for `additional` new leaves in `section` before a batch inserts them: a
+    /// hint, so that a heap store allocates once per batch instead of growing leaf by leaf.
+    /// Fixed stores ignore it (their capacity was checked before).
+    fn reserve(&mut self, section: Section, additional: usize) {
+        let _ = (section, additional);
+    }
 }
 
 /// Up to this many sorted entries are searched linearly: most comparisons of paths end at
@@ -306,6 +312,10 @@ impl FieldStore for MapStore {
             self.reported.shrink_to_fit();
         }
         before.saturating_sub(self.len())
+    }
+
+    fn reserve(&mut self, section: Section, additional: usize) {
+        self.half_mut(section).reserve_exact(additional);
     }
 }
 
