@@ -45,7 +45,6 @@
 use iot_core::codec::{DecodeError, EncodeError};
 use iot_core::id::NodeId;
 use iot_core::time::HlcTimestamp;
-use minicbor::encode::write::Cursor;
 use minicbor::{Decoder, Encoder};
 
 use crate::path::Path;
@@ -671,14 +670,50 @@ where
             available: buf.len(),
         });
     }
-    let mut e = Encoder::new(Cursor::new(buf));
+    let mut e = Encoder::new(SliceWriter { buf, pos: 0 });
     encode_parts(&mut e, header, (&table, default), desired, reported).map_err(|_| {
         EncodeError::BufferTooSmall {
             needed,
             available: 0,
         }
     })?;
-    Ok(e.into_writer().position())
+    Ok(e.into_writer().pos)
+}
+
+/// A minicbor writer into a byte slice. CBOR is written in pieces of 1 to 9 bytes (heads,
+/// numbers) and short texts; each of those sizes is copied as a fixed-size block, which
+/// compiles to a few moves instead of a call into `memcpy` per piece.
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+}
+
+/// The slice has no room left.
+#[derive(Debug)]
+struct EndOfSlice;
+
+fn copy_block<const K: usize>(dst: &mut [u8], src: &[u8]) -> Result<(), EndOfSlice> {
+    let d = <&mut [u8; K]>::try_from(dst).map_err(|_| EndOfSlice)?;
+    *d = <[u8; K]>::try_from(src).map_err(|_| EndOfSlice)?;
+    Ok(())
+}
+
+impl minicbor::encode::Write for SliceWriter<'_> {
+    type Error = EndOfSlice;
+    fn write_all(&mut self, data: &[u8]) -> Result<(), EndOfSlice> {
+        let end = self.pos.checked_add(data.len()).ok_or(EndOfSlice)?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(EndOfSlice)?;
+        match data.len() {
+            1 => copy_block::<1>(dst, data)?,
+            2 => copy_block::<2>(dst, data)?,
+            3 => copy_block::<3>(dst, data)?,
+            5 => copy_block::<5>(dst, data)?,
+            9 => copy_block::<9>(dst, data)?,
+            _ => dst.copy_from_slice(data),
+        }
+        self.pos = end;
+        Ok(())
+    }
 }
 
 /// The writes of one section in canonical path order, whatever order the slice has.
