@@ -590,34 +590,18 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
         if reported > 0 {
             self.store.reserve(Section::Reported, reported);
         }
-        if let Some(steps) = &planned.steps {
-            for ((section, (path, value, stamp)), step) in items.clone().zip(steps.iter()) {
-                if step.store {
-                    self.put(
-                        section,
-                        path,
-                        Leaf {
-                            value: value.clone(),
-                            stamp: *stamp,
-                        },
-                    );
-                }
-            }
-            if reconcile {
-                for ((_, (path, _, _)), step) in items.zip(steps.iter()) {
-                    if step.settles {
-                        self.reconcile(path);
-                    }
-                }
-            }
-            return;
-        }
-        for (section, (path, value, stamp)) in items.clone() {
-            let existing = self.store.get(section, path);
-            if matches!(
-                Self::effect(mode, existing, value, stamp),
-                Ok(Effect::Insert | Effect::Replace)
-            ) {
+        // The plan's step for write `i`, or `None` when the batch was too large to remember.
+        let steps = planned.steps.as_deref();
+        let step = |i: usize| steps.and_then(|s| s.get(i));
+        for (i, (section, (path, value, stamp))) in items.clone().enumerate() {
+            let store = match step(i) {
+                Some(step) => step.store,
+                None => matches!(
+                    Self::effect(mode, self.store.get(section, path), value, stamp),
+                    Ok(Effect::Insert | Effect::Replace)
+                ),
+            };
+            if store {
                 self.put(
                     section,
                     path,
@@ -629,12 +613,19 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
             }
         }
         if reconcile {
-            for (section, (path, value, stamp)) in items {
-                let stands = self
-                    .store
-                    .get(section, path)
-                    .is_some_and(|l| l.value == *value && l.stamp == *stamp);
-                if section == Section::Reported && stands {
+            for (i, (section, (path, value, stamp))) in items.enumerate() {
+                // Without a step: every reported write that stands is reconciled.
+                let settles = match step(i) {
+                    Some(step) => step.settles,
+                    None => {
+                        section == Section::Reported
+                            && self
+                                .store
+                                .get(section, path)
+                                .is_some_and(|l| l.value == *value && l.stamp == *stamp)
+                    }
+                };
+                if settles {
                     self.reconcile(path);
                 }
             }
