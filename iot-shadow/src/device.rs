@@ -427,7 +427,7 @@ impl Parts<'_> {
     /// Clears what an ack confirms and drops the tombstones it carried.
     fn acknowledge(&mut self, writes: &[Write]) {
         let table = *self.replica.resolver();
-        for w in writes {
+        for w in writes.iter().filter(|w| w.section == Section::Reported) {
             let Some(id) = table.field_id(w.path.as_str()) else {
                 continue;
             };
@@ -435,7 +435,7 @@ impl Parts<'_> {
                 .replica
                 .leaf(w.section, &w.path)
                 .is_some_and(|l| l.value == w.value && l.stamp == w.stamp);
-            if confirmed && w.section == Section::Reported {
+            if confirmed {
                 self.book.dirty &= !bit(id);
                 self.book.local &= !bit(id);
             }

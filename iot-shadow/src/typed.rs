@@ -96,9 +96,7 @@ impl<T> Copy for TypedPolicies<T> {}
 
 impl<T: ShadowState> Resolver for TypedPolicies<T> {
     fn policy(&self, path: &Path) -> Policy {
-        T::field_id(path.as_str())
-            .and_then(|i| T::FIELDS.get(i))
-            .map_or(Policy::LastWriterWins, |f| f.policy)
+        FieldTable::of::<T>().policy(path)
     }
 
     fn resolve_custom(&self, path: &Path, desired: &Leaf, reported: &Leaf) -> Winner {
@@ -194,11 +192,8 @@ impl FieldValue for f32 {
         Value::from(f64::from(*self))
     }
     fn from_value(value: &Value) -> Option<Self> {
-        let wide = value.as_float()?;
         // Only values an f32 holds exactly are accepted, so the round trip is lossless.
-        #[allow(clippy::cast_possible_truncation)]
-        let narrow = wide as f32;
-        (f64::from(narrow) == wide).then_some(narrow)
+        crate::value::exact_f32(value.as_float()?)
     }
 }
 

@@ -336,20 +336,27 @@ impl From<f64> for Value {
     }
 }
 
+/// `x` as an `f32` if an `f32` holds it exactly (`as` rounds; the round trip tells).
+pub(crate) fn exact_f32(x: f64) -> Option<f32> {
+    #[allow(clippy::cast_possible_truncation)]
+    let narrow = x as f32;
+    if f64::from(narrow) == x {
+        Some(narrow)
+    } else {
+        None
+    }
+}
+
 /// Writes a float canonically: 32-bit when that is exact, otherwise 64-bit.
 pub(crate) fn encode_float<W: Write>(
     e: &mut Encoder<W>,
     f: Float,
 ) -> Result<(), minicbor::encode::Error<W::Error>> {
     let x = f.get();
-    // `as` rounds; the round trip tells whether f32 is exact.
-    #[allow(clippy::cast_possible_truncation)]
-    let narrow = x as f32;
-    if f64::from(narrow) == x {
-        e.f32(narrow)?;
-    } else {
-        e.f64(x)?;
-    }
+    match exact_f32(x) {
+        Some(narrow) => e.f32(narrow)?,
+        None => e.f64(x)?,
+    };
     Ok(())
 }
 
@@ -453,12 +460,13 @@ pub(crate) fn value_len(v: &Value) -> usize {
         Value::Null | Value::Bool(_) => 1,
         // A negative integer `i` is encoded as major type 1 with argument `-1 - i`, `!i`.
         Value::Int(i) => uint_len(if *i < 0 { !*i as u64 } else { *i as u64 }),
+        // As in `encode_float`: f32 when it holds the value exactly.
         Value::Float(f) => {
-            let x = f.get();
-            // As in `encode_float`: f32 when it holds the value exactly.
-            #[allow(clippy::cast_possible_truncation)]
-            let narrow = x as f32;
-            if f64::from(narrow) == x { 5 } else { 9 }
+            if exact_f32(f.get()).is_some() {
+                5
+            } else {
+                9
+            }
         }
         Value::Text(t) => text_len(t.len()),
         Value::Array(a) => a.as_cbor().len(),
