@@ -677,9 +677,14 @@ impl<F: NorFlash> OtaUpdater<F> {
             .next_offset
             .checked_sub(staged)
             .ok_or(OtaError::ChunkPastEnd)?;
+        self.candidate_address(written)
+    }
+
+    /// Flash address of byte `offset` of the image in the candidate slot.
+    fn candidate_address(&self, offset: u32) -> Result<u32, OtaError> {
         self.layout
             .start(self.boot.active.other())
-            .checked_add(written)
+            .checked_add(offset)
             .ok_or(OtaError::ChunkPastEnd)
     }
 
@@ -693,11 +698,7 @@ impl<F: NorFlash> OtaUpdater<F> {
                     .len()
                     .saturating_sub(input.len().checked_rem(word).unwrap_or(0));
                 let (now, rest) = input.split_at(whole);
-                let at = self
-                    .layout
-                    .start(self.boot.active.other())
-                    .checked_add(cursor)
-                    .ok_or(OtaError::ChunkPastEnd)?;
+                let at = self.candidate_address(cursor)?;
                 self.flash.write(at, now).map_err(Self::flash_err)?;
                 cursor = cursor
                     .checked_add(u32::try_from(whole).map_err(|_| OtaError::ChunkPastEnd)?)
@@ -722,11 +723,7 @@ impl<F: NorFlash> OtaUpdater<F> {
                 let start = cursor
                     .checked_sub(u32::try_from(word).map_err(|_| OtaError::ChunkPastEnd)?)
                     .ok_or(OtaError::ChunkPastEnd)?;
-                let at = self
-                    .layout
-                    .start(self.boot.active.other())
-                    .checked_add(start)
-                    .ok_or(OtaError::ChunkPastEnd)?;
+                let at = self.candidate_address(start)?;
                 let staged = self.pending.get(..word).ok_or(OtaError::ChunkPastEnd)?;
                 self.flash.write(at, staged).map_err(Self::flash_err)?;
                 self.pending_len = 0;

@@ -69,6 +69,18 @@ pub enum State {
 }
 
 impl State {
+    /// The wire code (the CBOR index of the variant).
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Unprovisioned => 0,
+            Self::Provisioning => 1,
+            Self::Active => 2,
+            Self::Degraded => 3,
+            Self::Maintenance => 4,
+            Self::Decommissioned => 5,
+        }
+    }
+
     /// Every state, in wire-code order.
     pub const ALL: [State; 6] = [
         Self::Unprovisioned,

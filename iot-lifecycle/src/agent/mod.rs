@@ -354,17 +354,6 @@ fn filters_for(config: &DeviceConfig) -> [Option<ReportOnChange>; TELEMETRY_READ
     [filter.clone(), filter.clone(), filter]
 }
 
-const fn state_code(state: State) -> u8 {
-    match state {
-        State::Unprovisioned => 0,
-        State::Provisioning => 1,
-        State::Active => 2,
-        State::Degraded => 3,
-        State::Maintenance => 4,
-        State::Decommissioned => 5,
-    }
-}
-
 const fn mode_for(state: State) -> Mode {
     match state {
         State::Active => Mode::Normal,
@@ -390,7 +379,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         let state = AgentState {
             telemetry_interval_ms: config.telemetry_interval_ms,
             led: false,
-            lifecycle: state_code(State::Unprovisioned),
+            lifecycle: State::Unprovisioned.code(),
             config_version: config.version,
         };
         Ok(Self {
@@ -811,7 +800,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn sync_mode(&mut self, now_ms: u64) {
         let state = self.lifecycle.state();
         self.schedule.set_mode(mode_for(state), now_ms);
-        let code = state_code(state);
+        let code = state.code();
         if self.shadow.state().lifecycle != code {
             let _ = self
                 .shadow
@@ -1182,7 +1171,7 @@ mod tests {
                 matches!(state, State::Active | State::Degraded | State::Maintenance)
             );
             assert_eq!(
-                usize::from(state_code(state)),
+                usize::from(state.code()),
                 State::ALL.iter().position(|s| *s == state).unwrap()
             );
         }
