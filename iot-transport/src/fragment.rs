@@ -345,25 +345,23 @@ impl<const S: usize, const MAX: usize> Reassembler<S, MAX> {
         if usize::from(h.total) > MAX {
             return Err(FragmentError::TooLarge);
         }
-        let has_partial = self
+        let partial = self
             .slots
             .iter()
-            .any(|s| s.as_ref().is_some_and(|s| s.tag == h.tag));
-        let recently_completed = self.recent.iter().flatten().any(|r| {
-            r.tag == h.tag
-                && r.count == h.count
-                && r.total == h.total
-                && now_ms.saturating_sub(r.completed_ms) < self.timeout_ms
-        });
-        if !has_partial && recently_completed && self.remember_completed {
+            .position(|s| s.as_ref().is_some_and(|s| s.tag == h.tag));
+        if partial.is_none()
+            && self.remember_completed
+            && self.recent.iter().flatten().any(|r| {
+                r.tag == h.tag
+                    && r.count == h.count
+                    && r.total == h.total
+                    && now_ms.saturating_sub(r.completed_ms) < self.timeout_ms
+            })
+        {
             self.stats.duplicates = self.stats.duplicates.saturating_add(1);
             return Ok(Feed::Duplicate);
         }
-        let index = match self
-            .slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.tag == h.tag))
-        {
+        let index = match partial {
             Some(i) => i,
             None => {
                 let free = match self.slots.iter().position(Option::is_none) {

@@ -178,6 +178,16 @@ impl<E: core::fmt::Debug> iot_core::Error for EndpointError<E> {
 /// Most datagrams taken from the link in one poll, so a flood cannot starve sending.
 const MAX_RECEIVE_PER_POLL: usize = 32;
 
+/// The endpoint's reassembler: it deduplicates whole messages itself, and a retransmission
+/// must complete again so it can be acknowledged again.
+const fn endpoint_reassembler<const N: usize, const M: usize>(
+    timeout_ms: u64,
+) -> Reassembler<N, M> {
+    Reassembler::new(timeout_ms)
+        .evicting()
+        .remembering_completed(false)
+}
+
 /// A link with delivery guarantees: outbox of `N` messages of up to `M` encoded bytes, dedup
 /// window of `D` ids. See the [module docs](self).
 #[derive(Debug)]
@@ -241,11 +251,7 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                 fragments_sent: 0,
             },
             monitor: LinkMonitor::new(),
-            // The endpoint deduplicates whole messages itself, and a retransmission must
-            // complete again so it can be acknowledged again.
-            reassembler: Reassembler::new(DEFAULT_REASSEMBLY_TIMEOUT_MS)
-                .evicting()
-                .remembering_completed(false),
+            reassembler: endpoint_reassembler(DEFAULT_REASSEMBLY_TIMEOUT_MS),
             was_up: true,
         }
     }
@@ -262,9 +268,7 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     /// [`DEFAULT_REASSEMBLY_TIMEOUT_MS`]).
     #[must_use]
     pub const fn with_reassembly_timeout_ms(mut self, timeout_ms: u64) -> Self {
-        self.reassembler = Reassembler::new(timeout_ms)
-            .evicting()
-            .remembering_completed(false);
+        self.reassembler = endpoint_reassembler(timeout_ms);
         self
     }
 
@@ -488,13 +492,13 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     async fn send_due(&mut self, now_ms: u64, report: &mut PollReport) {
         // Each message is sent at most once per poll: after `mark_sent` it is either gone
         // or scheduled strictly later than `now_ms`.
+        let mtu = usize::from(self.link.info().mtu);
         for _ in 0..N {
             let Some(entry) = self.outbox.next_due(now_ms) else {
                 break;
             };
             let id = entry.id;
             let retransmission = entry.attempts > 0;
-            let mtu = usize::from(self.link.info().mtu);
             let result = if entry.data.len() <= mtu {
                 self.link.send(&entry.data).await.map_err(|_| ())
             } else {

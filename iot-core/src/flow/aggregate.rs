@@ -380,8 +380,9 @@ impl<K: Copy + PartialEq, const N: usize> KeyedWindowAggregator<K, N> {
     ) -> Result<Option<KeyedWindow<K, N>>, FlowError> {
         let (quantity, value) = checked_value(&reading.measurement)?;
         let start_ms = window_start(reading.at_ms, self.window_ms);
-        let known = self.keys.iter().any(|s| s.key == key);
-        if !known && self.keys.is_full() {
+        // `close` keeps every key in place, so the position found here stays valid.
+        let known = self.keys.iter().position(|s| s.key == key);
+        if known.is_none() && self.keys.is_full() {
             return Err(FlowError::Capacity);
         }
         let mut closed = None;
@@ -395,7 +396,7 @@ impl<K: Copy + PartialEq, const N: usize> KeyedWindowAggregator<K, N> {
             }
             None => self.window = Some((start_ms, quantity)),
         }
-        if let Some(state) = self.keys.iter_mut().find(|s| s.key == key) {
+        if let Some(state) = known.and_then(|i| self.keys.get_mut(i)) {
             state.aggregate.add(value)?;
             state.last = value;
         } else {
