@@ -8,7 +8,7 @@
 //! | from the device | what the server does | replies |
 //! |---|---|---|
 //! | `RegistrationRequest` | challenge, then checks the proof ([`Fleet::handle_registration`]) | `RegistrationResponse` |
-//! | `Heartbeat` | marks the device online, records the battery if the health report said so | none |
+//! | `Heartbeat` | marks the device online (the battery is the caller's to record, from telemetry or health reports) | none |
 //! | `ShadowUpdate` | applies the device's writes to the server-side shadow | `ShadowAccepted` |
 //! | `ShadowGet` | sends the document if it is newer than the device's | `ShadowDocument` |
 //!
@@ -82,6 +82,19 @@ impl core::fmt::Debug for DeviceServer {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// A shadow message written by `write` into a `SHADOW_BUFFER`-byte buffer, trimmed to its
+/// length (`None` when `write` had nothing to say, like an empty delta).
+fn encode_shadow(
+    write: impl FnOnce(&mut [u8]) -> Result<Option<usize>, codec::EncodeError>,
+) -> Result<Option<Vec<u8>>, ServerError> {
+    let mut buf = alloc::vec![0u8; SHADOW_BUFFER];
+    let Some(n) = write(&mut buf).map_err(|_| ServerError::Encode)? else {
+        return Ok(None);
+    };
+    buf.truncate(n);
+    Ok(Some(buf))
 }
 
 fn encode<T: minicbor::Encode<()> + minicbor::CborLen<()>>(
@@ -167,24 +180,17 @@ impl DeviceServer {
                     .fleet
                     .shadow(&self.operator, &env.device)?
                     .ok_or(malformed())?;
-                let mut buf = alloc::vec![0u8; SHADOW_BUFFER];
-                let n = shadow
-                    .encode_accepted(&update, &outcome, &mut buf)
-                    .map_err(|_| ServerError::Encode)?;
-                buf.truncate(n);
-                replies.push((MessageKind::ShadowAccepted, buf));
+                let ack =
+                    encode_shadow(|buf| shadow.encode_accepted(&update, &outcome, buf).map(Some))?;
+                replies.extend(ack.map(|ack| (MessageKind::ShadowAccepted, ack)));
             }
             MessageKind::ShadowGet => {
                 let known: u64 = codec::decode(env.payload).map_err(|_| malformed())?;
                 if let Some(shadow) = self.fleet.shadow(&self.operator, &env.device)?
                     && shadow.version() > known
                 {
-                    let mut buf = alloc::vec![0u8; SHADOW_BUFFER];
-                    let n = shadow
-                        .encode_document(&mut buf)
-                        .map_err(|_| ServerError::Encode)?;
-                    buf.truncate(n);
-                    replies.push((MessageKind::ShadowDocument, buf));
+                    let document = encode_shadow(|buf| shadow.encode_document(buf).map(Some))?;
+                    replies.extend(document.map(|d| (MessageKind::ShadowDocument, d)));
                 }
             }
             _ => return Ok(Handled::Unhandled),
@@ -216,21 +222,13 @@ impl DeviceServer {
             value,
             Stamp::new(hlc, policy, Origin::Cloud),
         );
-        let operator = self.operator.clone();
         self.fleet
-            .update_shadow(&operator, device, &Update::new(&[write]), now_ms)?;
+            .update_shadow(&self.operator, device, &Update::new(&[write]), now_ms)?;
         let shadow = self
             .fleet
             .shadow(&self.operator, device)?
             .ok_or(ServerError::Encode)?;
-        let mut buf = alloc::vec![0u8; SHADOW_BUFFER];
-        Ok(shadow
-            .encode_delta(&mut buf)
-            .map_err(|_| ServerError::Encode)?
-            .map(|n| {
-                buf.truncate(n);
-                buf
-            }))
+        encode_shadow(|buf| shadow.encode_delta(buf))
     }
 
     /// The value `device` last reported at `path`, as the server holds it.

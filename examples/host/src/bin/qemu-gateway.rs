@@ -25,7 +25,8 @@ use embassy_futures::block_on;
 use iot_core::message::{MessageKind, QoS};
 use iot_core::telemetry::Telemetry;
 use iot_core::{DeviceId, NodeId, TenantId, codec};
-use iot_fleet::{DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope};
+use iot_examples::backend;
+use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Role, Scope};
 use iot_lifecycle::State;
 use iot_lifecycle::agent::Heartbeat;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
@@ -234,21 +235,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seen.protocol_errors.push(format!("message from {from}"));
                 continue;
             }
-            let env = iot_core::EnvelopeRef {
-                device: from,
-                seq: 0,
-                id: iot_core::MessageId(0),
-                qos: QoS::AtLeastOnce,
-                kind,
-                payload: &payload,
-            };
-            match server.handle(&env, now()) {
-                Ok(Handled::Replies(replies)) => {
-                    for (kind, body) in replies {
+            match backend::serve(&mut server, from, kind, &payload, now()) {
+                Ok(replies) => {
+                    for (kind, body) in replies.into_iter().flatten() {
                         gateway.enqueue(kind, QoS::ExactlyOnce, Priority::High, &body, now())?;
                     }
                 }
-                Ok(Handled::Unhandled) => {}
                 Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
             }
             let state = seen.state().unwrap_or(State::Provisioning);
