@@ -121,11 +121,14 @@ pub enum MessageKind {
     /// The full shadow document.
     #[n(18)]
     ShadowDocument,
+    /// A lifecycle transition the device made.
+    #[n(19)]
+    LifecycleReport,
 }
 
 impl MessageKind {
     /// Every kind, in wire-code order.
-    pub const ALL: [MessageKind; 18] = [
+    pub const ALL: [MessageKind; 19] = [
         Self::Heartbeat,
         Self::Telemetry,
         Self::HealthReport,
@@ -144,6 +147,7 @@ impl MessageKind {
         Self::Ack,
         Self::ShadowGet,
         Self::ShadowDocument,
+        Self::LifecycleReport,
     ];
 
     /// The wire code.
@@ -167,6 +171,7 @@ impl MessageKind {
             Self::Ack => 16,
             Self::ShadowGet => 17,
             Self::ShadowDocument => 18,
+            Self::LifecycleReport => 19,
         }
     }
 
@@ -419,7 +424,7 @@ mod tests {
             assert_eq!(MessageKind::from_code(k.code()), Some(*k));
         }
         assert_eq!(MessageKind::from_code(0), None);
-        assert_eq!(MessageKind::from_code(19), None);
+        assert_eq!(MessageKind::from_code(20), None);
     }
 
     #[test]
@@ -455,7 +460,7 @@ mod tests {
         // The kind code sits right after key 4 (0x04).
         let mut bad = buf;
         let pos = bad[..n].windows(2).position(|w| w == [0x04, 0x02]).unwrap();
-        bad[pos + 1] = 0x13; // kind 19 does not exist
+        bad[pos + 1] = 0x17; // kind 23 does not exist
         assert_eq!(
             EnvelopeRef::decode(&bad[..n]),
             Err(DecodeError::InvalidValue)

@@ -68,6 +68,7 @@ pub enum MessageKind {
     Ack = 16,
     ShadowGet = 17,
     ShadowDocument = 18,
+    LifecycleReport = 19,
 }
 
 /// `iot.v1.Envelope`

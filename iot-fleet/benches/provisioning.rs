@@ -75,8 +75,8 @@ fn prepare(n: usize) -> Prepared {
 
 fn provision_all(p: &mut Prepared) {
     for (id, answer) in &p.requests {
-        p.fleet.challenge(id, NONCE, 1_000).unwrap();
-        black_box(p.fleet.register(id, answer, 1_000).unwrap());
+        p.fleet.challenge(id, 0, NONCE, 1_000).unwrap();
+        black_box(p.fleet.register(id, 0, answer, 1_000).unwrap());
     }
 }
 

@@ -181,8 +181,8 @@ fn registered_fleet(devices: &[(DeviceId, NodeId)]) -> Fleet {
     };
     fleet.add_assignment_rule(&admin, rule, 0).unwrap();
     for ((id, _), a) in devices.iter().zip(&answers) {
-        fleet.challenge(id, NONCE, 1_000).unwrap();
-        fleet.register(id, a, 1_000).unwrap();
+        fleet.challenge(id, 0, NONCE, 1_000).unwrap();
+        fleet.register(id, 0, a, 1_000).unwrap();
     }
     fleet
 }

@@ -70,6 +70,14 @@ pub enum AuditAction {
         /// The state the device claimed to be in afterwards.
         claimed: State,
     },
+    /// A device's report started from another state than the one the backend held: reports
+    /// between the two were lost (the following `Transition` entry is the report itself).
+    TransitionsMissed {
+        /// The state the backend held.
+        held: State,
+        /// The state the report started from.
+        reported_from: State,
+    },
     /// A heartbeat timeout marked the device offline.
     MarkedOffline,
     /// An offline device was heard from again.

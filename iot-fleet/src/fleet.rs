@@ -84,6 +84,11 @@ impl Error for FleetError {
     }
 }
 
+/// How far ahead of the backend's clock a shadow write may be stamped (60 s). A write
+/// beyond it is refused by the engine ([`ShadowError::ClockDrift`]) with nothing changed,
+/// so a device whose clock runs ahead cannot make its writes outrank every later one.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+
 /// The backend's copy of a device shadow: iot-shadow's engine (the same delta, merge and
 /// conflict rules the device runs) over a heap store, with a one-entry client-token cache.
 ///
@@ -277,17 +282,26 @@ impl<V: ProofVerifier> Fleet<V> {
 
     // ----- device-facing path -----------------------------------------------------------
 
-    /// A device asks to register: `nonce` (fresh, from the caller's CSPRNG) becomes its
-    /// outstanding challenge. Unknown and revoked identities are refused here already.
+    /// A device asks to register in transport session `session`: `nonce` (fresh, from the
+    /// caller's CSPRNG) becomes its outstanding challenge, unless that session already holds
+    /// one (then that nonce is returned again). Unknown and revoked identities are refused
+    /// here already; so is a request while another session holds an unexpired challenge
+    /// ([`RegistrationError::ChallengePending`], which changes nothing and is not audited:
+    /// it decides nothing about the identity).
     pub fn challenge(
         &mut self,
         id: &DeviceId,
+        session: u64,
         nonce: Nonce,
         now_ms: u64,
-    ) -> Result<(), FleetError> {
-        self.registry
-            .challenge(id, nonce, now_ms)
-            .map_err(|e| self.rejected(id, e, now_ms))
+    ) -> Result<Nonce, FleetError> {
+        match self.registry.challenge(id, session, nonce, now_ms) {
+            Ok(nonce) => Ok(nonce),
+            Err(RegistrationError::ChallengePending) => {
+                Err(RegistrationError::ChallengePending.into())
+            }
+            Err(e) => Err(self.rejected(id, e, now_ms)),
+        }
     }
 
     fn rejected(&mut self, id: &DeviceId, e: RegistrationError, now_ms: u64) -> FleetError {
@@ -316,10 +330,14 @@ impl<V: ProofVerifier> Fleet<V> {
     pub fn register(
         &mut self,
         id: &DeviceId,
+        session: u64,
         answer: &ChallengeAnswer,
         now_ms: u64,
     ) -> Result<Registration, FleetError> {
-        match self.registry.register(id, answer, &self.verifier, now_ms) {
+        match self
+            .registry
+            .register(id, session, answer, &self.verifier, now_ms)
+        {
             Ok(reg) => {
                 let action = if reg.first {
                     AuditAction::Registered
@@ -340,22 +358,24 @@ impl<V: ProofVerifier> Fleet<V> {
         }
     }
 
-    /// iot-lifecycle's registration protocol, backend side: a request without an answer is
-    /// challenged with `fresh_nonce`; a request with one is registered and accepted with
-    /// `config`, or rejected with the wire reason.
+    /// iot-lifecycle's registration protocol, backend side, for a request that arrived in
+    /// transport session `session`: a request without an answer is challenged with
+    /// `fresh_nonce` (see [`Fleet::challenge`]); a request with one is registered and
+    /// accepted with `config`, or rejected with the wire reason.
     pub fn handle_registration(
         &mut self,
         request: &RegistrationRequest,
+        session: u64,
         fresh_nonce: Nonce,
         config: DeviceConfig,
         now_ms: u64,
     ) -> RegistrationResponse {
         let outcome = match &request.answer {
             None => self
-                .challenge(&request.device, fresh_nonce, now_ms)
-                .map(|()| RegistrationResponse::Challenge(fresh_nonce)),
+                .challenge(&request.device, session, fresh_nonce, now_ms)
+                .map(RegistrationResponse::Challenge),
             Some(answer) => self
-                .register(&request.device, answer, now_ms)
+                .register(&request.device, session, answer, now_ms)
                 .map(|_| RegistrationResponse::Accepted(config)),
         };
         match outcome {
@@ -448,6 +468,76 @@ impl<V: ProofVerifier> Fleet<V> {
         result.map(|(_, to)| to).map_err(FleetError::from)
     }
 
+    /// The device reports a transition record it made (`from -event-> to`), as the
+    /// protocol's lifecycle report carries it ([`Registry::apply_report`] says what is
+    /// applied). An applied report is audited as a `Transition`, preceded by
+    /// `TransitionsMissed` when earlier reports were lost; an illegal one is flagged in the
+    /// record and the audit trail and returned as an error; a redelivered copy changes
+    /// nothing. Returns the state the backend now holds.
+    pub fn report_device_transition(
+        &mut self,
+        id: &DeviceId,
+        from: State,
+        event: Event,
+        to: State,
+        now_ms: u64,
+    ) -> Result<State, FleetError> {
+        self.touch(id, now_ms)?;
+        let result = self.registry.apply_report(id, from, event, to, now_ms);
+        let Some(record) = self.registry.device(id) else {
+            return Err(ReportError::NotRegistered.into());
+        };
+        let (tenant, scope) = (record.tenant, record.scope.clone());
+        match result {
+            Ok((held, now)) if held == now => Ok(now),
+            Ok((held, now)) => {
+                if held != from {
+                    self.log(
+                        now_ms,
+                        Actor::Device(*id),
+                        tenant,
+                        scope.clone(),
+                        Some(*id),
+                        AuditAction::TransitionsMissed {
+                            held,
+                            reported_from: from,
+                        },
+                    );
+                }
+                self.log(
+                    now_ms,
+                    Actor::Device(*id),
+                    tenant,
+                    scope,
+                    Some(*id),
+                    AuditAction::Transition {
+                        from,
+                        event,
+                        to: now,
+                    },
+                );
+                Ok(now)
+            }
+            Err(e) => {
+                let error = match e {
+                    ReportError::IllegalTransition(error) => error,
+                    _ => TransitionError { state: from, event },
+                };
+                if e != ReportError::NotRegistered {
+                    self.log(
+                        now_ms,
+                        Actor::Device(*id),
+                        tenant,
+                        scope,
+                        Some(*id),
+                        AuditAction::IllegalTransitionFlagged { error, claimed: to },
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Meters `usage` (messages received, bytes stored) for the device. Audited as one
     /// `UsageRecorded` entry per call (none for an all-zero usage), so the ingest pipeline
     /// should pass aggregates (per device and billing interval), not single messages.
@@ -482,9 +572,20 @@ impl<V: ProofVerifier> Fleet<V> {
             Box::new(Shadow::new(
                 MapStore::new(),
                 Policy::LastWriterWins,
-                Limits::DEFAULT,
+                Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
             ))
         })
+    }
+
+    /// The lifecycle state of a registered device, for answering the device itself.
+    pub fn device_state(&self, id: &DeviceId) -> Option<State> {
+        self.registry.device(id).map(|r| r.state)
+    }
+
+    /// The device's own shadow, for answering the device itself (its transport session
+    /// authenticated it; tenants read shadows with [`Fleet::shadow`]).
+    pub fn device_shadow(&self, id: &DeviceId) -> Option<&ServerShadow> {
+        self.shadows.get(id).map(|s| &**s)
     }
 
     /// The device updates its shadow (normally its `reported` half). Every write must be

@@ -138,6 +138,10 @@ pub enum RegistrationError {
     /// The challenge is older than [`CHALLENGE_TTL_MS`].
     #[error("the challenge has expired")]
     ChallengeExpired,
+    /// Another session holds an unexpired challenge for this identity; it is neither
+    /// replaced nor invalidated.
+    #[error("another session holds the outstanding challenge")]
+    ChallengePending,
 }
 
 impl RegistrationError {
@@ -149,6 +153,7 @@ impl RegistrationError {
             Self::Revoked => R::Revoked,
             Self::InvalidProof => R::InvalidProof,
             Self::StaleNonce | Self::ChallengeExpired => R::StaleNonce,
+            Self::ChallengePending => R::ChallengePending,
         }
     }
 }
@@ -159,6 +164,7 @@ impl Error for RegistrationError {
             Self::UnknownDevice => ErrorKind::NotFound,
             Self::Revoked | Self::InvalidProof | Self::StaleNonce => ErrorKind::Unauthorized,
             Self::ChallengeExpired => ErrorKind::Timeout,
+            Self::ChallengePending => ErrorKind::Conflict,
         }
     }
 }
@@ -252,8 +258,8 @@ struct Identity {
     serial: u64,
     import_scope: Scope,
     status: IdentityStatus,
-    /// The outstanding challenge and when it was issued.
-    challenge: Option<(Nonce, u64)>,
+    /// The outstanding challenge, when it was issued and the session it was issued to.
+    challenge: Option<(Nonce, u64, u64)>,
 }
 
 /// Everything the backend knows about a registered device.
@@ -384,13 +390,18 @@ impl Registry {
     }
 
     /// Records `nonce` (fresh and unpredictable: the caller draws it from a CSPRNG) as the
-    /// device's outstanding challenge, replacing any earlier one.
+    /// device's outstanding challenge for transport session `session`, and returns the
+    /// nonce to send. While a challenge is outstanding (not yet answered, not expired), a
+    /// request from the same session gets the same nonce again, and a request from any
+    /// other session is refused with [`RegistrationError::ChallengePending`]: nobody but the
+    /// session that asked can replace or invalidate it.
     pub fn challenge(
         &mut self,
         id: &DeviceId,
+        session: u64,
         nonce: Nonce,
         now_ms: u64,
-    ) -> Result<(), RegistrationError> {
+    ) -> Result<Nonce, RegistrationError> {
         let identity = self
             .identities
             .get_mut(id)
@@ -398,15 +409,26 @@ impl Registry {
         if identity.status == IdentityStatus::Revoked {
             return Err(RegistrationError::Revoked);
         }
-        identity.challenge = Some((nonce, now_ms));
-        Ok(())
+        if let Some((outstanding, issued_ms, owner)) = identity.challenge
+            && now_ms.saturating_sub(issued_ms) <= CHALLENGE_TTL_MS
+        {
+            return if owner == session {
+                Ok(outstanding)
+            } else {
+                Err(RegistrationError::ChallengePending)
+            };
+        }
+        identity.challenge = Some((nonce, now_ms, session));
+        Ok(nonce)
     }
 
     /// Registers `id` if `answer` signs its outstanding challenge with its secret. The
-    /// challenge is consumed by every attempt, successful or not.
+    /// challenge is consumed by every attempt of the session it was issued to, successful
+    /// or not; another session's answer is refused without touching it.
     pub fn register<V: ProofVerifier + ?Sized>(
         &mut self,
         id: &DeviceId,
+        session: u64,
         answer: &ChallengeAnswer,
         verifier: &V,
         now_ms: u64,
@@ -418,7 +440,11 @@ impl Registry {
         if identity.status == IdentityStatus::Revoked {
             return Err(RegistrationError::Revoked);
         }
-        let (nonce, issued_ms) = identity
+        match identity.challenge {
+            Some((_, _, owner)) if owner == session => {}
+            _ => return Err(RegistrationError::StaleNonce),
+        }
+        let (nonce, issued_ms, _) = identity
             .challenge
             .take()
             .ok_or(RegistrationError::StaleNonce)?;
@@ -565,6 +591,55 @@ impl Registry {
         outcome
     }
 
+    /// Applies a transition record the device reports (`from -event-> to`).
+    ///
+    /// - An edge the lifecycle does not have is flagged and returned as
+    ///   [`ReportError::IllegalTransition`]; nothing changes.
+    /// - A report ending in the state the backend holds is a redelivered copy: `Ok` with
+    ///   `from == to` and no change.
+    /// - A legal report starting from the held state is applied: `Ok((held, to))`.
+    /// - A legal report starting elsewhere means earlier reports were lost; it is applied
+    ///   too (the device's state machine made the edge), `Ok((held, to))` with
+    ///   `held != from` tells the caller to record the gap. A decommissioned record never
+    ///   moves.
+    pub fn apply_report(
+        &mut self,
+        id: &DeviceId,
+        from: State,
+        event: Event,
+        to: State,
+        now_ms: u64,
+    ) -> Result<(State, State), ReportError> {
+        let record = self.device_mut(id).ok_or(ReportError::NotRegistered)?;
+        record.last_seen_ms = record.last_seen_ms.max(now_ms);
+        let held = record.state;
+        let outcome = match transition(from, event) {
+            Ok(next) if next != to => Err(ReportError::StateMismatch {
+                from,
+                event,
+                expected: next,
+                claimed: to,
+            }),
+            Ok(_) if held == to => return Ok((held, held)),
+            Ok(_) if held == State::Decommissioned => {
+                Err(ReportError::IllegalTransition(TransitionError {
+                    state: held,
+                    event,
+                }))
+            }
+            Ok(_) => Ok((held, to)),
+            Err(e) => Err(ReportError::IllegalTransition(e)),
+        };
+        match outcome {
+            Ok((_, to)) => record.state = to,
+            Err(e) => {
+                record.illegal_transitions = record.illegal_transitions.saturating_add(1);
+                record.last_flag = Some(e);
+            }
+        }
+        outcome
+    }
+
     /// Revokes the identity (the secret is zeroed and dropped) and removes the device
     /// record, which is returned. Later registrations fail with `Revoked`.
     pub fn revoke(&mut self, id: &DeviceId) -> Option<DeviceRecord> {
@@ -602,9 +677,10 @@ mod tests {
 
     fn register(r: &mut Registry, id: &str, nonce: u8) -> Result<Registration, RegistrationError> {
         let dev = DeviceId::new(id).unwrap();
-        r.challenge(&dev, [nonce; 16], 1000)?;
+        r.challenge(&dev, 0, [nonce; 16], 1000)?;
         r.register(
             &dev,
+            0,
             &answer(&secret(id), &dev, &[nonce; 16]),
             &LifecycleHmac,
             1000,
@@ -663,29 +739,29 @@ mod tests {
         let good = answer(&secret("a"), &a, &[1; 16]);
         // No challenge outstanding.
         assert_eq!(
-            r.register(&a, &good, &LifecycleHmac, 0),
+            r.register(&a, 0, &good, &LifecycleHmac, 0),
             Err(RegistrationError::StaleNonce)
         );
-        r.challenge(&a, [1; 16], 0).unwrap();
+        r.challenge(&a, 0, [1; 16], 0).unwrap();
         let bad = answer(&[9; 32], &a, &[1; 16]);
         assert_eq!(
-            r.register(&a, &bad, &LifecycleHmac, 0),
+            r.register(&a, 0, &bad, &LifecycleHmac, 0),
             Err(RegistrationError::InvalidProof)
         );
         // The failed attempt consumed the challenge: the good answer is now stale.
         assert_eq!(
-            r.register(&a, &good, &LifecycleHmac, 0),
+            r.register(&a, 0, &good, &LifecycleHmac, 0),
             Err(RegistrationError::StaleNonce)
         );
-        r.challenge(&a, [2; 16], 0).unwrap();
+        r.challenge(&a, 0, [2; 16], 0).unwrap();
         assert_eq!(
-            r.register(&a, &good, &LifecycleHmac, 0),
+            r.register(&a, 0, &good, &LifecycleHmac, 0),
             Err(RegistrationError::StaleNonce),
             "an answer to another nonce"
         );
-        r.challenge(&a, [1; 16], 0).unwrap();
+        r.challenge(&a, 0, [1; 16], 0).unwrap();
         assert_eq!(
-            r.register(&a, &good, &LifecycleHmac, CHALLENGE_TTL_MS + 1),
+            r.register(&a, 0, &good, &LifecycleHmac, CHALLENGE_TTL_MS + 1),
             Err(RegistrationError::ChallengeExpired)
         );
         assert_eq!(r.registered_count(), 0);
@@ -693,7 +769,7 @@ mod tests {
         // Replaying the accepted answer fails: the challenge was used up.
         let replay = answer(&secret("a"), &a, &[5; 16]);
         assert_eq!(
-            r.register(&a, &replay, &LifecycleHmac, 1000),
+            r.register(&a, 0, &replay, &LifecycleHmac, 1000),
             Err(RegistrationError::StaleNonce)
         );
         let again = register(&mut r, "a", 6).unwrap();

@@ -1,57 +1,116 @@
-//! The backend end of the device protocol: answers the messages a device agent sends with
-//! the fleet's own rules, so every backend (a gateway, a server, a test) speaks to devices
-//! the same way.
+//! The backend end of the device protocol ([`iot_protocol`]): answers what device agents
+//! send with the fleet's own rules, for every tenant, so every backend (a gateway, a
+//! server, a test) speaks to devices the same way.
 //!
-//! [`DeviceServer`] wraps a [`Fleet`] and an operator principal. For each envelope from a
-//! device it returns the replies to send back:
+//! [`DeviceServer`] wraps a [`Fleet`]. The transport binds each connection to one
+//! authenticated device identity (a TLS client certificate, a broker ACL, a serial port
+//! wired to one device) and hands the server that [`Session`] with every envelope. The
+//! server refuses, before anything changes, an envelope that names another device than the
+//! session's, and a registration request that names another device than the envelope's.
 //!
 //! | from the device | what the server does | replies |
 //! |---|---|---|
-//! | `RegistrationRequest` | challenge, then checks the proof ([`Fleet::handle_registration`]) | `RegistrationResponse` |
-//! | `Heartbeat` | marks the device online (the battery is the caller's to record, from telemetry or health reports) | none |
-//! | `ShadowUpdate` | applies the device's writes to the server-side shadow | `ShadowAccepted` |
-//! | `ShadowGet` | sends the document if it is newer than the device's | `ShadowDocument` |
+//! | `Register` | checks the protocol version; challenges (with a nonce from the cryptographic RNG), then checks the proof ([`Fleet::handle_registration`]) | `Registration` |
+//! | `Heartbeat` | marks the device online | none |
+//! | `Transition` | validates it with the lifecycle's transition table and applies it to the fleet record, or flags it ([`Fleet::report_transition`]) | none |
+//! | `ShadowUpdate` | applies the device's writes to its server-side shadow (the drift bound, limits and origin checked first) | `Shadow` accepted, or `ShadowRejected` |
+//! | `ShadowGet` | sends the document if it is newer than the device's | `Shadow` document |
 //!
-//! Everything else (telemetry, health reports, command acks, decommission records) is the
-//! caller's to interpret; [`Handled::Unhandled`] says so. Operator actions that produce a
-//! message for the device, such as a desired-state change, are methods too
-//! ([`DeviceServer::set_desired`]).
+//! Telemetry, health reports, command acks, OTA progress and decommissioning records are
+//! checked (the device must be registered) and left to the caller to interpret:
+//! [`Handled::Unhandled`] says so. Operator actions that produce a message for a device,
+//! such as a desired-state change, are methods taking the operator's [`Principal`]
+//! ([`DeviceServer::set_desired`], [`DeviceServer::decommission`]).
 
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use iot_core::time::HybridLogicalClock;
-use iot_core::{DeviceId, EnvelopeRef, MessageKind, NodeId, codec};
-use iot_lifecycle::agent::Heartbeat;
+use iot_core::{DeviceId, EnvelopeRef, NodeId};
 use iot_lifecycle::config::DeviceConfig;
-use iot_lifecycle::registration::RegistrationRequest;
-use iot_shadow::{Origin, Path, Resolver, Section, Stamp, Update, Value, Write};
-use iot_transport::{Rng, SplitMix64};
+use iot_lifecycle::registration::{
+    DecommissionReason, RegistrationRejection, RegistrationResponse,
+};
+use iot_protocol::{
+    Downlink, PROTOCOL_VERSION, ProtocolError, ShadowBytes, ShadowRefusal, ShadowRejection, Uplink,
+};
+use iot_shadow::{Origin, Path, Resolver, Section, ShadowError, Stamp, Update, Value, Write};
+use rand_core::CryptoRngCore;
 
 use crate::access::Principal;
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Decommissioned, Fleet, FleetError, MAX_CLOCK_DRIFT_MS};
 use crate::proof::Nonce;
 
 /// Largest shadow message the server encodes.
 const SHADOW_BUFFER: usize = 4_096;
 
+/// A message for a device, holding its own bytes.
+pub type Reply = Downlink<Vec<u8>>;
+
 /// What became of one message from a device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Handled {
     /// The server acted on it; these messages go back to the device (possibly none).
-    Replies(Vec<(MessageKind, Vec<u8>)>),
-    /// Not part of the protocol the server speaks; the caller interprets it.
+    Replies(Vec<Reply>),
+    /// A valid message of a registered device that the server does not act on (telemetry,
+    /// health, command acks, OTA progress, decommissioning records); the caller interprets
+    /// it.
     Unhandled,
 }
 
-/// Why a device message was refused.
+/// A transport session bound to one authenticated device identity. Only the transport
+/// binding makes one: it is its statement that every envelope on this connection comes
+/// from `device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Session {
+    device: DeviceId,
+    id: u64,
+}
+
+impl Session {
+    /// The session `id` (unique among the transport's live connections, for example a
+    /// connection counter) that the transport authenticated as `device`.
+    pub const fn authenticated(device: DeviceId, id: u64) -> Self {
+        Self { device, id }
+    }
+
+    /// The authenticated device.
+    pub const fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The session id.
+    pub const fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Why a device message was refused. Every refusal happens before any state changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// The fleet refused it (unknown or revoked device, access, shadow rules...).
     #[error(transparent)]
     Fleet(#[from] FleetError),
-    /// The payload is not what its kind promises.
-    #[error("malformed {0:?} payload")]
-    Malformed(MessageKind),
+    /// The message is not a valid protocol message from a device.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The envelope (or the registration request in it) names another device than the
+    /// one the transport authenticated.
+    #[error("session of {session} cannot speak for {claimed}")]
+    IdentityMismatch {
+        /// The authenticated device.
+        session: DeviceId,
+        /// The device the message names.
+        claimed: DeviceId,
+    },
+    /// An operator named a shadow path that is not valid.
+    #[error("invalid shadow path")]
+    InvalidPath,
+    /// The backend clock could not stamp a write.
+    #[error("backend clock error")]
+    Clock,
     /// A reply did not fit its buffer.
     #[error("reply too large")]
     Encode,
@@ -61,7 +120,10 @@ impl iot_core::Error for ServerError {
     fn kind(&self) -> iot_core::ErrorKind {
         match self {
             Self::Fleet(e) => iot_core::Error::kind(e),
-            Self::Malformed(_) => iot_core::ErrorKind::Decode,
+            Self::Protocol(e) => iot_core::Error::kind(e),
+            Self::IdentityMismatch { .. } => iot_core::ErrorKind::Unauthorized,
+            Self::InvalidPath => iot_core::ErrorKind::InvalidInput,
+            Self::Clock => iot_core::ErrorKind::Clock,
             Self::Encode => iot_core::ErrorKind::Encode,
         }
     }
@@ -70,10 +132,11 @@ impl iot_core::Error for ServerError {
 /// Answers devices' messages on behalf of a [`Fleet`]. See the [module documentation](self).
 pub struct DeviceServer {
     fleet: Fleet,
-    operator: Principal,
     config: DeviceConfig,
     clock: HybridLogicalClock,
-    nonces: SplitMix64,
+    rng: Box<dyn CryptoRngCore + Send>,
+    /// The device time of the last lifecycle report applied, per device.
+    reported: BTreeMap<DeviceId, u64>,
 }
 
 impl core::fmt::Debug for DeviceServer {
@@ -84,43 +147,57 @@ impl core::fmt::Debug for DeviceServer {
     }
 }
 
-/// A shadow message written by `write` into a `SHADOW_BUFFER`-byte buffer, trimmed to its
-/// length (`None` when `write` had nothing to say, like an empty delta).
+/// A shadow message written by `write` into a `SHADOW_BUFFER`-byte buffer, checked and
+/// wrapped as a reply (`None` when `write` had nothing to say, like an empty delta).
 fn encode_shadow(
-    write: impl FnOnce(&mut [u8]) -> Result<Option<usize>, codec::EncodeError>,
-) -> Result<Option<Vec<u8>>, ServerError> {
+    write: impl FnOnce(&mut [u8]) -> Result<Option<usize>, iot_core::codec::EncodeError>,
+) -> Result<Option<Reply>, ServerError> {
     let mut buf = alloc::vec![0u8; SHADOW_BUFFER];
     let Some(n) = write(&mut buf).map_err(|_| ServerError::Encode)? else {
         return Ok(None);
     };
     buf.truncate(n);
-    Ok(Some(buf))
+    let message = ShadowBytes::new(buf).map_err(|_| ServerError::Encode)?;
+    Ok(Some(Downlink::Shadow(message)))
 }
 
-fn encode<T: minicbor::Encode<()> + minicbor::CborLen<()>>(
-    value: &T,
-) -> Result<Vec<u8>, ServerError> {
-    codec::encode_to_vec(value).map_err(|_| ServerError::Encode)
+/// The protocol's reason for a shadow refusal.
+const fn refusal(error: &ShadowError) -> ShadowRefusal {
+    match error {
+        ShadowError::Conflict { .. } => ShadowRefusal::Conflict,
+        ShadowError::ClockDrift => ShadowRefusal::ClockDrift,
+        ShadowError::ContradictoryWrite
+        | ShadowError::DuplicateWrite
+        | ShadowError::PathConflict
+        | ShadowError::UnknownField
+        | ShadowError::TypeMismatch => ShadowRefusal::Invalid,
+        _ => ShadowRefusal::Limit,
+    }
 }
 
 impl DeviceServer {
-    /// A server for `fleet`, acting as `operator` for shadow reads and writes, handing
-    /// `config` to every device that registers. `seed` makes registration nonces
-    /// unpredictable to devices; use a random value in production.
+    /// A server for `fleet` handing `config` to every device that registers, stamping
+    /// operator writes as `node`, drawing registration nonces from `rng` (a cryptographic
+    /// generator: the operating system's on a server, the hardware RNG on a gateway).
     pub fn new(
         fleet: Fleet,
-        operator: Principal,
         config: DeviceConfig,
         node: NodeId,
-        seed: u64,
+        rng: impl CryptoRngCore + Send + 'static,
     ) -> Self {
         Self {
             fleet,
-            operator,
             config,
-            clock: HybridLogicalClock::new(node, 60_000),
-            nonces: SplitMix64::new(seed),
+            clock: HybridLogicalClock::new(node, MAX_CLOCK_DRIFT_MS),
+            rng: Box::new(rng),
+            reported: BTreeMap::new(),
         }
+    }
+
+    /// [`DeviceServer::new`] with the operating system's RNG.
+    #[cfg(feature = "std")]
+    pub fn with_os_rng(fleet: Fleet, config: DeviceConfig, node: NodeId) -> Self {
+        Self::new(fleet, config, node, rand_core::OsRng)
     }
 
     /// The fleet behind the server.
@@ -135,87 +212,152 @@ impl DeviceServer {
 
     fn nonce(&mut self) -> Nonce {
         let mut nonce = [0u8; 16];
-        for word in nonce.chunks_exact_mut(4) {
-            word.copy_from_slice(&self.nonces.next_u32().to_le_bytes());
-        }
+        self.rng.fill_bytes(&mut nonce);
         nonce
     }
 
-    /// Handles one message from a device at `now_ms`.
-    pub fn handle(&mut self, env: &EnvelopeRef<'_>, now_ms: u64) -> Result<Handled, ServerError> {
-        let malformed = || ServerError::Malformed(env.kind);
+    /// Handles one message that arrived in `session` at `now_ms`.
+    pub fn handle(
+        &mut self,
+        session: &Session,
+        env: &EnvelopeRef<'_>,
+        now_ms: u64,
+    ) -> Result<Handled, ServerError> {
+        let device = session.device;
+        if env.device != device {
+            return Err(ServerError::IdentityMismatch {
+                session: device,
+                claimed: env.device,
+            });
+        }
+        let message = Uplink::decode(env.kind, env.payload)?;
         let mut replies = Vec::new();
-        match env.kind {
-            MessageKind::RegistrationRequest => {
-                let request: RegistrationRequest =
-                    codec::decode(env.payload).map_err(|_| malformed())?;
-                let nonce = self.nonce();
-                let response = self
-                    .fleet
-                    .handle_registration(&request, nonce, self.config, now_ms);
-                replies.push((MessageKind::RegistrationResponse, encode(&response)?));
-            }
-            MessageKind::Heartbeat => {
-                let _beat: Heartbeat = codec::decode(env.payload).map_err(|_| malformed())?;
-                self.fleet.heartbeat(&env.device, None, now_ms)?;
-            }
-            MessageKind::ShadowUpdate => {
-                let mut writes: Vec<Write> = Vec::new();
-                let header = iot_shadow::cbor::decode_message(env.payload, &mut writes)
-                    .map_err(|_| malformed())?;
-                for w in &writes {
-                    // Keep the server clock ahead of what devices wrote; a device clock beyond
-                    // the drift bound is refused by the engine's own checks.
-                    let _ = self.clock.observe(w.stamp.hlc(), now_ms);
+        match message {
+            Uplink::Register(register) => {
+                if register.request.device != device {
+                    return Err(ServerError::IdentityMismatch {
+                        session: device,
+                        claimed: register.request.device,
+                    });
                 }
+                if register.request.answer.is_some() {
+                    // A new registration starts a new epoch of lifecycle reports.
+                    self.reported.remove(&device);
+                }
+                let response = if register.protocol == PROTOCOL_VERSION {
+                    let nonce = self.nonce();
+                    self.fleet.handle_registration(
+                        &register.request,
+                        session.id,
+                        nonce,
+                        self.config,
+                        now_ms,
+                    )
+                } else {
+                    RegistrationResponse::Rejected(RegistrationRejection::UnsupportedProtocol)
+                };
+                replies.push(Downlink::Registration(response));
+            }
+            Uplink::Heartbeat(_) => {
+                self.fleet.heartbeat(&device, None, now_ms)?;
+            }
+            Uplink::Transition(record) => {
+                // Reports travel at least once and may arrive out of order: one older than
+                // the last applied is stale and changes nothing; a copy of the last ends in
+                // the held state and changes nothing either
+                // (see `Fleet::report_device_transition`).
+                if self
+                    .reported
+                    .get(&device)
+                    .is_some_and(|&at| record.at_ms < at)
+                {
+                    self.fleet.heartbeat(&device, None, now_ms)?;
+                } else {
+                    self.fleet.report_device_transition(
+                        &device,
+                        record.from,
+                        record.event,
+                        record.to,
+                        now_ms,
+                    )?;
+                    self.reported.insert(device, record.at_ms);
+                }
+            }
+            Uplink::ShadowUpdate(message) => {
+                let mut writes: Vec<Write> = Vec::new();
+                let header = iot_shadow::cbor::decode_message(message.bytes(), &mut writes)
+                    .map_err(|_| ProtocolError::Malformed(env.kind))?;
                 let update = Update {
                     client_token: header.client_token,
                     expected_version: header.version,
                     writes: &writes,
                 };
-                let outcome = self
-                    .fleet
-                    .device_shadow_update(&env.device, &update, now_ms)?;
-                let shadow = self
-                    .fleet
-                    .shadow(&self.operator, &env.device)?
-                    .ok_or(malformed())?;
-                let ack =
-                    encode_shadow(|buf| shadow.encode_accepted(&update, &outcome, buf).map(Some))?;
-                replies.extend(ack.map(|ack| (MessageKind::ShadowAccepted, ack)));
-            }
-            MessageKind::ShadowGet => {
-                let known: u64 = codec::decode(env.payload).map_err(|_| malformed())?;
-                if let Some(shadow) = self.fleet.shadow(&self.operator, &env.device)?
-                    && shadow.version() > known
-                {
-                    let document = encode_shadow(|buf| shadow.encode_document(buf).map(Some))?;
-                    replies.extend(document.map(|d| (MessageKind::ShadowDocument, d)));
+                let outcome = match self.fleet.device_shadow_update(&device, &update, now_ms) {
+                    Ok(outcome) => outcome,
+                    Err(FleetError::Shadow(error)) => {
+                        let version = self.fleet.device_shadow(&device).map_or(0, |s| s.version());
+                        replies.push(Downlink::ShadowRejected(ShadowRejection {
+                            reason: refusal(&error),
+                            version,
+                        }));
+                        return Ok(Handled::Replies(replies));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for w in &writes {
+                    // Accepted writes are within the drift bound: keep the server clock
+                    // ahead of them so operator writes stamped later outrank them.
+                    let _ = self.clock.observe(w.stamp.hlc(), now_ms);
+                }
+                if let Some(shadow) = self.fleet.device_shadow(&device) {
+                    let ack = encode_shadow(|buf| {
+                        shadow.encode_accepted(&update, &outcome, buf).map(Some)
+                    })?;
+                    replies.extend(ack);
                 }
             }
-            _ => return Ok(Handled::Unhandled),
+            Uplink::ShadowGet(get) => {
+                self.fleet.heartbeat(&device, None, now_ms)?;
+                if let Some(shadow) = self.fleet.device_shadow(&device)
+                    && shadow.version() > get.version
+                {
+                    replies.extend(encode_shadow(|buf| shadow.encode_document(buf).map(Some))?);
+                }
+            }
+            Uplink::Decommissioned(record) => {
+                if record.device != device {
+                    return Err(ServerError::IdentityMismatch {
+                        session: device,
+                        claimed: record.device,
+                    });
+                }
+                return Ok(Handled::Unhandled);
+            }
+            _ => {
+                self.fleet.heartbeat(&device, None, now_ms)?;
+                return Ok(Handled::Unhandled);
+            }
         }
         Ok(Handled::Replies(replies))
     }
 
-    /// The operator sets a desired value on `device`; returns the delta to push to it, if
-    /// the document now differs from what the device reported.
+    /// The operator `p` sets a desired value on `device`; returns the delta to push to it,
+    /// if the document now differs from what the device reported.
     pub fn set_desired(
         &mut self,
+        p: &Principal,
         device: &DeviceId,
         path: &str,
         value: Value,
         now_ms: u64,
-    ) -> Result<Option<Vec<u8>>, ServerError> {
-        let path =
-            Path::new(path).map_err(|_| ServerError::Malformed(MessageKind::ShadowUpdate))?;
-        let policy = {
-            let shadow = self.fleet.shadow(&self.operator, device)?;
-            shadow
-                .map(|s| s.resolver().policy(&path))
-                .unwrap_or_default()
-        };
-        let hlc = self.clock.now(now_ms).map_err(|_| ServerError::Encode)?;
+    ) -> Result<Option<Reply>, ServerError> {
+        let path = Path::new(path).map_err(|_| ServerError::InvalidPath)?;
+        let policy = self
+            .fleet
+            .shadow(p, device)?
+            .map(|s| s.resolver().policy(&path))
+            .unwrap_or_default();
+        let hlc = self.clock.now(now_ms).map_err(|_| ServerError::Clock)?;
         let write = Write::new(
             Section::Desired,
             path,
@@ -223,18 +365,30 @@ impl DeviceServer {
             Stamp::new(hlc, policy, Origin::Cloud),
         );
         self.fleet
-            .update_shadow(&self.operator, device, &Update::new(&[write]), now_ms)?;
-        let shadow = self
-            .fleet
-            .shadow(&self.operator, device)?
-            .ok_or(ServerError::Encode)?;
+            .update_shadow(p, device, &Update::new(&[write]), now_ms)?;
+        let shadow = self.fleet.shadow(p, device)?.ok_or(ServerError::Encode)?;
         encode_shadow(|buf| shadow.encode_delta(buf))
     }
 
-    /// The value `device` last reported at `path`, as the server holds it.
-    pub fn reported(&self, device: &DeviceId, path: &str) -> Option<Value> {
+    /// The operator `p` decommissions `device` (see [`Fleet::decommission`]): its
+    /// credentials are revoked at once, and the returned message tells the device to wipe
+    /// itself; it answers with its audit record.
+    pub fn decommission(
+        &mut self,
+        p: &Principal,
+        device: &DeviceId,
+        reason: DecommissionReason,
+        now_ms: u64,
+    ) -> Result<(Decommissioned, Reply), ServerError> {
+        let done = self.fleet.decommission(p, device, now_ms)?;
+        Ok((done, Downlink::Decommission(reason)))
+    }
+
+    /// The value `device` last reported at `path`, as the server holds it, if `p` may see
+    /// the device.
+    pub fn reported(&self, p: &Principal, device: &DeviceId, path: &str) -> Option<Value> {
         let path = Path::new(path).ok()?;
-        let shadow = self.fleet.shadow(&self.operator, device).ok()??;
+        let shadow = self.fleet.shadow(p, device).ok()??;
         shadow.value(Section::Reported, &path).cloned()
     }
 }

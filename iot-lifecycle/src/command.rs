@@ -508,8 +508,9 @@ impl<const N: usize> CommandProcessor<N> {
     }
 }
 
-/// The id (key 0) of a command map whose other fields may not decode.
-pub(crate) fn command_id(payload: &[u8]) -> Option<u32> {
+/// The id (key 0) of a command map whose other fields may not decode: lets a receiver
+/// recognise a redelivered command before it decodes the rest.
+pub fn command_id(payload: &[u8]) -> Option<u32> {
     let mut d = minicbor::Decoder::new(payload);
     let entries = d.map().ok()??;
     for _ in 0..entries {

@@ -16,7 +16,6 @@ extern crate std;
 
 pub use iot_core;
 
-pub mod agent;
 pub mod command;
 pub mod config;
 pub mod health;
@@ -27,10 +26,6 @@ pub mod schedule;
 pub mod state;
 mod wire;
 
-pub use agent::{
-    Agent, AgentError, AgentState, AgentStats, Board, Heartbeat, LabAgent, Outbound,
-    RegistrationPhase, SensorSample,
-};
 pub use command::{Command, CommandAck, CommandHandler, CommandKind, CommandProcessor};
 pub use config::{ConfigError, ConfigStore, DeviceConfig};
 pub use health::{HealthMonitor, HealthReport, HealthSample, HealthStatus, HealthThresholds};

@@ -240,6 +240,13 @@ pub enum RegistrationRejection {
     /// The firmware version is not supported.
     #[n(4)]
     UnsupportedFirmware,
+    /// The device speaks a protocol version the backend does not know.
+    #[n(5)]
+    UnsupportedProtocol,
+    /// Another session of this identity holds an outstanding challenge; ask again once it
+    /// has been answered or has expired.
+    #[n(6)]
+    ChallengePending,
 }
 
 /// The backend's answer: the payload of `MessageKind::RegistrationResponse`.

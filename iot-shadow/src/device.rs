@@ -348,6 +348,10 @@ impl Parts<'_> {
         {
             return Ok(Handled::Ignored);
         }
+        let horizon = wall_ms.saturating_add(self.book.hlc.max_drift_ms());
+        if writes.iter().any(|w| w.stamp.hlc().physical_ms() > horizon) {
+            return Err(ShadowError::ClockDrift);
+        }
         match header.kind {
             Kind::Document => self.adopt(writes, version)?,
             _ => {

@@ -716,6 +716,14 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
                 current: self.version,
             });
         }
+        let horizon = now_ms.saturating_add(self.limits.max_drift_ms);
+        if update
+            .writes
+            .iter()
+            .any(|w| w.stamp.hlc().physical_ms() > horizon)
+        {
+            return Err(ShadowError::ClockDrift);
+        }
         let items = write_items(update.writes);
         let planned = self.plan(Mode::Update, items.clone(), true)?;
         let outcome = if planned.changed {

@@ -12,6 +12,10 @@ use iot_core::{Error, ErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ShadowError {
+    /// A write is stamped further ahead of the receiver's clock than the drift bound
+    /// ([`Limits::max_drift_ms`](crate::Limits::max_drift_ms)); nothing changed.
+    #[error("a write is stamped beyond the clock-drift bound")]
+    ClockDrift,
     /// The update expected another document version (optimistic concurrency).
     #[error("version conflict: expected {expected}, document is at {current}")]
     Conflict {
@@ -115,7 +119,7 @@ impl Error for ShadowError {
             | Self::StoreFull { .. }
             | Self::VersionExhausted => ErrorKind::Capacity,
             Self::Storage => ErrorKind::Storage,
-            Self::Clock => ErrorKind::Clock,
+            Self::Clock | Self::ClockDrift => ErrorKind::Clock,
             Self::Decode(e) => e.kind(),
             Self::Encode(e) => e.kind(),
         }

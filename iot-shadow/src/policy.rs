@@ -130,6 +130,11 @@ pub struct Limits {
     pub max_encoded_len: usize,
     /// How long a client token is remembered for idempotent replays, in milliseconds.
     pub token_window_ms: u64,
+    /// How far ahead of the receiver's clock a remote write may be stamped, in
+    /// milliseconds; an update with a write beyond it is refused whole
+    /// ([`ShadowError::ClockDrift`](crate::ShadowError::ClockDrift)), so a clock running
+    /// ahead cannot make its writes win over every honest one. `u64::MAX`: unbounded.
+    pub max_drift_ms: u64,
 }
 
 /// Hard maximum of a client token's length in bytes.
@@ -137,7 +142,7 @@ pub const CLIENT_TOKEN_CAPACITY: usize = 64;
 
 impl Limits {
     /// AWS-like defaults: depth 6, keys of 32 bytes, tokens of 64 bytes, 128 leaves, 8 KiB,
-    /// tokens remembered for 60 s.
+    /// tokens remembered for 60 s, no drift bound (set one with [`Limits::with_max_drift`]).
     pub const DEFAULT: Self = Self {
         max_depth: 6,
         max_key_len: 32,
@@ -145,7 +150,16 @@ impl Limits {
         max_fields: 128,
         max_encoded_len: 8 * 1024,
         token_window_ms: 60_000,
+        max_drift_ms: u64::MAX,
     };
+
+    /// These limits, refusing writes stamped more than `max_drift_ms` ahead of the
+    /// receiver's clock.
+    #[must_use]
+    pub const fn with_max_drift(mut self, max_drift_ms: u64) -> Self {
+        self.max_drift_ms = max_drift_ms;
+        self
+    }
 
     /// The defaults.
     pub const fn new() -> Self {

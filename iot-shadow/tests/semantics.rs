@@ -271,6 +271,7 @@ fn limits_are_distinct_errors_and_leave_no_trace() {
         max_fields: 3,
         max_encoded_len: 100,
         token_window_ms: 1_000,
+        max_drift_ms: u64::MAX,
     };
     let mut s: Shadow<FixedStore<4>> =
         Shadow::new(FixedStore::new(), Policy::LastWriterWins, limits);

@@ -1,4 +1,4 @@
-//! The device agent of `iot-lifecycle` against the backend of `iot-fleet`: zero-touch
+//! The device agent of `iot-agent` against the backend of `iot-fleet`, over the wire only: zero-touch
 //! registration with the real proof check, heartbeats keeping the device online, and every
 //! lifecycle transition the agent makes (degraded on a critical battery, recovery,
 //! maintenance by command) accepted by the fleet's validation of reported transitions.
@@ -11,13 +11,16 @@
     missing_docs
 )]
 
-use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS, TenantId};
-use iot_fleet::{AssignmentRule, Fleet, ManufacturingRecord, Matcher, Principal, Role, Scope};
+use iot_agent::{Board, LabAgent, Outbound, SensorSample};
+use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, NodeId, QoS, TenantId};
+use iot_fleet::{
+    AssignmentRule, AuditAction, DeviceServer, Fleet, Handled, ManufacturingRecord, Matcher,
+    Principal, Role, Scope, Session,
+};
 use iot_lifecycle::State;
-use iot_lifecycle::agent::{Board, Heartbeat, LabAgent, Outbound, SensorSample};
 use iot_lifecycle::command::{Command, CommandHandler, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
-use iot_lifecycle::registration::{DeviceSecret, RegistrationRequest};
+use iot_lifecycle::registration::DeviceSecret;
 
 const SECRET: [u8; 32] = [0x33; 32];
 const MINUTE: u64 = 60_000;
@@ -70,54 +73,36 @@ fn envelope(kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
 }
 
 struct Backend {
-    fleet: Fleet,
+    server: DeviceServer,
+    session: Session,
     admin: Principal,
-    nonces: u8,
-    reported: usize,
     heartbeats: u32,
 }
 
 impl Backend {
-    /// Handles everything the device sent since `from`; returns the replies.
-    fn serve(&mut self, wire: &Wire, from: usize, agent: &LabAgent) -> Vec<(MessageKind, Vec<u8>)> {
+    /// Hands everything the device sent since `from` to the server, over the wire only;
+    /// returns the replies.
+    fn serve(&mut self, wire: &Wire, from: usize) -> Vec<(MessageKind, Vec<u8>)> {
         let mut replies = Vec::new();
         for (at, kind, payload) in &wire.0[from..] {
-            match kind {
-                MessageKind::RegistrationRequest => {
-                    let request: RegistrationRequest = iot_core::codec::decode(payload).unwrap();
-                    self.nonces += 1;
-                    let config = DeviceConfig {
-                        version: 1,
-                        ..DeviceConfig::DEFAULT
-                    };
-                    let response =
-                        self.fleet
-                            .handle_registration(&request, [self.nonces; 16], config, *at);
-                    replies.push((MessageKind::RegistrationResponse, cbor(&response)));
+            let env = EnvelopeRef {
+                device: self.session.device(),
+                seq: 0,
+                id: MessageId(0),
+                qos: QoS::AtLeastOnce,
+                kind: *kind,
+                payload,
+            };
+            match self.server.handle(&self.session, &env, *at).unwrap() {
+                Handled::Replies(out) => {
+                    replies.extend(out.iter().map(|r| (r.kind(), r.to_vec())));
                 }
-                MessageKind::Heartbeat => {
-                    let beat: Heartbeat = iot_core::codec::decode(payload).unwrap();
-                    assert_eq!(beat.state, agent.state());
-                    self.fleet.heartbeat(&agent.device(), None, *at).unwrap();
-                    self.heartbeats += 1;
-                }
-                _ => {}
+                Handled::Unhandled => {}
+            }
+            if *kind == MessageKind::Heartbeat {
+                self.heartbeats += 1;
             }
         }
-        // The device reports its transitions (here read from its history); the fleet
-        // validates each with the same transition table.
-        let history: Vec<_> = agent.lifecycle().history().copied().collect();
-        for record in &history[self.reported.min(history.len())..] {
-            if record.from == State::Unprovisioned {
-                continue; // registration itself moved the fleet's record
-            }
-            let to = self
-                .fleet
-                .report_transition(&agent.device(), record.event, record.to, record.at_ms)
-                .unwrap();
-            assert_eq!(to, record.to);
-        }
-        self.reported = history.len();
         replies
     }
 }
@@ -147,11 +132,14 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
             0,
         )
         .unwrap();
+    let config = DeviceConfig {
+        version: 1,
+        ..DeviceConfig::DEFAULT
+    };
     let mut backend = Backend {
-        fleet,
+        server: DeviceServer::with_os_rng(fleet, config, NodeId(1)),
+        session: Session::authenticated(device, 1),
         admin,
-        nonces: 0,
-        reported: 0,
         heartbeats: 0,
     };
 
@@ -197,7 +185,7 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
         }
         // Exchange with the backend until quiet, then run what is due.
         loop {
-            let replies = backend.serve(&wire, served, &agent);
+            let replies = backend.serve(&wire, served);
             served = wire.0.len();
             for (kind, payload) in &replies {
                 agent
@@ -212,22 +200,28 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
             }
         }
         assert!(
-            backend.fleet.sweep(now.min(end)).is_empty(),
+            backend.server.fleet_mut().sweep(now.min(end)).is_empty(),
             "marked offline at {now}"
         );
     }
 
-    let record = backend.fleet.device(&backend.admin, &device).unwrap();
+    // Everything below is the backend's view, learnt from the wire.
+    let fleet = backend.server.fleet();
+    let record = fleet.device(&backend.admin, &device).unwrap();
     assert_eq!(record.state, State::Active);
-    assert_eq!(record.state, agent.state());
     assert_eq!(record.scope, "lab/bench-1".parse().unwrap());
     assert_eq!(record.illegal_transitions, 0);
     assert!(record.online);
-    let path: Vec<State> = agent.lifecycle().history().map(|r| r.to).collect();
+    let path: Vec<State> = fleet
+        .audit_trail(&backend.admin)
+        .filter_map(|e| match e.action {
+            AuditAction::Transition { to, .. } if e.device == Some(device) => Some(to),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
         path,
         [
-            State::Provisioning,
             State::Active,
             State::Degraded,
             State::Active,

@@ -122,7 +122,9 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
     });
 
     // A challenge only sets the single outstanding nonce: not audited (documented).
-    audited(&mut fleet, &[], |f| f.challenge(&d1, [1; 16], 3).unwrap());
+    audited(&mut fleet, &[], |f| {
+        f.challenge(&d1, 0, [1; 16], 3).unwrap()
+    });
     let expected = [(
         4,
         Actor::Device(d1),
@@ -131,10 +133,12 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         AuditAction::Registered,
     )];
     audited(&mut fleet, &expected, |f| {
-        f.register(&d1, &answer(&secret(&d1), &d1, &[1; 16]), 4)
+        f.register(&d1, 0, &answer(&secret(&d1), &d1, &[1; 16]), 4)
             .unwrap()
     });
-    audited(&mut fleet, &[], |f| f.challenge(&d1, [2; 16], 5).unwrap());
+    audited(&mut fleet, &[], |f| {
+        f.challenge(&d1, 0, [2; 16], 5).unwrap()
+    });
     let expected = [(
         5,
         Actor::Device(d1),
@@ -143,11 +147,13 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         AuditAction::ReRegistered,
     )];
     audited(&mut fleet, &expected, |f| {
-        f.register(&d1, &answer(&secret(&d1), &d1, &[2; 16]), 5)
+        f.register(&d1, 0, &answer(&secret(&d1), &d1, &[2; 16]), 5)
             .unwrap()
     });
     // A rejected registration of a known identity is a security event for its tenant.
-    audited(&mut fleet, &[], |f| f.challenge(&d2, [3; 16], 6).unwrap());
+    audited(&mut fleet, &[], |f| {
+        f.challenge(&d2, 0, [3; 16], 6).unwrap()
+    });
     let expected = [(
         6,
         Actor::Device(d2),
@@ -156,7 +162,7 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         AuditAction::RegistrationRejected(RegistrationError::InvalidProof),
     )];
     audited(&mut fleet, &expected, |f| {
-        f.register(&d2, &answer(&[9; 32], &d2, &[3; 16]), 6)
+        f.register(&d2, 0, &answer(&[9; 32], &d2, &[3; 16]), 6)
             .unwrap_err()
     });
     // The wire protocol: a challenge (not audited), then the answer (audited).
@@ -166,7 +172,7 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         answer: None,
     };
     let challenged = audited(&mut fleet, &[], |f| {
-        f.handle_registration(&ask, [4; 16], DeviceConfig::default(), 7)
+        f.handle_registration(&ask, 0, [4; 16], DeviceConfig::default(), 7)
     });
     assert_eq!(challenged, RegistrationResponse::Challenge([4; 16]));
     let reply = RegistrationRequest {
@@ -182,7 +188,7 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         AuditAction::Registered,
     )];
     let accepted = audited(&mut fleet, &expected, |f| {
-        f.handle_registration(&reply, [5; 16], DeviceConfig::default(), 7)
+        f.handle_registration(&reply, 0, [5; 16], DeviceConfig::default(), 7)
     });
     assert!(matches!(accepted, RegistrationResponse::Accepted(_)));
 
@@ -545,7 +551,7 @@ fn every_state_changing_operation_leaves_exactly_its_audit_entries() {
         assert!(f.move_device(&viewer, &d1, &Scope::root(), 1).is_err());
         assert!(f.decommission(&ops, &d1, 1).is_err());
         assert!(f.record_usage(&d2, usage, 1).is_err());
-        assert!(f.challenge(&dev("nobody"), [0; 16], 1).is_err());
+        assert!(f.challenge(&dev("nobody"), 0, [0; 16], 1).is_err());
     });
 
     // ----- read-only methods leave nothing -----
@@ -585,9 +591,9 @@ fn an_exported_audit_trail_and_device_records_round_trip_through_serde() {
     fleet
         .import_manufacturing(&hq, &"eu".parse().unwrap(), vec![record], 1)
         .unwrap();
-    fleet.challenge(&id, [1; 16], 2).unwrap();
+    fleet.challenge(&id, 0, [1; 16], 2).unwrap();
     fleet
-        .register(&id, &answer(&secret(&id), &id, &[1; 16]), 2)
+        .register(&id, 0, &answer(&secret(&id), &id, &[1; 16]), 2)
         .unwrap();
     // A flagged illegal transition puts a `TransitionError` in both the record and the log.
     fleet

@@ -66,9 +66,9 @@ fn campus(n: usize, policy: HealthPolicy) -> (Fleet, Principal) {
         fleet.add_assignment_rule(&hq, rule, 0).unwrap();
     }
     for i in 0..n {
-        fleet.challenge(&id(i), [1; 16], 0).unwrap();
+        fleet.challenge(&id(i), 0, [1; 16], 0).unwrap();
         let reg = fleet
-            .register(&id(i), &answer(&secret(i), &id(i), &[1; 16]), 0)
+            .register(&id(i), 0, &answer(&secret(i), &id(i), &[1; 16]), 0)
             .unwrap();
         assert_eq!(reg.scope, building(i % 10));
         fleet

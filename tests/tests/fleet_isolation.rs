@@ -101,9 +101,9 @@ fn build_fleet() -> Fleet {
         }
         for d in 0..DEVICES_PER_TENANT {
             let id = device(t, d);
-            fleet.challenge(&id, [d as u8; 16], 10).unwrap();
+            fleet.challenge(&id, 0, [d as u8; 16], 10).unwrap();
             fleet
-                .register(&id, &answer(&secret(&id), &id, &[d as u8; 16]), 10)
+                .register(&id, 0, &answer(&secret(&id), &id, &[d as u8; 16]), 10)
                 .unwrap();
             fleet
                 .report_transition(&id, Event::ConfigComplete, State::Active, 20)

@@ -83,9 +83,9 @@ fn secret(id: &str) -> [u8; 32] {
 /// The two-step registration: the backend challenges, the device answers.
 fn register(fleet: &mut Fleet, id: &str, nonce: u8, at: u64) -> Result<State, FleetError> {
     let d = dev(id);
-    fleet.challenge(&d, [nonce; 16], at)?;
+    fleet.challenge(&d, 0, [nonce; 16], at)?;
     fleet
-        .register(&d, &answer(&secret(id), &d, &[nonce; 16]), at)
+        .register(&d, 0, &answer(&secret(id), &d, &[nonce; 16]), at)
         .map(|r| r.state)
 }
 
@@ -116,10 +116,10 @@ fn first_registration_assigns_by_sku_or_serial_range_with_no_manual_step() {
 fn unknown_revoked_forged_and_replayed_identities_are_rejected_clearly() {
     let (mut fleet, admin) = setup();
     let stranger = dev("not-in-any-list");
-    let err = fleet.challenge(&stranger, [1; 16], 0).unwrap_err();
+    let err = fleet.challenge(&stranger, 0, [1; 16], 0).unwrap_err();
     assert_eq!(
         fleet
-            .register(&stranger, &answer(&[1; 32], &stranger, &[1; 16]), 0)
+            .register(&stranger, 0, &answer(&[1; 32], &stranger, &[1; 16]), 0)
             .unwrap_err(),
         err
     );
@@ -130,23 +130,23 @@ fn unknown_revoked_forged_and_replayed_identities_are_rejected_clearly() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
     let th = dev("th-1");
-    fleet.challenge(&th, [1; 16], 0).unwrap();
+    fleet.challenge(&th, 0, [1; 16], 0).unwrap();
     let forged = answer(&[0x99; 32], &th, &[1; 16]);
     assert_eq!(
-        fleet.register(&th, &forged, 0).unwrap_err(),
+        fleet.register(&th, 0, &forged, 0).unwrap_err(),
         FleetError::Registration(RegistrationError::InvalidProof)
     );
     register(&mut fleet, "th-1", 5, 10).unwrap();
     // A recorded answer cannot be replayed: its challenge was used up.
     let recorded = answer(&secret("th-1"), &th, &[5; 16]);
     assert_eq!(
-        fleet.register(&th, &recorded, 11).unwrap_err(),
+        fleet.register(&th, 0, &recorded, 11).unwrap_err(),
         FleetError::Registration(RegistrationError::StaleNonce)
     );
-    fleet.challenge(&th, [6; 16], 12).unwrap();
+    fleet.challenge(&th, 0, [6; 16], 12).unwrap();
     assert_eq!(
         fleet
-            .register(&th, &answer(&secret("th-1"), &th, &[6; 16]), 12 + 60_001)
+            .register(&th, 0, &answer(&secret("th-1"), &th, &[6; 16]), 12 + 60_001)
             .unwrap_err(),
         FleetError::Registration(RegistrationError::ChallengeExpired)
     );
@@ -472,7 +472,7 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
         answer: None,
     };
     let nonce = [0xC3; 16];
-    let RegistrationResponse::Challenge(got) = fleet.handle_registration(&ask, nonce, config, 0)
+    let RegistrationResponse::Challenge(got) = fleet.handle_registration(&ask, 0, nonce, config, 0)
     else {
         panic!("expected a challenge");
     };
@@ -480,7 +480,7 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
     // 2. The device answers with iot-lifecycle's own proof; the backend accepts.
     let answer = RegistrationRequest::answering(id, 7, &device_secret, &got).unwrap();
     assert_eq!(
-        fleet.handle_registration(&answer, [0; 16], config, 10),
+        fleet.handle_registration(&answer, 0, [0; 16], config, 10),
         RegistrationResponse::Accepted(config)
     );
     assert_eq!(
@@ -489,7 +489,7 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
     );
     // 3. Replaying the answer is a stale nonce; an unknown device is named as such.
     assert_eq!(
-        fleet.handle_registration(&answer, [0; 16], config, 20),
+        fleet.handle_registration(&answer, 0, [0; 16], config, 20),
         RegistrationResponse::Rejected(RegistrationRejection::StaleNonce)
     );
     let stranger = RegistrationRequest {
@@ -498,7 +498,7 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
         answer: None,
     };
     assert_eq!(
-        fleet.handle_registration(&stranger, nonce, config, 30),
+        fleet.handle_registration(&stranger, 0, nonce, config, 30),
         RegistrationResponse::Rejected(RegistrationRejection::UnknownDevice)
     );
 }

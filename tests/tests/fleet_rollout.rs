@@ -48,9 +48,9 @@ fn active_fleet(n: usize) -> (Fleet, Principal) {
         .import_manufacturing(&admin, &"eu/b1".parse().unwrap(), records, 0)
         .unwrap();
     for i in 0..n {
-        fleet.challenge(&id(i), [3; 16], 1).unwrap();
+        fleet.challenge(&id(i), 0, [3; 16], 1).unwrap();
         fleet
-            .register(&id(i), &answer(&secret(i), &id(i), &[3; 16]), 1)
+            .register(&id(i), 0, &answer(&secret(i), &id(i), &[3; 16]), 1)
             .unwrap();
         fleet
             .report_transition(&id(i), Event::ConfigComplete, State::Active, 2)

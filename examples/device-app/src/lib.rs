@@ -10,9 +10,9 @@
     )
 )]
 
+use iot_agent::runner::{EndpointOutbound, Runner};
+use iot_agent::{Board, LabAgent, SensorSample};
 use iot_core::DeviceId;
-use iot_lifecycle::agent::runner::{EndpointOutbound, Runner};
-use iot_lifecycle::agent::{Board, LabAgent, SensorSample};
 use iot_lifecycle::command::{CommandHandler, HandlerResult, RejectReason};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::DeviceSecret;

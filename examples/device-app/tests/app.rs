@@ -13,7 +13,9 @@ use iot_core::message::{MessageKind, QoS};
 use iot_core::time::{Clock, ManualClock};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId, codec};
 use iot_device_app::{App, Battery, Climate, Hardware, SensorFault};
-use iot_fleet::{DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope};
+use iot_fleet::{
+    DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope, Session,
+};
 use iot_lifecycle::State;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
@@ -80,16 +82,16 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     fleet
         .import_manufacturing(&admin, &"lab".parse().unwrap(), vec![record], 0)
         .unwrap();
-    let mut server = DeviceServer::new(
+    let mut server = DeviceServer::with_os_rng(
         fleet,
-        admin.clone(),
         DeviceConfig {
             version: 1,
             ..DeviceConfig::DEFAULT
         },
         NodeId(1),
-        9,
     );
+    // The gateway's link is wired to this one device: it authenticates the session.
+    let session = Session::authenticated(device, 1);
 
     let mut app = App::new(device_link, device, 1, SECRET, SplitMix64::new(1)).unwrap();
     let mut hw = FakeHardware {
@@ -107,6 +109,7 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
 
     let mut acks = Vec::new();
     let mut audit = None;
+    let mut reported_led = None;
     let (mut commanded, mut desired, mut decommissioned) = (false, false, false);
     for _ in 0..30_000 {
         let now = clock.now_ms();
@@ -122,10 +125,16 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
                 kind,
                 payload: &payload,
             };
-            if let Handled::Replies(replies) = server.handle(&env, now).unwrap() {
-                for (k, body) in replies {
+            if let Handled::Replies(replies) = server.handle(&session, &env, now).unwrap() {
+                for reply in replies {
                     gateway
-                        .enqueue(k, QoS::ExactlyOnce, Priority::High, &body, now)
+                        .enqueue(
+                            reply.kind(),
+                            QoS::ExactlyOnce,
+                            Priority::High,
+                            &reply.to_vec(),
+                            now,
+                        )
                         .unwrap();
                 }
             }
@@ -139,7 +148,8 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
                 _ => {}
             }
         }
-        let active = app.agent().state() == State::Active;
+        // The backend learns the device's state from its lifecycle reports alone.
+        let active = server.fleet().device(&admin, &device).map(|r| r.state) == Ok(State::Active);
         if active && !commanded && now > 60_000 {
             let blink = Command::new(
                 1,
@@ -167,15 +177,15 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
         }
         if active && !desired && now > 90_000 {
             if let Some(delta) = server
-                .set_desired(&device, "led", Value::Bool(true), now)
+                .set_desired(&admin, &device, "led", Value::Bool(true), now)
                 .unwrap()
             {
                 gateway
                     .enqueue(
-                        MessageKind::ShadowDelta,
+                        delta.kind(),
                         QoS::ExactlyOnce,
                         Priority::High,
-                        &delta,
+                        &delta.to_vec(),
                         now,
                     )
                     .unwrap();
@@ -183,13 +193,18 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
             desired = true;
         }
         if desired && !decommissioned && now > 150_000 {
-            let reason = codec::encode_to_vec(&DecommissionReason::OperatorRequest).unwrap();
+            // What the backend holds before decommissioning wipes the device's data.
+            reported_led = server.reported(&admin, &device, "led");
+            let (done, order) = server
+                .decommission(&admin, &device, DecommissionReason::OperatorRequest, now)
+                .unwrap();
+            assert_eq!(done.previous, State::Active);
             gateway
                 .enqueue(
-                    MessageKind::Decommission,
+                    order.kind(),
                     QoS::ExactlyOnce,
                     Priority::High,
-                    &reason,
+                    &order.to_vec(),
                     now,
                 )
                 .unwrap();
@@ -206,7 +221,10 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     );
     // Two blinks, then the desired LED state.
     assert_eq!(hw.led, [true, false, true, false, true]);
-    assert_eq!(server.reported(&device, "led"), Some(Value::Bool(true)));
+    assert_eq!(reported_led, Some(Value::Bool(true)));
+    // Decommissioning reached the backend's record through the operator's action, and the
+    // device confirmed it with its audit record.
+    assert!(server.fleet().device(&admin, &device).is_err());
     let audit = audit.expect("the device sent its audit record");
     assert_eq!((audit.device, audit.from), (device, State::Active));
     assert_eq!(app.agent().state(), State::Decommissioned);

@@ -7,28 +7,30 @@
 //! cadence of heartbeats, telemetry, health checks and shadow syncs), dynamic events (a
 //! desired shadow change converging, a command and its ack, a draining battery degrading
 //! the device, recovery, maintenance by command, a configuration update), the state
-//! transitions on both sides, and decommissioning.
+//! transitions as the backend validated them from the device's own reports, and
+//! decommissioning.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use embassy_futures::block_on;
-use iot_core::codec;
+use iot_agent::runner::{EndpointOutbound, Runner};
+use iot_agent::{Board, LabAgent, RegistrationPhase, SensorSample};
 use iot_core::{DeviceId, ManualClock, MessageId, MessageKind, NodeId, QoS, TenantId};
-use iot_examples::backend::{report_transitions, serve};
+use iot_examples::backend::serve;
 use iot_examples::{Outcome, check, clock, section};
 use iot_fleet::{
-    AssignmentRule, DeviceServer, Fleet, ManufacturingRecord, Matcher, Principal, Role, Scope,
+    AssignmentRule, AuditAction, DeviceServer, Fleet, FleetError, ManufacturingRecord, Matcher,
+    Principal, Reply, Role, Scope,
 };
-use iot_lifecycle::State;
-use iot_lifecycle::agent::runner::{EndpointOutbound, Runner};
-use iot_lifecycle::agent::{Board, LabAgent, RegistrationPhase, SensorSample};
 use iot_lifecycle::command::{
     AckOutcome, Command, CommandAck, CommandHandler, CommandKind, HandlerResult, ResultPayload,
 };
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{
-    AuditRecord, DecommissionReason, DeviceSecret, RegistrationRequest, RegistrationResponse,
+    AuditRecord, DecommissionReason, DeviceSecret, RegistrationResponse,
 };
+use iot_lifecycle::{Event, State};
+use iot_protocol::{Downlink, Uplink};
 use iot_shadow::Value;
 use iot_transport::SplitMix64;
 use iot_transport::outbox::{OverflowPolicy, Priority};
@@ -111,9 +113,15 @@ impl Seen {
 
 type End<'a> = ReliableEndpoint<SimLink<'a, &'a ManualClock, 32, 512>, SplitMix64, 16, 512, 32>;
 
+/// A lifecycle transition as the backend applied it: when (backend time), from, event, to.
+type Applied = (u64, State, Event, State);
+
 /// The device, the backend and the link between them.
 struct Lab<'a> {
     time: &'a ManualClock,
+    device: DeviceId,
+    /// The operator, who reads the device's record in the fleet.
+    admin: Principal,
     agent: LabAgent,
     board: LabBoard,
     runner: Runner<8, 512>,
@@ -123,12 +131,12 @@ struct Lab<'a> {
     seen: Seen,
     acks: Vec<(u64, CommandAck)>,
     audit: Option<AuditRecord>,
-    reported: u32,
+    /// Lifecycle reports the fleet refused (illegal transitions, flagged).
     illegal: u32,
     now: u64,
     ids: BTreeSet<MessageId>,
     duplicates: u32,
-    /// Decommissioned in the fleet: its transitions are no longer reported.
+    /// Decommissioned in the fleet: its credentials are revoked.
     retired: bool,
     refused: u32,
 }
@@ -153,10 +161,9 @@ impl Lab<'_> {
                 continue;
             }
             self.seen.0.entry(kind).or_default().push(now);
-            match kind {
-                MessageKind::RegistrationRequest if verbose => {
-                    let request: RegistrationRequest = codec::decode(&payload)?;
-                    let what = if request.answer.is_some() {
+            match Uplink::decode(kind, &payload)? {
+                Uplink::Register(register) if verbose => {
+                    let what = if register.request.answer.is_some() {
                         "with the HMAC proof"
                     } else {
                         "asking to register"
@@ -164,11 +171,11 @@ impl Lab<'_> {
                     println!(
                         "{} device -> backend  registration request ({what}), firmware {}",
                         clock(now),
-                        request.firmware_version
+                        register.request.firmware_version
                     );
                 }
-                MessageKind::CommandAck => self.acks.push((now, codec::decode(&payload)?)),
-                MessageKind::Decommission => self.audit = Some(codec::decode(&payload)?),
+                Uplink::CommandAck(ack) => self.acks.push((now, ack)),
+                Uplink::Decommissioned(record) => self.audit = Some(record),
                 _ => {}
             }
             let handled = match serve(&mut self.backend, from, kind, &payload, now) {
@@ -177,12 +184,18 @@ impl Lab<'_> {
                     self.refused += 1;
                     None
                 }
+                // The fleet flags a transition its lifecycle table does not allow.
+                Err(_) if kind == MessageKind::LifecycleReport => {
+                    self.illegal += 1;
+                    None
+                }
                 other => other?,
             };
             if let Some(replies) = handled {
                 for (kind, payload) in replies {
-                    if verbose && kind == MessageKind::RegistrationResponse {
-                        let response: RegistrationResponse = codec::decode(&payload)?;
+                    if verbose
+                        && let Downlink::Registration(response) = Downlink::decode(kind, &payload)?
+                    {
                         let what = match response {
                             RegistrationResponse::Challenge(_) => {
                                 "challenge (a fresh nonce)".to_string()
@@ -202,11 +215,41 @@ impl Lab<'_> {
                 }
             }
         }
-        if !self.retired {
-            self.illegal +=
-                report_transitions(self.backend.fleet_mut(), &self.agent, &mut self.reported);
-        }
         Ok(())
+    }
+
+    /// The device's lifecycle state as the fleet holds it (learnt from the device's
+    /// lifecycle reports).
+    fn state(&self) -> Result<State, FleetError> {
+        Ok(self
+            .backend
+            .fleet()
+            .device(&self.admin, &self.device)?
+            .state)
+    }
+
+    /// The transitions the fleet applied to the device's record, oldest first (its audit
+    /// trail).
+    fn history(&self) -> Vec<Applied> {
+        self.backend
+            .fleet()
+            .audit_log()
+            .visible_to(&self.admin)
+            .filter(|e| e.device == Some(self.device))
+            .filter_map(|e| match e.action {
+                AuditAction::Transition { from, event, to } => Some((e.at_ms, from, event, to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When the fleet last applied a transition to `to`.
+    fn entered(&self, to: State) -> Option<u64> {
+        self.history()
+            .into_iter()
+            .rev()
+            .find(|&(_, _, _, state)| state == to)
+            .map(|(at, ..)| at)
     }
 
     /// Runs the lab until `until`.
@@ -219,9 +262,14 @@ impl Lab<'_> {
     }
 
     /// The backend pushes a message to the device.
-    fn push(&mut self, kind: MessageKind, payload: &[u8]) -> Outcome {
-        self.server
-            .enqueue(kind, QoS::AtLeastOnce, Priority::High, payload, self.now)?;
+    fn push(&mut self, message: &Reply) -> Outcome {
+        self.server.enqueue(
+            message.kind(),
+            QoS::AtLeastOnce,
+            Priority::High,
+            &message.to_vec(),
+            self.now,
+        )?;
         Ok(())
     }
 }
@@ -254,7 +302,7 @@ fn main() -> Outcome {
         version: 1,
         ..DeviceConfig::DEFAULT
     };
-    let backend = DeviceServer::new(fleet, admin.clone(), config, NodeId(1), 11);
+    let backend = DeviceServer::with_os_rng(fleet, config, NodeId(1));
 
     let time = ManualClock::new(0);
     let net: SimNetwork<_, 32, 512> =
@@ -289,6 +337,8 @@ fn main() -> Outcome {
     };
     let mut lab = Lab {
         time: &time,
+        device,
+        admin: admin.clone(),
         agent,
         board,
         runner: Runner::new(),
@@ -298,7 +348,6 @@ fn main() -> Outcome {
         seen: Seen::default(),
         acks: Vec::new(),
         audit: None,
-        reported: 0,
         illegal: 0,
         now: 0,
         ids: BTreeSet::new(),
@@ -310,15 +359,15 @@ fn main() -> Outcome {
     section("registration");
     lab.agent
         .start(0, &mut EndpointOutbound::new(&mut lab.link))?;
-    while lab.agent.registration() != RegistrationPhase::Registered && lab.now < MINUTE {
+    // Registered once the device reports its move to Active and the fleet applies it.
+    while lab.state().ok() != Some(State::Active) && lab.now < MINUTE {
         lab.step(true)?;
         lab.now += STEP;
     }
     let record = lab.backend.fleet().device(&admin, &device)?;
     println!(
-        "{} registered: device {device} is {}, fleet record {} in {}",
+        "{} registered: fleet record of device {device}: {} in {}",
         clock(lab.now),
-        lab.agent.state().name(),
         record.state.name(),
         record.scope
     );
@@ -326,10 +375,9 @@ fn main() -> Outcome {
         lab.agent.registration() == RegistrationPhase::Registered,
         "the device registered",
     )?;
-    check(lab.agent.state() == State::Active, "the device is Active")?;
     check(
         record.state == State::Active,
-        "the fleet holds it as Active",
+        "the device reported Active and the fleet holds it as Active",
     )?;
 
     section("operation: ten minutes of the lab's cadence");
@@ -381,23 +429,23 @@ fn main() -> Outcome {
     section("dynamic events");
     // 1. The operator changes the telemetry interval through the shadow's desired state.
     let path = "config.telemetry_interval_ms";
-    if let Some(delta) = lab
-        .backend
-        .set_desired(&device, path, Value::Int(60_000), lab.now)?
+    if let Some(delta) =
+        lab.backend
+            .set_desired(&admin, &device, path, Value::Int(60_000), lab.now)?
     {
         println!(
             "{} operator sets desired {path} = 60000; delta pushed",
             clock(lab.now)
         );
-        lab.push(MessageKind::ShadowDelta, &delta)?;
+        lab.push(&delta)?;
     }
     let t0 = lab.now;
     while lab.now < t0 + 2 * MINUTE
-        && lab.backend.reported(&device, path) != Some(Value::Int(60_000))
+        && lab.backend.reported(&admin, &device, path) != Some(Value::Int(60_000))
     {
         lab.run_until(lab.now + STEP)?;
     }
-    let reported_interval = lab.backend.reported(&device, path);
+    let reported_interval = lab.backend.reported(&admin, &device, path);
     println!(
         "{} converged: the device reports {path} = {reported_interval:?}; interval in force {} ms",
         clock(lab.now),
@@ -423,9 +471,9 @@ fn main() -> Outcome {
             period_ms: 200,
         },
     );
-    lab.push(MessageKind::Command, &codec::encode_to_vec(&blink)?)?;
+    lab.push(&Reply::Command(blink))?;
     let diag = Command::new(2, lab.now, Command::NEVER_EXPIRES, CommandKind::Diagnostics);
-    lab.push(MessageKind::Command, &codec::encode_to_vec(&diag)?)?;
+    lab.push(&Reply::Command(diag))?;
     let t0 = lab.now;
     lab.run_until(t0 + 30 * SECOND)?;
     for (at, ack) in &lab.acks {
@@ -454,30 +502,21 @@ fn main() -> Outcome {
     let drop_at = lab.now;
     println!("{} battery drops to 8 %", clock(lab.now));
     lab.run_until(drop_at + 10 * MINUTE)?;
-    let degraded_at = lab
-        .agent
-        .lifecycle()
-        .history()
-        .rev()
-        .find(|r| r.to == State::Degraded)
-        .map(|r| r.at_ms);
+    let degraded_at = lab.entered(State::Degraded);
+    let state = lab.state()?;
     let gap = lab
         .seen
         .mean_gap(MessageKind::Telemetry, drop_at + MINUTE, lab.now)
         .unwrap_or(0.0);
     println!(
-        "{} device is {} since {}; telemetry every {gap:.0} s (60 s interval x 3)",
+        "{} device is {} since {} (fleet record); telemetry every {gap:.0} s (60 s interval x 3)",
         clock(lab.now),
-        lab.agent.state().name(),
+        state.name(),
         degraded_at.map_or("?".into(), clock)
     );
     check(
-        lab.agent.state() == State::Degraded,
-        "a critical battery degrades the device",
-    )?;
-    check(
-        lab.backend.fleet().device(&admin, &device)?.state == State::Degraded,
-        "the fleet agrees",
+        state == State::Degraded,
+        "a critical battery degrades the device (reported to the fleet)",
     )?;
     check(
         (170.0..=190.0).contains(&gap),
@@ -489,20 +528,14 @@ fn main() -> Outcome {
     let swap = lab.now;
     println!("{} battery replaced", clock(lab.now));
     lab.run_until(swap + MINUTE)?;
-    let recovered = lab
-        .agent
-        .lifecycle()
-        .history()
-        .rev()
-        .find(|r| r.to == State::Active)
-        .map(|r| r.at_ms);
+    let recovered = lab.entered(State::Active);
     println!(
         "{} device recovered at {}",
         clock(lab.now),
         recovered.map_or("?".into(), clock)
     );
     check(
-        lab.agent.state() == State::Active && recovered.is_some_and(|t| t > swap),
+        lab.state()? == State::Active && recovered.is_some_and(|t| t > swap),
         "the device recovered",
     )?;
 
@@ -513,11 +546,11 @@ fn main() -> Outcome {
         Command::NEVER_EXPIRES,
         CommandKind::EnterMaintenance,
     );
-    lab.push(MessageKind::Command, &codec::encode_to_vec(&enter)?)?;
+    lab.push(&Reply::Command(enter))?;
     let m0 = lab.now;
     lab.run_until(m0 + 10 * SECOND)?;
     check(
-        lab.agent.state() == State::Maintenance && lab.board.maintenance,
+        lab.state()? == State::Maintenance && lab.board.maintenance,
         "maintenance entered by command",
     )?;
     let quiet = (lab.now, lab.now + 5 * MINUTE);
@@ -528,7 +561,7 @@ fn main() -> Outcome {
         Command::NEVER_EXPIRES,
         CommandKind::ExitMaintenance,
     );
-    lab.push(MessageKind::Command, &codec::encode_to_vec(&exit)?)?;
+    lab.push(&Reply::Command(exit))?;
     let m1 = lab.now;
     lab.run_until(m1 + 10 * SECOND)?;
     let paused = lab
@@ -539,21 +572,19 @@ fn main() -> Outcome {
         .seen
         .times(MessageKind::Heartbeat, quiet.0, quiet.1)
         .len();
+    let state = lab.state()?;
     println!(
         "{} maintenance from {} to {}: {paused} telemetry messages, {beats} heartbeats; now {}",
         clock(lab.now),
         clock(m0),
         clock(m1),
-        lab.agent.state().name()
+        state.name()
     );
     check(
         paused == 0 && beats > 20,
         "telemetry paused in maintenance, heartbeats went on",
     )?;
-    check(
-        lab.agent.state() == State::Active,
-        "maintenance left by command",
-    )?;
+    check(state == State::Active, "maintenance left by command")?;
 
     // 6. A configuration update: version 2 with a 20 s heartbeat.
     let update = DeviceConfig {
@@ -561,14 +592,14 @@ fn main() -> Outcome {
         heartbeat_interval_ms: 20_000,
         ..DeviceConfig::DEFAULT
     };
-    lab.push(MessageKind::ConfigUpdate, &codec::encode_to_vec(&update)?)?;
+    lab.push(&Reply::Config(update))?;
     let c0 = lab.now;
     lab.run_until(c0 + 5 * MINUTE)?;
     let gap = lab
         .seen
         .mean_gap(MessageKind::Heartbeat, c0 + 30 * SECOND, lab.now)
         .unwrap_or(0.0);
-    let version = lab.backend.reported(&device, "config.version");
+    let version = lab.backend.reported(&admin, &device, "config.version");
     println!(
         "{} configuration version {} in force (shadow reports {version:?}); heartbeat every {gap:.0} s",
         clock(lab.now),
@@ -588,14 +619,16 @@ fn main() -> Outcome {
     )?;
 
     section("state transitions");
-    println!("device history:");
-    for r in lab.agent.lifecycle().history() {
+    // The device reported each transition itself; the fleet validated and applied it.
+    let history = lab.history();
+    println!("transitions the fleet applied from the device's reports:");
+    for &(at, from, event, to) in &history {
         println!(
             "  {}  {:<13} --{:<20}--> {}",
-            clock(r.at_ms),
-            r.from.name(),
-            r.event.name(),
-            r.to.name()
+            clock(at),
+            from.name(),
+            event.name(),
+            to.name()
         );
     }
     let record = lab.backend.fleet().device(&admin, &device)?;
@@ -604,7 +637,13 @@ fn main() -> Outcome {
         record.state.name(),
         record.illegal_transitions
     );
-    let path: Vec<State> = lab.agent.lifecycle().history().map(|r| r.to).collect();
+    // Registration created the record in Provisioning; every later state was reported.
+    let path: Vec<State> = history
+        .first()
+        .map(|&(_, from, ..)| from)
+        .into_iter()
+        .chain(history.iter().map(|&(.., to)| to))
+        .collect();
     check(
         path == [
             State::Provisioning,
@@ -617,18 +656,15 @@ fn main() -> Outcome {
         "the lifecycle went Provisioning, Active, Degraded, Active, Maintenance, Active",
     )?;
     check(
-        lab.illegal == 0 && record.illegal_transitions == 0 && record.state == lab.agent.state(),
-        "both sides agree, nothing lab.illegal",
+        lab.illegal == 0 && record.illegal_transitions == 0 && record.state == State::Active,
+        "the fleet holds the device as Active, nothing illegal",
     )?;
 
     section("decommissioning");
     let reason = DecommissionReason::EndOfLife;
     // The operator retires the device in the fleet (credentials revoked, audited) and tells
     // the device, which wipes itself and sends its own audit record.
-    let done = lab
-        .backend
-        .fleet_mut()
-        .decommission(&admin, &device, lab.now)?;
+    let (done, message) = lab.backend.decommission(&admin, &device, reason, lab.now)?;
     println!(
         "{} fleet: decommissioned from {} (forced: {}), credentials revoked",
         clock(lab.now),
@@ -636,7 +672,7 @@ fn main() -> Outcome {
         done.forced,
     );
     lab.retired = true;
-    lab.push(MessageKind::Decommission, &codec::encode_to_vec(&reason)?)?;
+    lab.push(&message)?;
     let d0 = lab.now;
     lab.run_until(d0 + 30 * SECOND)?;
     if let Some(a) = &lab.audit {
@@ -662,7 +698,7 @@ fn main() -> Outcome {
         "the device sent its audit record",
     )?;
     check(
-        lab.agent.state() == State::Decommissioned && lab.agent.is_wiped() && lab.board.wiped,
+        lab.audit.is_some() && lab.agent.is_wiped() && lab.board.wiped,
         "the device wiped itself",
     )?;
     check(after == before, "and fell silent")?;

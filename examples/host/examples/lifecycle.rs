@@ -162,9 +162,9 @@ fn main() -> Outcome {
             .lifecycle
             .apply(Event::RegistrationInitiated, now, &mut ())?;
         let nonce = [i as u8 + 1; 16]; // a real backend draws it from its CSPRNG
-        fleet.challenge(&device.id, nonce, now)?;
+        fleet.challenge(&device.id, 0, nonce, now)?;
         let proof = registration_proof(&device.secret, &device.id, &nonce)?;
-        let reg = fleet.register(&device.id, &ChallengeAnswer { nonce, proof }, now + 100)?;
+        let reg = fleet.register(&device.id, 0, &ChallengeAnswer { nonce, proof }, now + 100)?;
         println!(
             "{} registered into {} ({})",
             device.id,
@@ -278,7 +278,7 @@ fn main() -> Outcome {
         "backend: identity revoked (was {}, forced: {})",
         retired.previous, retired.forced
     );
-    let again = fleet.challenge(&th3.id, [9; 16], now + 2_000);
+    let again = fleet.challenge(&th3.id, 0, [9; 16], now + 2_000);
     println!("th-3 tries to register again: {again:?}");
     check(
         again == Err(FleetError::from(RegistrationError::Revoked)),

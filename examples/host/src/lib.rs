@@ -32,16 +32,15 @@ pub fn clock(ms: u64) -> String {
 /// messages with the fleet's own rules).
 pub mod backend {
     use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
-    use iot_fleet::{DeviceServer, Fleet, Handled, ServerError};
-    use iot_lifecycle::State;
-    use iot_lifecycle::agent::Agent;
+    use iot_fleet::{DeviceServer, Handled, ServerError, Session};
 
     /// A reply to a device: its kind and CBOR payload.
     pub type Reply = (MessageKind, Vec<u8>);
 
     /// Hands one message from `device` to `server`; returns the replies, or `None` when the
-    /// message is not part of the protocol the server answers (telemetry, health reports,
-    /// acks, decommission records: the caller interprets those).
+    /// message is one the server leaves to the application (telemetry, health reports,
+    /// acks, decommission records: the caller interprets those). Each simulated link is
+    /// wired to one device, so the link itself authenticates the session.
     pub fn serve(
         server: &mut DeviceServer,
         device: DeviceId,
@@ -57,40 +56,13 @@ pub mod backend {
             kind,
             payload,
         };
-        Ok(match server.handle(&env, now_ms)? {
-            Handled::Replies(replies) => Some(replies),
+        let session = Session::authenticated(device, 0);
+        Ok(match server.handle(&session, &env, now_ms)? {
+            Handled::Replies(replies) => {
+                Some(replies.iter().map(|r| (r.kind(), r.to_vec())).collect())
+            }
             Handled::Unhandled => None,
         })
-    }
-
-    /// Reports the lifecycle transitions `agent` made since the `reported`-th (a running
-    /// count the caller keeps) to `fleet`, which validates each with the same transition
-    /// table; returns how many it refused. Registration itself already moved the fleet's
-    /// record out of `Unprovisioned`, so that transition is skipped.
-    pub fn report_transitions<const H: usize, const C: usize, const S: usize, const B: usize>(
-        fleet: &mut Fleet,
-        agent: &Agent<H, C, S, B>,
-        reported: &mut u32,
-    ) -> u32 {
-        let lifecycle = agent.lifecycle();
-        let len = u32::try_from(lifecycle.history().count()).unwrap_or(u32::MAX);
-        let total = lifecycle.evicted().saturating_add(len);
-        let new = total.saturating_sub(*reported).min(len);
-        let skip = usize::try_from(len.saturating_sub(new)).unwrap_or(0);
-        let mut refused = 0;
-        for record in lifecycle.history().skip(skip) {
-            if record.from == State::Unprovisioned {
-                continue;
-            }
-            if fleet
-                .report_transition(&agent.device(), record.event, record.to, record.at_ms)
-                .is_err()
-            {
-                refused += 1;
-            }
-        }
-        *reported = total;
-        refused
     }
 
     /// An envelope from the backend carrying `payload` (the agent reads kind and payload).

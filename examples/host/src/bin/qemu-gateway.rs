@@ -28,10 +28,10 @@ use iot_core::{DeviceId, NodeId, TenantId, codec};
 use iot_examples::backend;
 use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Role, Scope};
 use iot_lifecycle::State;
-use iot_lifecycle::agent::Heartbeat;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{AuditRecord, DecommissionReason};
+use iot_protocol::{Downlink, Heartbeat};
 use iot_shadow::Value;
 use iot_transport::SplitMix64;
 use iot_transport::framing::FramedLink;
@@ -147,11 +147,12 @@ struct Observed {
     protocol_errors: Vec<String>,
 }
 
-impl Observed {
-    fn state(&self) -> Option<State> {
-        self.heartbeats.last().map(|(_, s)| *s)
-    }
+/// The device's lifecycle state in the backend's record.
+fn fleet_state(server: &DeviceServer, admin: &Principal, device: &DeviceId) -> Option<State> {
+    server.fleet().device(admin, device).ok().map(|r| r.state)
+}
 
+impl Observed {
     /// Mean spacing of telemetry received while the device was in `state`.
     fn telemetry_spacing(&self, state: State) -> Option<f64> {
         let times: Vec<u64> = self
@@ -203,7 +204,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serial: 1,
     };
     fleet.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
-    let mut server = DeviceServer::new(fleet, admin.clone(), lab_config(), NodeId(1), 0x5eed);
+    let mut server = DeviceServer::with_os_rng(fleet, lab_config(), NodeId(1));
 
     let (mut child, port) = start_emulator(&firmware)?;
     let link: FramedLink<EmulatorPort, 640> = FramedLink::new(port, 115_200);
@@ -243,7 +244,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
             }
-            let state = seen.state().unwrap_or(State::Provisioning);
+            // The device's state as the backend knows it: from its lifecycle reports.
+            let state = fleet_state(&server, &admin, &device).unwrap_or(State::Provisioning);
             match kind {
                 MessageKind::Heartbeat => match codec::decode::<Heartbeat>(&payload) {
                     Ok(beat) => seen.heartbeats.push((now(), beat.state)),
@@ -270,7 +272,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let t = now();
         match step {
-            Step::Registering if seen.state() == Some(State::Active) => {
+            Step::Registering if fleet_state(&server, &admin, &device) == Some(State::Active) => {
                 println!("[{t:>6} ms] registered, Active, configuration v1 applied");
                 step = Step::Operating;
             }
@@ -280,19 +282,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     seen.heartbeats.len(),
                     seen.telemetry.len()
                 );
-                if let Some(delta) = server.set_desired(&device, "led", Value::Bool(true), t)? {
+                if let Some(delta) =
+                    server.set_desired(&admin, &device, "led", Value::Bool(true), t)?
+                {
                     gateway.enqueue(
-                        MessageKind::ShadowDelta,
+                        delta.kind(),
                         QoS::ExactlyOnce,
                         Priority::High,
-                        &delta,
+                        &delta.to_vec(),
                         t,
                     )?;
                 }
                 println!("[{t:>6} ms] operator sets desired led = true");
                 step = Step::Converging;
             }
-            Step::Converging if server.reported(&device, "led") == Some(Value::Bool(true)) => {
+            Step::Converging
+                if server.reported(&admin, &device, "led") == Some(Value::Bool(true)) =>
+            {
                 println!("[{t:>6} ms] device reports led = true: converged");
                 let blink = Command::new(
                     BLINK,
@@ -320,7 +326,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step = Step::AwaitDegraded;
             }
             Step::AwaitDegraded
-                if seen.state() == Some(State::Degraded)
+                if fleet_state(&server, &admin, &device) == Some(State::Degraded)
                     && seen.telemetry_spacing(State::Degraded).is_some() =>
             {
                 println!(
@@ -328,12 +334,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     seen.telemetry_spacing(State::Degraded).unwrap_or_default(),
                     seen.telemetry_spacing(State::Active).unwrap_or_default()
                 );
-                let reason = codec::encode_to_vec(&DecommissionReason::OperatorRequest)?;
+                let order = Downlink::<Vec<u8>>::Decommission(DecommissionReason::OperatorRequest);
                 gateway.enqueue(
-                    MessageKind::Decommission,
+                    order.kind(),
                     QoS::ExactlyOnce,
                     Priority::High,
-                    &reason,
+                    &order.to_vec(),
                     t,
                 )?;
                 step = Step::Decommissioning;

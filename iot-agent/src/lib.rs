@@ -1,3 +1,7 @@
+#![no_std]
+#![doc = include_str!("../README.md")]
+//! # The agent
+//!
 //! The device agent: registration, then heartbeats, telemetry, health checks and shadow
 //! syncs on the device lab's cadence, driven by health and by the backend's commands.
 //!
@@ -27,7 +31,7 @@
 //! | every `sync_interval_ms` (15 s), at once on a change | pending shadow changes, or a `ShadowGet` with the last version when nothing is pending | `ShadowUpdate` (1) / `ShadowGet` (0) |
 //! | every `telemetry_interval_ms` (30 s; x3 in `Degraded`; paused in `Maintenance`) | temperature, humidity, battery, report-on-change | `Telemetry` (1) |
 //! | each new command | exactly one ack | `CommandAck` (1) |
-//! | decommissioning | the [`AuditRecord`](crate::registration::AuditRecord), then silence | `Decommission` (1) |
+//! | decommissioning | the [`AuditRecord`](iot_lifecycle::registration::AuditRecord), then silence | `Decommission` (1) |
 //!
 //! # Rules
 //!
@@ -56,35 +60,56 @@
 //!   configuration version (device-owned) and the LED (last-writer-wins).
 //! - **Decommissioning** (`Decommission` message with a
 //!   [`DecommissionReason`]): user data and the secret are wiped by
-//!   [`registration::decommission`](crate::registration::decommission), the audit record is
+//!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
 //!   sent, and the agent falls silent: [`Agent::poll`] returns `None` and every later message
 //!   is refused.
 //!
 //! No allocation: every buffer is inside the [`Agent`] (its size is the sum of its const
 //! generic capacities) or on the stack. The `B`-byte encode buffer lives on the stack only
 //! while a message is encoded and sent, so it costs no static RAM between sends.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub use iot_lifecycle;
+pub use iot_protocol;
 
 pub mod runner;
 
-use iot_core::codec::{DecodeError, decode};
+use iot_core::codec::DecodeError;
 use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
 use iot_core::telemetry::{Measurement, Reading, Telemetry};
 use iot_core::{DeviceId, EnvelopeRef, Error, ErrorKind, MessageKind, NodeId, QoS};
 use iot_shadow::{DeviceShadow, Handled, Limits, ShadowError, Value};
 use iot_transport::SplitMix64;
 use iot_transport::retry::{Backoff, BackoffPolicy, Jitter};
-use minicbor::encode::write::Cursor;
-use minicbor::{CborLen, Decode, Encode};
 
-use crate::command::{CommandAck, CommandHandler, CommandProcessor, DeviceCommands, command_id};
-use crate::config::{ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, ValidationError};
-use crate::health::{HealthMonitor, HealthSample, HealthStatus};
-use crate::registration::{
-    DecommissionError, DecommissionReason, DeviceSecret, RegistrationRejection,
-    RegistrationRequest, RegistrationResponse, Wipe, decommission,
+use iot_lifecycle::command::{
+    CommandAck, CommandHandler, CommandProcessor, DeviceCommands, command_id,
 };
-use crate::schedule::{Duty, Mode, Schedule};
-use crate::state::{Event, Lifecycle, State};
+use iot_lifecycle::config::{
+    ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, ValidationError,
+};
+use iot_lifecycle::health::{HealthMonitor, HealthSample, HealthStatus};
+use iot_lifecycle::registration::{
+    DecommissionError, DeviceSecret, RegistrationRejection, RegistrationRequest,
+    RegistrationResponse, Wipe, decommission,
+};
+use iot_lifecycle::schedule::{Duty, Mode, Schedule};
+use iot_lifecycle::state::{Event, Lifecycle, State};
+use iot_protocol::{Downlink, PROTOCOL_VERSION, ProtocolError, Register, ShadowGet, Uplink};
+
+pub use iot_protocol::Heartbeat;
 
 iot_shadow::shadow_state! {
     /// The part of the device's state it keeps in its shadow.
@@ -116,15 +141,10 @@ const MAX_DUTIES_PER_POLL: usize = 16;
 pub const DEFAULT_REGISTRATION_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(2_000, 60_000).with_jitter(Jitter::Equal);
 
-/// The QoS the agent requests for each kind of message it sends.
+/// The QoS the agent requests for each kind of message it sends: the protocol's
+/// ([`iot_protocol::qos`]).
 pub const fn qos_for(kind: MessageKind) -> QoS {
-    match kind {
-        MessageKind::Telemetry
-        | MessageKind::ShadowUpdate
-        | MessageKind::CommandAck
-        | MessageKind::Decommission => QoS::AtLeastOnce,
-        _ => QoS::AtMostOnce,
-    }
+    iot_protocol::qos(kind)
 }
 
 /// One reading of the board's sensors and vital signs. Absent values are neither sent nor
@@ -179,30 +199,6 @@ pub trait Outbound {
     ) -> Result<(), Self::Error>;
 }
 
-/// The payload of `MessageKind::Heartbeat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Encode, Decode, CborLen)]
-#[cbor(map)]
-pub struct Heartbeat {
-    /// Heartbeat counter since boot.
-    #[n(0)]
-    pub seq: u32,
-    /// Milliseconds since the agent started.
-    #[n(1)]
-    pub uptime_ms: u64,
-    /// Lifecycle state.
-    #[n(2)]
-    pub state: State,
-    /// Configuration version in force.
-    #[n(3)]
-    pub config_version: u32,
-    /// Latest health verdict.
-    #[n(4)]
-    pub health: HealthStatus,
-}
-
 /// Where registration stands.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +227,9 @@ pub enum AgentError {
     /// The payload does not decode.
     #[error("undecodable payload: {0}")]
     Decode(#[from] DecodeError),
+    /// The message is not one a backend sends, or not what its kind promises.
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
     /// The message or call does not fit the lifecycle state.
     #[error("not expected in state {0}")]
     Unexpected(State),
@@ -255,6 +254,7 @@ impl Error for AgentError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Decode(e) => e.kind(),
+            Self::Protocol(e) => e.kind(),
             Self::Unexpected(_) | Self::DecommissionRefused(_) => ErrorKind::InvalidState,
             Self::Shadow(e) => e.kind(),
             Self::Config(e) => e.kind(),
@@ -326,6 +326,8 @@ pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize>
     last_attempt: bool,
     started_ms: Option<u64>,
     heartbeat_seq: u32,
+    transitions_reported: u32,
+    schema: u32,
     send_failures: u16,
     led: bool,
     stats: AgentStats,
@@ -401,10 +403,21 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             last_attempt: false,
             started_ms: None,
             heartbeat_seq: 0,
+            transitions_reported: 0,
+            schema: 0,
             send_failures: 0,
             led: false,
             stats: AgentStats::default(),
         })
+    }
+
+    /// Declares the device class's shadow schema id, sent at registration
+    /// ([`iot_protocol::Register::schema`]) so the backend resolves with the same field
+    /// policies as the device.
+    #[must_use]
+    pub const fn with_schema(mut self, schema: u32) -> Self {
+        self.schema = schema;
+        self
     }
 
     /// Retries registration on `policy` instead of [`DEFAULT_REGISTRATION_BACKOFF`].
@@ -545,6 +558,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         if result.is_err() {
             self.stats.rejected = self.stats.rejected.saturating_add(1);
         }
+        self.report_transitions(now_ms, out);
         result
     }
 
@@ -558,24 +572,26 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         let state = self.lifecycle.state();
         let operating = matches!(state, State::Active | State::Degraded | State::Maintenance);
         let payload = envelope.payload;
-        match envelope.kind {
-            MessageKind::RegistrationResponse => self.on_registration(now_ms, payload, out),
-            MessageKind::ShadowDelta
-            | MessageKind::ShadowAccepted
-            | MessageKind::ShadowDocument
-                if operating =>
-            {
-                self.on_shadow(now_ms, payload, board, out)
+        match Downlink::decode(envelope.kind, payload)? {
+            Downlink::Registration(response) => self.on_registration(now_ms, response, out),
+            Downlink::Shadow(message) if operating => {
+                self.on_shadow(now_ms, message.bytes(), board, out)
             }
-            MessageKind::Command if operating => self.on_command(now_ms, payload, board, out),
-            MessageKind::ConfigUpdate if operating => {
-                if self.config.apply_cbor(payload)? != ApplyOutcome::AlreadyCurrent {
+            Downlink::ShadowRejected(_) if operating => {
+                // The backend's document moved on: fetch it, then the pending writes are
+                // sent again on the next sync.
+                self.request_document(now_ms, out);
+                Ok(())
+            }
+            Downlink::Command(_) if operating => self.on_command(now_ms, payload, board, out),
+            Downlink::Config(config) if operating => {
+                if self.config.apply(config)? != ApplyOutcome::AlreadyCurrent {
                     self.adopt_config(now_ms);
                 }
                 Ok(())
             }
-            MessageKind::Decommission if operating => {
-                self.on_decommission(now_ms, payload, board, out)
+            Downlink::Decommission(reason) if operating => {
+                self.on_decommission(now_ms, reason, board, out)
             }
             _ => Err(AgentError::Unexpected(state)),
         }
@@ -605,8 +621,38 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
                 Duty::ShadowSync => self.sync_shadow(now_ms, out),
                 Duty::Telemetry => self.telemetry(now_ms, board, out),
             }
+            self.report_transitions(now_ms, out);
         }
         self.next_deadline()
+    }
+
+    /// How many transitions the lifecycle has made (recorded or evicted).
+    fn transition_count(&self) -> u32 {
+        let recorded = u32::try_from(self.lifecycle.history().count()).unwrap_or(u32::MAX);
+        self.lifecycle.evicted().saturating_add(recorded)
+    }
+
+    /// Sends a `LifecycleReport` for every transition made since the last call, once the
+    /// device is registered (before that the backend does not know it; decommissioning is
+    /// reported by its audit record instead).
+    fn report_transitions<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
+        let total = self.transition_count();
+        if self.registration != RegistrationPhase::Registered {
+            self.transitions_reported = total;
+            return;
+        }
+        let pending = total.saturating_sub(self.transitions_reported);
+        self.transitions_reported = total;
+        let recorded = self.lifecycle.history().count();
+        let first = recorded.saturating_sub(usize::try_from(pending).unwrap_or(usize::MAX));
+        for index in first..recorded {
+            let Some(record) = self.lifecycle.history().nth(index).copied() else {
+                break;
+            };
+            if record.to != State::Decommissioned {
+                self.emit(&Uplink::Transition(record), now_ms, out);
+            }
+        }
     }
 
     // ---- registration -------------------------------------------------------------------
@@ -640,7 +686,12 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             self.arm_retry(now_ms);
         }
         self.stats.registration_requests = self.stats.registration_requests.saturating_add(1);
-        if self.emit(MessageKind::RegistrationRequest, &request, now_ms, out) {
+        let register = Register {
+            protocol: PROTOCOL_VERSION,
+            schema: self.schema,
+            request,
+        };
+        if self.emit(&Uplink::Register(register), now_ms, out) {
             Ok(())
         } else {
             Err(AgentError::Send)
@@ -678,10 +729,9 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn on_registration<O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
-        payload: &[u8],
+        response: RegistrationResponse,
         out: &mut O,
     ) -> Result<(), AgentError> {
-        let response: RegistrationResponse = decode(payload)?;
         let state = self.lifecycle.state();
         if state != State::Provisioning {
             return Err(AgentError::Unexpected(state));
@@ -700,6 +750,8 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
                 // A stale or invalid initial configuration leaves the one in force (counted
                 // in `AgentStats::configs_refused`).
                 let applied = self.config.apply(config);
+                // Transitions from here on are reported, starting with this one.
+                self.transitions_reported = self.transition_count();
                 self.lifecycle
                     .apply(Event::ConfigComplete, now_ms, &mut ())
                     .map_err(|e| AgentError::Unexpected(e.state))?;
@@ -838,7 +890,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
 
     fn request_document<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
         let version = self.shadow.last_version();
-        self.emit(MessageKind::ShadowGet, &version, now_ms, out);
+        self.emit(&Uplink::ShadowGet(ShadowGet { version }), now_ms, out);
     }
 
     // ---- commands and decommissioning ---------------------------------------------------
@@ -866,7 +918,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             self.adopt_config(now_ms);
         }
         self.sync_mode(now_ms);
-        if repeat || self.emit(MessageKind::CommandAck, &ack, now_ms, out) {
+        if repeat || self.emit(&Uplink::CommandAck(ack), now_ms, out) {
             Ok(())
         } else {
             Err(AgentError::Send)
@@ -876,11 +928,10 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn on_decommission<D: Board + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
-        payload: &[u8],
+        reason: iot_lifecycle::registration::DecommissionReason,
         board: &mut D,
         out: &mut O,
     ) -> Result<(), AgentError> {
-        let reason: DecommissionReason = decode(payload)?;
         let audit = decommission(
             &mut self.lifecycle,
             &mut (),
@@ -896,7 +947,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         })?;
         self.schedule.set_mode(Mode::Suspended, now_ms);
         self.retry_at = None;
-        if self.emit(MessageKind::Decommission, &audit, now_ms, out) {
+        if self.emit(&Uplink::Decommissioned(audit), now_ms, out) {
             Ok(())
         } else {
             Err(AgentError::Send)
@@ -916,18 +967,16 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         out: &mut O,
     ) {
         let s = board.sample(now_ms);
-        let sample = HealthSample {
-            battery_percent: s.battery_percent,
-            battery_mv: s.battery_mv,
-            rssi_dbm: s.rssi_dbm,
-            consecutive_send_failures: s.consecutive_send_failures.max(self.send_failures),
-            reading: s.temperature_c,
-            free_memory_bytes: s.free_memory_bytes,
-            error_count: s.error_count,
-            uptime_ms: self.uptime(now_ms),
-        };
+        let mut sample = HealthSample::new(self.uptime(now_ms));
+        sample.battery_percent = s.battery_percent;
+        sample.battery_mv = s.battery_mv;
+        sample.rssi_dbm = s.rssi_dbm;
+        sample.consecutive_send_failures = s.consecutive_send_failures.max(self.send_failures);
+        sample.reading = s.temperature_c;
+        sample.free_memory_bytes = s.free_memory_bytes;
+        sample.error_count = s.error_count;
         let report = self.health.check(&sample);
-        self.emit(MessageKind::HealthReport, &report, now_ms, out);
+        self.emit(&Uplink::Health(report), now_ms, out);
         if let Some(event) = self.health.lifecycle_event(self.lifecycle.state(), &report)
             && self.lifecycle.apply(event, now_ms, &mut ()).is_ok()
         {
@@ -947,7 +996,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
                 .map_or(HealthStatus::Healthy, |r| r.status),
         };
         self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
-        self.emit(MessageKind::Heartbeat, &beat, now_ms, out);
+        self.emit(&Uplink::Heartbeat(beat), now_ms, out);
     }
 
     fn sync_shadow<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
@@ -984,7 +1033,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             s.battery_percent
                 .map(|percent| Measurement::BatteryPercent { percent }),
         ];
-        let mut batch: Telemetry<TELEMETRY_READINGS> = Telemetry::new();
+        let mut batch: iot_protocol::TelemetryBatch = Telemetry::new();
         for (filter, measurement) in self.filters.iter_mut().zip(measurements) {
             let Some(measurement) = measurement else {
                 continue;
@@ -1012,25 +1061,27 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             }
         }
         if !batch.is_empty() {
-            self.emit(MessageKind::Telemetry, &batch, now_ms, out);
+            self.emit(&Uplink::Telemetry(batch), now_ms, out);
         }
     }
 
     // ---- output -------------------------------------------------------------------------
 
-    /// Encodes `value` and sends it (see [`send_encoded`]); `false` if either failed.
-    fn emit<T, O>(&mut self, kind: MessageKind, value: &T, now_ms: u64, out: &mut O) -> bool
+    /// Encodes `message` and sends it (see [`send_encoded`]); `false` if either failed.
+    fn emit<O>(&mut self, message: &Uplink<&[u8]>, now_ms: u64, out: &mut O) -> bool
     where
-        T: Encode<()>,
         O: Outbound + ?Sized,
     {
         send_encoded::<B, O>(
             &mut self.stats,
             &mut self.send_failures,
-            kind,
+            message.kind(),
             now_ms,
             out,
-            &mut |buf| encode_payload(value, buf),
+            &mut |buf| match message.encode(buf) {
+                Ok(n) => Encoded::Bytes(n),
+                Err(_) => Encoded::Failed,
+            },
         )
         .unwrap_or(false)
     }
@@ -1044,18 +1095,6 @@ enum Encoded {
     Nothing,
     /// The value does not fit the buffer or cannot be encoded.
     Failed,
-}
-
-/// Encodes `value` at the start of `buf`: the bytes `iot_core::codec::encode_into` writes,
-/// without measuring the encoding first (a value that does not fit is only counted), which
-/// spares the firmware a second, length-only walk of every message type.
-fn encode_payload<T: Encode<()>>(value: &T, buf: &mut [u8]) -> Encoded {
-    let mut cursor = Cursor::new(buf);
-    if minicbor::encode(value, &mut cursor).is_ok() {
-        Encoded::Bytes(cursor.position())
-    } else {
-        Encoded::Failed
-    }
 }
 
 /// Runs `encode` on a `B`-byte stack buffer (it lives only for this call, so the agent holds
@@ -1182,10 +1221,18 @@ mod tests {
         let mut a = agent();
         let mut sink = Sink(0);
         assert_eq!(a.poll(0, &mut Quiet, &mut sink), None);
+        let command = iot_lifecycle::command::Command::new(
+            1,
+            0,
+            iot_lifecycle::command::Command::NEVER_EXPIRES,
+            iot_lifecycle::command::CommandKind::EnterMaintenance,
+        );
+        let mut buf = [0u8; 64];
+        let n = iot_core::codec::encode_into(&command, &mut buf).unwrap();
         assert_eq!(
             a.handle(
                 0,
-                &env(MessageKind::Command, &[0xa0]),
+                &env(MessageKind::Command, &buf[..n]),
                 &mut Quiet,
                 &mut sink
             ),
@@ -1198,7 +1245,9 @@ mod tests {
                 &mut Quiet,
                 &mut sink
             ),
-            Err(AgentError::Decode(_))
+            Err(AgentError::Protocol(ProtocolError::Malformed(
+                MessageKind::RegistrationResponse
+            )))
         ));
         assert_eq!((sink.0, a.stats().rejected), (0, 2));
         a.start(5, &mut sink).unwrap();

@@ -2,15 +2,15 @@
 //! a number the harness moves from one deadline to the next.
 #![allow(dead_code)]
 
+use iot_agent::{AgentState, Board, LabAgent, Outbound, SensorSample};
 use iot_core::time::HybridLogicalClock;
 use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, NodeId, QoS};
-use iot_lifecycle::agent::{AgentState, Board, LabAgent, Outbound, SensorSample};
 use iot_lifecycle::command::{CommandHandler, HandlerResult};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{
-    DeviceSecret, RegistrationRejection, RegistrationRequest, RegistrationResponse,
-    verify_registration,
+    DeviceSecret, RegistrationRejection, RegistrationResponse, verify_registration,
 };
+use iot_protocol::{Register, ShadowGet};
 use iot_shadow::cbor;
 use iot_shadow::typed::TypedPolicies;
 use iot_shadow::{FixedStore, Origin, Path, Section, Shadow, Stamp, Update, Value, Write};
@@ -191,7 +191,9 @@ impl Backend {
         let mut replies = Vec::new();
         match kind {
             MessageKind::RegistrationRequest => {
-                let req: RegistrationRequest = iot_core::codec::decode(payload).unwrap();
+                let req = iot_core::codec::decode::<Register>(payload)
+                    .unwrap()
+                    .request;
                 match req.answer {
                     None => {
                         if self.silent_requests > 0 {
@@ -250,7 +252,9 @@ impl Backend {
                 replies.push((MessageKind::ShadowAccepted, buf));
             }
             MessageKind::ShadowGet if !self.deaf_shadow => {
-                let known: u64 = iot_core::codec::decode(payload).unwrap();
+                let known = iot_core::codec::decode::<ShadowGet>(payload)
+                    .unwrap()
+                    .version;
                 if self.cloud.version() > known {
                     replies.push((MessageKind::ShadowDocument, self.document()));
                 }
@@ -348,7 +352,7 @@ impl Sim {
         &mut self,
         kind: MessageKind,
         payload: &[u8],
-    ) -> Result<(), iot_lifecycle::AgentError> {
+    ) -> Result<(), iot_agent::AgentError> {
         let env = envelope(kind, payload);
         let r = self
             .agent

@@ -15,9 +15,9 @@ mod agent_support;
 
 use agent_support::*;
 use embassy_futures::block_on;
+use iot_agent::runner::{EndpointOutbound, Runner, Waiter};
 use iot_core::{Clock, DeviceId, ManualClock, MessageKind, QoS};
 use iot_lifecycle::State;
-use iot_lifecycle::agent::runner::{EndpointOutbound, Runner, Waiter};
 use iot_transport::SplitMix64;
 use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;

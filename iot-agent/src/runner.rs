@@ -18,7 +18,7 @@ use iot_transport::outbox::Priority;
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::rng::Rng;
 
-use super::{Agent, Board, Outbound};
+use crate::{Agent, Board, Outbound};
 
 /// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
 #[allow(async_fn_in_trait)] // Single-threaded device executors, as `iot_transport::Link`.
@@ -30,8 +30,9 @@ pub trait Waiter {
     async fn wait(&mut self, deadline_ms: Option<u64>);
 }
 
-/// [`Outbound`] into a [`ReliableEndpoint`]'s outbox: command acks, decommissioning and
-/// registration at [`Priority::High`], everything else at [`Priority::Normal`].
+/// [`Outbound`] into a [`ReliableEndpoint`]'s outbox: command acks, decommissioning,
+/// registration, lifecycle reports and OTA progress at [`Priority::High`], everything else at
+/// [`Priority::Normal`].
 #[derive(Debug)]
 pub struct EndpointOutbound<'a, L, R, const N: usize, const M: usize, const D: usize> {
     endpoint: &'a mut ReliableEndpoint<L, R, N, M, D>,
@@ -47,9 +48,11 @@ impl<'a, L, R, const N: usize, const M: usize, const D: usize> EndpointOutbound<
 /// The outbox priority of each kind the agent sends.
 pub const fn priority_for(kind: MessageKind) -> Priority {
     match kind {
-        MessageKind::CommandAck | MessageKind::Decommission | MessageKind::RegistrationRequest => {
-            Priority::High
-        }
+        MessageKind::CommandAck
+        | MessageKind::Decommission
+        | MessageKind::RegistrationRequest
+        | MessageKind::LifecycleReport
+        | MessageKind::OtaProgress => Priority::High,
         _ => Priority::Normal,
     }
 }
@@ -101,7 +104,7 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         self.dropped
     }
 
-    /// Inbound messages the agent refused (see [`super::AgentError`]).
+    /// Inbound messages the agent refused (see [`crate::AgentError`]).
     pub const fn refused(&self) -> u32 {
         self.refused
     }

@@ -176,6 +176,7 @@ fn run(silent: u32, ops: &[Op]) {
             | MessageKind::ShadowUpdate
             | MessageKind::ShadowGet
             | MessageKind::CommandAck
+            | MessageKind::LifecycleReport
             | MessageKind::Decommission
     )));
 }

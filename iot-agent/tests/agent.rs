@@ -12,17 +12,16 @@
 mod agent_support;
 
 use agent_support::*;
+use iot_agent::{AgentError, LabAgent};
+use iot_agent::{AgentState, Heartbeat, RegistrationPhase, SILENT_TELEMETRY_PERIODS, SensorSample};
 use iot_core::MessageKind;
 use iot_core::telemetry::{Measurement, Telemetry};
-use iot_lifecycle::agent::{
-    AgentState, Heartbeat, RegistrationPhase, SILENT_TELEMETRY_PERIODS, SensorSample,
-};
+use iot_lifecycle::State;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind, RejectReason};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::health::{HealthReport, HealthStatus};
 use iot_lifecycle::registration::{AuditRecord, DecommissionReason, RegistrationRejection};
 use iot_lifecycle::schedule::Mode;
-use iot_lifecycle::{AgentError, LabAgent, State};
 use iot_shadow::Value;
 use iot_transport::retry::{BackoffPolicy, Jitter};
 
@@ -129,9 +128,11 @@ fn a_day_of_device_time_keeps_the_lab_cadence_of_every_message_kind() {
         .collect();
     assert!(reports.iter().all(|r| r.status == HealthStatus::Healthy));
 
-    // Nothing else was sent, and the agent only woke at deadlines (one per distinct time).
+    // Nothing else was sent (two registration requests, one lifecycle report of
+    // Provisioning -> Active), and the agent only woke at deadlines (one per distinct time).
+    assert_eq!(sim.times(MessageKind::LifecycleReport).len(), 1);
     let total = sim.out.sent.len() as u64;
-    assert_eq!(total, 2 + 17_281 + 8_641 + 2_881 + 5_761);
+    assert_eq!(total, 2 + 1 + 17_281 + 8_641 + 2_881 + 5_761);
     assert_eq!(sim.wakeups, DAY_MS / 5_000);
     assert_eq!(sim.agent.stats().send_errors, 0);
     let elapsed = started.elapsed();
@@ -372,7 +373,7 @@ fn board_commands_are_acked_once_and_garbage_gets_no_ack() {
     assert_eq!(sim.board.blinks, 3);
     assert!(matches!(
         sim.inject(MessageKind::Command, &[0xff, 0x00]),
-        Err(AgentError::Decode(_))
+        Err(AgentError::Protocol(_))
     ));
     // Unsupported by this board: rejected, once.
     sim.inject(MessageKind::Command, &command(10, CommandKind::Reboot))
@@ -657,7 +658,7 @@ fn a_refusing_outbox_is_counted_and_feeds_health() {
 #[test]
 fn the_lab_agent_fits_in_a_few_kilobytes_of_static_memory() {
     // 4,120 bytes on riscv32imc (measured); 64-bit hosts add pointer width.
-    let size = std::mem::size_of::<iot_lifecycle::LabAgent>();
+    let size = std::mem::size_of::<iot_agent::LabAgent>();
     assert!(size <= 6 * 1024, "LabAgent is {size} bytes");
 }
 

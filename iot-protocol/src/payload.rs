@@ -1,0 +1,156 @@
+//! The payload types the protocol adds to those of `iot-lifecycle`, `iot-shadow` and
+//! `iot-core`.
+
+use iot_core::telemetry::Telemetry;
+use iot_lifecycle::health::HealthStatus;
+use iot_lifecycle::registration::RegistrationRequest;
+use iot_lifecycle::state::State;
+use iot_shadow::Write;
+use iot_shadow::cbor::{Kind, SinkFull, WriteSink, decode_message};
+use minicbor::{CborLen, Decode, Encode};
+
+use crate::ProtocolError;
+
+/// Readings one telemetry message may carry.
+pub const MAX_READINGS: usize = 16;
+
+/// A telemetry message: up to [`MAX_READINGS`] readings.
+pub type TelemetryBatch = Telemetry<MAX_READINGS>;
+
+/// A device asks to register (first without, then with the answer to the challenge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct Register {
+    /// The protocol version the device speaks ([`crate::PROTOCOL_VERSION`]).
+    #[n(0)]
+    pub protocol: u16,
+    /// The device class's shadow schema: an id the backend maps to the class's field
+    /// policies, so both ends resolve concurrent writes with the same table (0: none
+    /// declared; the backend then uses its default policy).
+    #[n(1)]
+    pub schema: u32,
+    /// Identity, firmware and, in the second request, the signed answer.
+    #[n(2)]
+    pub request: RegistrationRequest,
+}
+
+/// The periodic liveness signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct Heartbeat {
+    /// Heartbeat counter since boot.
+    #[n(0)]
+    pub seq: u32,
+    /// Milliseconds since the agent started.
+    #[n(1)]
+    pub uptime_ms: u64,
+    /// Lifecycle state.
+    #[n(2)]
+    pub state: State,
+    /// Configuration version in force.
+    #[n(3)]
+    pub config_version: u32,
+    /// Latest health verdict.
+    #[n(4)]
+    pub health: HealthStatus,
+}
+
+/// A device asks for the full shadow document if the backend's is newer than `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct ShadowGet {
+    /// The document version the device holds.
+    #[n(0)]
+    pub version: u64,
+}
+
+/// Why the backend refused a device's shadow update.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(index_only)]
+pub enum ShadowRefusal {
+    /// The update expected another version: fetch the document and retry.
+    #[n(0)]
+    Conflict,
+    /// A limit (size, depth, leaves, key or token length) was exceeded.
+    #[n(1)]
+    Limit,
+    /// A write is stamped further ahead of the backend's clock than the drift bound.
+    #[n(2)]
+    ClockDrift,
+    /// The writes contradict each other or the document (same stamp, other value; a leaf
+    /// that is also an object).
+    #[n(3)]
+    Invalid,
+    /// The device may not write this (for example a write claiming the cloud's origin).
+    #[n(4)]
+    Forbidden,
+}
+
+/// The backend refused a device's shadow update; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct ShadowRejection {
+    /// Why.
+    #[n(0)]
+    pub reason: ShadowRefusal,
+    /// The backend's document version.
+    #[n(1)]
+    pub version: u64,
+}
+
+/// A shadow message in `iot-shadow`'s canonical CBOR form, checked when it is built: it
+/// decodes, and its own kind (update, accepted, delta, document) is known, so the envelope's
+/// kind and the message's kind can be compared. `P` holds the bytes: `&[u8]` when decoding,
+/// `Vec<u8>` on a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowBytes<P> {
+    kind: Kind,
+    bytes: P,
+}
+
+/// Counts decoded writes and drops them: validating a message needs no storage.
+struct Discard;
+
+impl WriteSink for Discard {
+    fn push_write(&mut self, _write: Write) -> Result<(), SinkFull> {
+        Ok(())
+    }
+}
+
+impl<P: AsRef<[u8]>> ShadowBytes<P> {
+    /// Checks `bytes` and reads its kind.
+    pub fn new(bytes: P) -> Result<Self, ProtocolError> {
+        let header = decode_message(bytes.as_ref(), &mut Discard)
+            .map_err(|_| ProtocolError::Malformed(iot_core::MessageKind::ShadowUpdate))?;
+        Ok(Self {
+            kind: header.kind,
+            bytes,
+        })
+    }
+
+    /// The message's own kind.
+    pub const fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The canonical CBOR bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+
+    /// The bytes, as held.
+    pub fn into_inner(self) -> P {
+        self.bytes
+    }
+}
