@@ -206,6 +206,8 @@ enum Op {
     Set(Path, Value),
     /// Delete the subtree at a path, or the whole section with `None`.
     Clear(Option<Path>),
+    /// An object is written at a path: a value stored exactly there gives way to it.
+    Open(Path),
 }
 
 /// A parsed update request.
@@ -279,6 +281,7 @@ fn collect_ops(
         match value {
             Json::Null => out.push((section, Op::Clear(Some(path)))),
             Json::Object(inner) => {
+                out.push((section, Op::Open(path.clone())));
                 collect_ops(section, inner, Some(&path), depth.saturating_add(1), out)?;
             }
             leaf => {
@@ -593,6 +596,9 @@ impl AwsShadow {
                 Op::Clear(Some(p)) => {
                     doc.retain(|s, q, _| !(s == *section && (q == p || p.is_ancestor_of(q))));
                 }
+                Op::Open(p) => {
+                    doc.retain(|s, q, _| !(s == *section && q == p));
+                }
                 Op::Set(p, v) => {
                     doc.retain(|s, q, _| !(s == *section && q != p && q.overlaps(p)));
                     let stamp = self.next_stamp(now_ms, *section);
@@ -782,6 +788,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state(&s)["desired"], json!({"a": {"x": true}}));
+        // An object of deletions over a value replaces the value with an empty object,
+        // which is not kept (the engine stores leaves).
+        update(
+            &mut s,
+            json!({"state": {"desired": {"a": 1, "b": 2}}}),
+            4000,
+        )
+        .unwrap();
+        let clear = json!({"state": {"desired": {"a": {"z": null}, "b": {}}}});
+        update(&mut s, clear, 5000).unwrap();
+        assert_eq!(state(&s), json!({}));
     }
 
     #[test]
