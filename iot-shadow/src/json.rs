@@ -392,7 +392,12 @@ pub fn from_json(
                 ("reported", Section::Reported),
             ] {
                 match state.get(name) {
-                    None | Some(Json::Null) => {}
+                    None => {}
+                    Some(Json::Null) => {
+                        return Err(JsonError::Shape(
+                            "a null section deletes it: apply such requests with aws::AwsShadow",
+                        ));
+                    }
                     Some(Json::Object(s)) => flatten(
                         s,
                         meta.and_then(|m| m.get(name)).and_then(Json::as_object),
@@ -560,6 +565,7 @@ mod tests {
             r#"{"state":{"desired":{"a b":1}}}"#,
             r#"{"state":{"desired":{"a":18446744073709551615}}}"#,
             r#"{"state":{"desired":3}}"#,
+            r#"{"state":{"desired":null}}"#,
         ] {
             assert!(
                 from_json(bad, Kind::Update, Some(Stamp::default())).is_err(),
