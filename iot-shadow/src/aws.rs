@@ -456,6 +456,27 @@ fn snapshot(doc: &AwsDocument) -> Result<Json, AwsError> {
     Ok(Json::Object(m))
 }
 
+/// Who writes a section on the AWS surface: applications set desired, devices report.
+const fn origin_of(section: Section) -> Origin {
+    match section {
+        Section::Desired => Origin::Cloud,
+        Section::Reported => Origin::Device,
+    }
+}
+
+/// The `timestamp` AWS keeps for the field at `path` of a section's metadata (the first
+/// element's for an array).
+fn metadata_seconds(section_meta: Option<&Json>, path: &Path) -> Option<u64> {
+    let entry = path
+        .segments()
+        .try_fold(section_meta?, |m, seg| m.get(seg))?;
+    let entry = match entry {
+        Json::Array(items) => items.first()?,
+        other => other,
+    };
+    entry.get("timestamp").and_then(Json::as_u64)
+}
+
 /// One shadow as the AWS Device Shadow service keeps it.
 #[derive(Debug, Clone)]
 pub struct AwsShadow {
@@ -506,17 +527,13 @@ impl AwsShadow {
             .map_or(0, |h| h.time);
         let time = wall.max(self.last_time.saturating_add(1));
         self.last_time = time;
-        let origin = match section {
-            Section::Desired => Origin::Cloud,
-            Section::Reported => Origin::Device,
-        };
         Stamp::new(
             HlcTimestamp {
                 time,
                 node: NodeId(0),
             },
             Policy::LastWriterWins,
-            origin,
+            origin_of(section),
         )
     }
 
@@ -628,7 +645,8 @@ impl AwsShadow {
             }
         };
         let token = req.client_token.as_deref();
-        let seconds = now_ms / 1000;
+        // The metadata of the answer is the stamps' second, which GET shows later too.
+        let seconds = writes.first().map_or(now_ms / 1000, |w| seconds_of(&w.stamp));
         let mut accepted = Map::new();
         accepted.insert("state".into(), req.state.clone());
         accepted.insert("metadata".into(), mirror_metadata(&req.state, seconds));
@@ -692,22 +710,12 @@ impl AwsShadow {
             let section_meta = meta.and_then(|m| m.get(name));
             for (_, op) in ops {
                 let Op::Set(path, value) = op else { continue };
-                let seconds = (|| {
-                    path.segments()
-                        .try_fold(section_meta?, |m, seg| m.get(seg))
-                        .and_then(|m| match m {
-                            Json::Array(items) => items.first(),
-                            other => Some(other),
-                        })
-                        .and_then(|m| m.get("timestamp"))
-                        .and_then(Json::as_u64)
-                })()
-                .unwrap_or(now_ms / 1000);
-                let origin = match section {
-                    Section::Desired => Origin::Cloud,
-                    Section::Reported => Origin::Device,
-                };
-                let base = Stamp::new(HlcTimestamp::default(), Policy::LastWriterWins, origin);
+                let seconds = metadata_seconds(section_meta, &path).unwrap_or(now_ms / 1000);
+                let base = Stamp::new(
+                    HlcTimestamp::default(),
+                    Policy::LastWriterWins,
+                    origin_of(section),
+                );
                 let stamp = stamp_from_seconds(seconds, Some(base));
                 last_time = last_time.max(stamp.time);
                 writes.push(Write::new(section, path, value, stamp));
