@@ -2,6 +2,7 @@
 # The AWS IoT Device SDK v2 for Python (awsiotsdk from PyPI, in a venv) against iot-aws-bridge
 # through a mosquitto this step starts on an ephemeral loopback port. Run from the repo root.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 venv="$target_dir/aws-sdk-venv"
