@@ -646,7 +646,9 @@ impl AwsShadow {
         };
         let token = req.client_token.as_deref();
         // The metadata of the answer is the stamps' second, which GET shows later too.
-        let seconds = writes.first().map_or(now_ms / 1000, |w| seconds_of(&w.stamp));
+        let seconds = writes
+            .first()
+            .map_or(now_ms / 1000, |w| seconds_of(&w.stamp));
         let mut accepted = Map::new();
         accepted.insert("state".into(), req.state.clone());
         accepted.insert("metadata".into(), mirror_metadata(&req.state, seconds));
