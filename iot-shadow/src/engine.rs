@@ -750,6 +750,54 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
         Ok(outcome)
     }
 
+    /// Applies an update in the AWS resolution mode: the request semantics of the AWS IoT
+    /// Device Shadow service, where the service's arrival order decides and nothing else.
+    ///
+    /// 1. a client token longer than the limit is refused; tokens are echoed by the caller,
+    ///    never replayed (AWS does not deduplicate by token);
+    /// 2. an `expected_version` other than the current one is a [`ShadowError::Conflict`];
+    /// 3. every limit and capacity is checked before anything changes;
+    /// 4. each write overwrites its leaf whatever the stored stamp says (the caller stamps
+    ///    writes in arrival order); a `Null` write deletes the leaf outright, no tombstone;
+    /// 5. a report never clears desired: the delta stays until reported matches;
+    /// 6. every accepted update raises the version by exactly one, even one that leaves the
+    ///    values as they were, and the version is saved to `versions` first.
+    pub fn apply_aws_with<V: VersionStore>(
+        &mut self,
+        update: &Update<'_>,
+        versions: &mut V,
+    ) -> Result<Outcome, ShadowError> {
+        if let Some(token) = update.client_token {
+            self.check_token(token)?;
+        }
+        if let Some(expected) = update.expected_version
+            && expected != self.version
+        {
+            return Err(ShadowError::Conflict {
+                expected,
+                current: self.version,
+            });
+        }
+        let items = write_items(update.writes);
+        let planned = self.plan(Mode::Force, items.clone(), false)?;
+        let next = self
+            .version
+            .checked_add(1)
+            .ok_or(ShadowError::VersionExhausted)?;
+        versions.save(next)?;
+        if planned.changed {
+            self.commit(Mode::Force, items, false, &planned);
+        }
+        for w in update.writes.iter().filter(|w| w.value.is_null()) {
+            let _ = self.store.remove(w.section, &w.path);
+        }
+        self.version = next;
+        Ok(Outcome {
+            version: next,
+            changed: true,
+        })
+    }
+
     /// Applies writes the way [`Shadow::apply`] does but without touching the version or
     /// the token cache: a device recording its own changes in its replica.
     pub fn apply_local(&mut self, writes: &[Write]) -> Result<bool, ShadowError> {

@@ -32,6 +32,8 @@ use crate::path::{Path, PathError};
 use crate::policy::{CLIENT_TOKEN_CAPACITY, Resolver};
 use crate::stamp::{Origin, Policy, Stamp};
 use crate::store::{FieldStore, Section};
+#[cfg(test)]
+use crate::update::Update;
 use crate::update::{OwnedMessage, Write};
 use crate::value::{Scalar, Value, ValueError};
 
@@ -91,7 +93,7 @@ fn policy_from(name: &str) -> Option<Policy> {
     })
 }
 
-fn value_to_json(v: &Value) -> Json {
+pub(crate) fn value_to_json(v: &Value) -> Json {
     match v {
         Value::Bool(b) => Json::Bool(*b),
         Value::Int(i) => Json::Number((*i).into()),
@@ -123,7 +125,7 @@ fn number(n: &Number) -> Result<Scalar<'static>, JsonError> {
         .ok_or(JsonError::Shape("number"))
 }
 
-fn value_from_json(j: &Json) -> Result<Value, JsonError> {
+pub(crate) fn value_from_json(j: &Json) -> Result<Value, JsonError> {
     Ok(match j {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
@@ -169,8 +171,29 @@ fn stamp_to_json(s: &Stamp) -> Json {
     Json::Object(m)
 }
 
-fn stamp_from_json(j: &Json) -> Result<Stamp, JsonError> {
+/// The stamp of an AWS metadata entry that holds only `timestamp` (seconds), as AWS itself
+/// serves documents: the write is placed at the start of that second, with the writer and
+/// policy of `default` (or a cloud write under last-writer-wins without one).
+pub(crate) fn stamp_from_seconds(seconds: u64, default: Option<Stamp>) -> Stamp {
+    let base = default.unwrap_or(Stamp::new(
+        HlcTimestamp::default(),
+        Policy::LastWriterWins,
+        Origin::Cloud,
+    ));
+    let ms = seconds
+        .saturating_mul(1000)
+        .min(iot_core::time::MAX_PHYSICAL_MS);
+    let time = HlcTimestamp::from_parts(ms, 0, base.node).map_or(base.time, |h| h.time);
+    Stamp { time, ..base }
+}
+
+fn stamp_from_json(j: &Json, default: Option<Stamp>) -> Result<Stamp, JsonError> {
     let m = j.as_object().ok_or(JsonError::Shape("metadata entry"))?;
+    if !m.contains_key("hlc")
+        && let Some(seconds) = m.get("timestamp").and_then(Json::as_u64)
+    {
+        return Ok(stamp_from_seconds(seconds, default));
+    }
     let time = m
         .get("hlc")
         .and_then(Json::as_u64)
@@ -200,7 +223,11 @@ fn stamp_from_json(j: &Json) -> Result<Stamp, JsonError> {
     ))
 }
 
-fn insert_nested(root: &mut Map<String, Json>, path: &Path, leaf: Json) -> Result<(), JsonError> {
+pub(crate) fn insert_nested(
+    root: &mut Map<String, Json>,
+    path: &Path,
+    leaf: Json,
+) -> Result<(), JsonError> {
     let mut node = root;
     let mut segments = path.segments().peekable();
     while let Some(seg) = segments.next() {
@@ -318,7 +345,7 @@ fn flatten(
             leaf => {
                 let path = Path::new(prefix)?;
                 let stamp = match (child_meta, default) {
-                    (Some(m), _) => stamp_from_json(m)?,
+                    (Some(m), d) => stamp_from_json(m, d)?,
                     (None, Some(d)) => d,
                     (None, None) => return Err(JsonError::MissingMetadata),
                 };
@@ -365,7 +392,12 @@ pub fn from_json(
                 ("reported", Section::Reported),
             ] {
                 match state.get(name) {
-                    None | Some(Json::Null) => {}
+                    None => {}
+                    Some(Json::Null) => {
+                        return Err(JsonError::Shape(
+                            "a null section deletes it: apply such requests with aws::AwsShadow",
+                        ));
+                    }
                     Some(Json::Object(s)) => flatten(
                         s,
                         meta.and_then(|m| m.get(name)).and_then(Json::as_object),
@@ -421,10 +453,27 @@ impl<S: FieldStore, R: Resolver, const T: usize> Shadow<S, R, T> {
     }
 
     /// The document exactly as AWS IoT would serve it: `metadata` holds only `timestamp`
-    /// (seconds), tombstones are absent, plus `state.delta` and a top-level `timestamp`.
-    /// This is the size baseline the CBOR encoding is compared with.
+    /// (seconds), removed leaves (tombstones) are absent from `state` and `metadata`, plus
+    /// `state.delta` and a top-level `timestamp`. This is the size baseline the CBOR encoding
+    /// is compared with.
     pub fn to_aws_native_json(&self, now_s: u64) -> Result<Json, JsonError> {
-        let mut doc = self.to_aws_json()?;
+        let header = Header {
+            kind: Kind::Document,
+            version: Some(self.version()),
+            client_token: None,
+        };
+        let live = |(_, l): &(&Path, &crate::store::Leaf)| !l.value.is_null();
+        let mut delta = self.delta().map(crate::cbor::leaf_item);
+        let mut doc = to_json(
+            &header,
+            self.section(Section::Desired)
+                .filter(live)
+                .map(crate::cbor::leaf_item),
+            self.section(Section::Reported)
+                .filter(live)
+                .map(crate::cbor::leaf_item),
+            Some(&mut delta),
+        )?;
         fn strip(meta: &mut Json) {
             if let Some(m) = meta.as_object_mut() {
                 if m.contains_key("hlc") {
@@ -516,11 +565,64 @@ mod tests {
             r#"{"state":{"desired":{"a b":1}}}"#,
             r#"{"state":{"desired":{"a":18446744073709551615}}}"#,
             r#"{"state":{"desired":3}}"#,
+            r#"{"state":{"desired":null}}"#,
         ] {
             assert!(
                 from_json(bad, Kind::Update, Some(Stamp::default())).is_err(),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn aws_native_output_has_no_tombstones() {
+        use crate::store::MapStore;
+        let mut doc: Shadow<MapStore> = Shadow::default();
+        let st = |t: u64| {
+            Stamp::new(
+                HlcTimestamp::from_parts(t, 0, NodeId(1)).unwrap(),
+                Policy::LastWriterWins,
+                Origin::Cloud,
+            )
+        };
+        let put = |path: &str, v: Value, t: u64| {
+            Write::new(Section::Desired, Path::new(path).unwrap(), v, st(t))
+        };
+        doc.apply(
+            &Update::new(&[
+                put("a", Value::Int(1), 1000),
+                put("b.c", Value::Int(2), 1000),
+            ]),
+            0,
+        )
+        .unwrap();
+        doc.apply(&Update::new(&[put("b.c", Value::Null, 2000)]), 0)
+            .unwrap();
+        assert_eq!(doc.tombstones(), 1);
+        let native = doc.to_aws_native_json(5).unwrap();
+        assert_eq!(
+            native["state"],
+            serde_json::json!({"desired": {"a": 1}, "delta": {"a": 1}})
+        );
+        assert_eq!(
+            native["metadata"],
+            serde_json::json!({"desired": {"a": {"timestamp": 1}}})
+        );
+        // The lossless form keeps the tombstone for replicas that still need to see it.
+        assert_eq!(
+            doc.to_aws_json().unwrap()["state"]["desired"]["b"]["c"],
+            Json::Null
+        );
+    }
+
+    #[test]
+    fn metadata_with_only_a_timestamp_imports() {
+        let text = r#"{"state":{"reported":{"t":{"c":21}}},
+                      "metadata":{"reported":{"t":{"c":{"timestamp":1700000000}}}},"version":4}"#;
+        let m = from_json(text, Kind::Document, None).unwrap();
+        assert_eq!(m.version, Some(4));
+        assert_eq!(m.writes.len(), 1);
+        assert_eq!(m.writes[0].stamp.hlc().physical_ms(), 1_700_000_000_000);
+        assert_eq!(m.writes[0].stamp.policy, Policy::LastWriterWins);
     }
 }

@@ -16,6 +16,8 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(feature = "json")]
+pub mod aws;
 pub mod cbor;
 pub mod device;
 pub mod engine;
