@@ -84,6 +84,7 @@ extern crate std;
 pub use iot_lifecycle;
 pub use iot_protocol;
 
+pub mod ota;
 pub mod runner;
 
 use iot_core::codec::DecodeError;
@@ -101,13 +102,19 @@ use iot_lifecycle::config::{
     ApplyOutcome, ConfigError, ConfigStore, DeviceConfig, ValidationError,
 };
 use iot_lifecycle::health::{HealthMonitor, HealthSample, HealthStatus};
+use iot_lifecycle::ota::{OtaError, OtaJob, OtaProgress, OtaState};
 use iot_lifecycle::registration::{
     DecommissionError, DeviceSecret, RegistrationRejection, RegistrationRequest,
     RegistrationResponse, Wipe, decommission,
 };
 use iot_lifecycle::schedule::{Duty, Mode, Schedule};
 use iot_lifecycle::state::{Event, Lifecycle, State};
-use iot_protocol::{Downlink, PROTOCOL_VERSION, ProtocolError, Register, ShadowGet, Uplink};
+use iot_protocol::{
+    Downlink, OtaBlock, OtaBlockRequest, PROTOCOL_VERSION, ProtocolError, Register, ShadowGet,
+    Uplink,
+};
+
+pub use ota::Firmware;
 
 pub use iot_protocol::Heartbeat;
 
@@ -183,6 +190,14 @@ pub trait Board: CommandHandler {
     fn wipe_user_data(&mut self) -> bool {
         true
     }
+    /// The firmware updater, if the board updates itself over the air. `None` (the
+    /// default): an `OtaJob` is answered with a rolled-back progress report.
+    fn firmware(&mut self) -> Option<&mut dyn Firmware> {
+        None
+    }
+    /// Restarts the device into the image just installed for its trial boot. Does nothing
+    /// by default.
+    fn restart(&mut self) {}
 }
 
 /// Where the agent's messages go.
@@ -245,6 +260,9 @@ pub enum AgentError {
     /// Wiping user data failed; nothing else was wiped.
     #[error("wiping user data failed")]
     WipeFailed,
+    /// The firmware updater refused a step; the update was abandoned and reported.
+    #[error("firmware update: {0}")]
+    Ota(OtaError),
     /// A message could not be encoded or sent (counted in [`AgentStats`]).
     #[error("a message could not be sent")]
     Send,
@@ -259,6 +277,7 @@ impl Error for AgentError {
             Self::Shadow(e) => e.kind(),
             Self::Config(e) => e.kind(),
             Self::WipeFailed => ErrorKind::Storage,
+            Self::Ota(e) => e.kind(),
             Self::Send => ErrorKind::Transport,
         }
     }
@@ -326,6 +345,9 @@ pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize>
     last_attempt: bool,
     started_ms: Option<u64>,
     heartbeat_seq: u32,
+    /// The update being downloaded, and when to ask again for the block awaited.
+    ota: Option<OtaJob>,
+    ota_retry_at: Option<u64>,
     transitions_reported: u32,
     schema: u32,
     send_failures: u16,
@@ -403,6 +425,8 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             last_attempt: false,
             started_ms: None,
             heartbeat_seq: 0,
+            ota: None,
+            ota_retry_at: None,
             transitions_reported: 0,
             schema: 0,
             send_failures: 0,
@@ -495,10 +519,14 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     /// The earliest time [`Agent::poll`] has work: a duty or a registration retry. `None`
     /// when nothing will run until a message arrives or [`Agent::start`] is called.
     pub fn next_deadline(&self) -> Option<u64> {
-        match (self.schedule.next_deadline(), self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.schedule.next_deadline(),
+            self.retry_at,
+            self.ota_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Starts (or restarts) registration at `now_ms`: `Unprovisioned -> Provisioning` and
@@ -573,7 +601,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         let operating = matches!(state, State::Active | State::Degraded | State::Maintenance);
         let payload = envelope.payload;
         match Downlink::decode(envelope.kind, payload)? {
-            Downlink::Registration(response) => self.on_registration(now_ms, response, out),
+            Downlink::Registration(response) => self.on_registration(now_ms, response, board, out),
             Downlink::Shadow(message) if operating => {
                 self.on_shadow(now_ms, message.bytes(), board, out)
             }
@@ -590,6 +618,8 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
                 }
                 Ok(())
             }
+            Downlink::OtaJob(job) if operating => self.on_ota_job(now_ms, job, board, out),
+            Downlink::OtaBlock(block) if operating => self.on_ota_block(now_ms, &block, board, out),
             Downlink::Decommission(reason) if operating => {
                 self.on_decommission(now_ms, reason, board, out)
             }
@@ -610,6 +640,13 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     ) -> Option<u64> {
         if self.retry_at.is_some_and(|at| at <= now_ms) {
             self.retry_registration(now_ms, out);
+        }
+        if self.ota_retry_at.is_some_and(|at| at <= now_ms) {
+            let offset = board.firmware().map(|f| f.progress().next_offset);
+            match offset {
+                Some(offset) => self.request_block(now_ms, offset, out),
+                None => self.ota_retry_at = None,
+            }
         }
         for _ in 0..MAX_DUTIES_PER_POLL {
             let Some(duty) = self.schedule.poll(now_ms) else {
@@ -726,10 +763,11 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         let _ = self.send_registration(now_ms, None, out);
     }
 
-    fn on_registration<O: Outbound + ?Sized>(
+    fn on_registration<D: Board + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         response: RegistrationResponse,
+        board: &mut D,
         out: &mut O,
     ) -> Result<(), AgentError> {
         let state = self.lifecycle.state();
@@ -766,6 +804,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
                     // Registration stands; the configuration in force is kept.
                     self.stats.configs_refused = self.stats.configs_refused.saturating_add(1);
                 }
+                self.settle_trial(now_ms, board, out);
                 Ok(())
             }
             RegistrationResponse::Rejected(reason) => {
@@ -891,6 +930,164 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn request_document<O: Outbound + ?Sized>(&mut self, now_ms: u64, out: &mut O) {
         let version = self.shadow.last_version();
         self.emit(&Uplink::ShadowGet(ShadowGet { version }), now_ms, out);
+    }
+
+    // ---- firmware updates ---------------------------------------------------------------
+
+    /// After a restart: confirms an image running on trial (the device booted it and
+    /// reached its backend), or reports the rollback the updater found.
+    fn settle_trial<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        board: &mut D,
+        out: &mut O,
+    ) {
+        let Some(firmware) = board.firmware() else {
+            return;
+        };
+        let progress = match firmware.progress().state {
+            OtaState::Testing => {
+                // A trial that cannot be confirmed rolls back at the next boot; that is
+                // reported then.
+                if firmware.confirm().is_err() {
+                    return;
+                }
+                firmware.progress()
+            }
+            OtaState::RolledBack => firmware.progress(),
+            _ => return,
+        };
+        self.emit(&Uplink::OtaProgress(progress), now_ms, out);
+    }
+
+    fn request_block<O: Outbound + ?Sized>(&mut self, now_ms: u64, offset: u32, out: &mut O) {
+        let Some(job) = self.ota else {
+            self.ota_retry_at = None;
+            return;
+        };
+        let request = OtaBlockRequest {
+            version: job.version,
+            offset,
+        };
+        self.emit(&Uplink::OtaBlockRequest(request), now_ms, out);
+        self.ota_retry_at = Some(now_ms.saturating_add(ota::OTA_RETRY_MS));
+    }
+
+    /// Reports that `job` was not (or could not be) installed.
+    fn report_abandoned<O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        job: &OtaJob,
+        progress: Option<OtaProgress>,
+        out: &mut O,
+    ) {
+        self.ota = None;
+        self.ota_retry_at = None;
+        let progress = progress.unwrap_or(OtaProgress {
+            state: OtaState::RolledBack,
+            version: None,
+            next_offset: 0,
+            rollback: None,
+        });
+        let report = OtaProgress {
+            state: OtaState::RolledBack,
+            version: Some(job.version),
+            ..progress
+        };
+        self.emit(&Uplink::OtaProgress(report), now_ms, out);
+    }
+
+    fn on_ota_job<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        job: OtaJob,
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        if job.version == self.firmware_version {
+            // Already running it (a redelivered job after the update): say so again.
+            let done = OtaProgress {
+                state: OtaState::Confirmed,
+                version: Some(job.version),
+                next_offset: job.size,
+                rollback: None,
+            };
+            self.emit(&Uplink::OtaProgress(done), now_ms, out);
+            return Ok(());
+        }
+        let Some(firmware) = board.firmware() else {
+            self.report_abandoned(now_ms, &job, None, out);
+            return Ok(());
+        };
+        if self.ota == Some(job) {
+            // A redelivered job: carry on from where the updater stands.
+            let offset = firmware.progress().next_offset;
+            self.request_block(now_ms, offset, out);
+            return Ok(());
+        }
+        match firmware.begin(job) {
+            Ok(()) => {
+                let progress = firmware.progress();
+                self.ota = Some(job);
+                self.emit(&Uplink::OtaProgress(progress), now_ms, out);
+                self.request_block(now_ms, progress.next_offset, out);
+                Ok(())
+            }
+            Err(e) => {
+                let progress = firmware.progress();
+                self.report_abandoned(now_ms, &job, Some(progress), out);
+                Err(AgentError::Ota(e))
+            }
+        }
+    }
+
+    fn on_ota_block<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        block: &OtaBlock<&[u8]>,
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let state = self.lifecycle.state();
+        let Some(job) = self.ota.filter(|j| j.version == block.version) else {
+            return Err(AgentError::Unexpected(state));
+        };
+        let Some(firmware) = board.firmware() else {
+            return Err(AgentError::Unexpected(state));
+        };
+        let expected = firmware.progress().next_offset;
+        if block.offset != expected {
+            // A repeated or early block: ask for the one the updater needs.
+            self.request_block(now_ms, expected, out);
+            return Ok(());
+        }
+        let next = match firmware.write(block.offset, block.data) {
+            Ok(next) => next,
+            Err(e) => {
+                let progress = firmware.progress();
+                self.report_abandoned(now_ms, &job, Some(progress), out);
+                return Err(AgentError::Ota(e));
+            }
+        };
+        if next < job.size {
+            self.request_block(now_ms, next, out);
+            return Ok(());
+        }
+        let finished = firmware.finish();
+        let progress = firmware.progress();
+        match finished {
+            Ok(()) => {
+                self.ota = None;
+                self.ota_retry_at = None;
+                self.emit(&Uplink::OtaProgress(progress), now_ms, out);
+                board.restart();
+                Ok(())
+            }
+            Err(e) => {
+                self.report_abandoned(now_ms, &job, Some(progress), out);
+                Err(AgentError::Ota(e))
+            }
+        }
     }
 
     // ---- commands and decommissioning ---------------------------------------------------

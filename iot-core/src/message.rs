@@ -124,11 +124,17 @@ pub enum MessageKind {
     /// A lifecycle transition the device made.
     #[n(19)]
     LifecycleReport,
+    /// A device asks for one block of a firmware image.
+    #[n(20)]
+    OtaBlockRequest,
+    /// One block of a firmware image.
+    #[n(21)]
+    OtaBlock,
 }
 
 impl MessageKind {
     /// Every kind, in wire-code order.
-    pub const ALL: [MessageKind; 19] = [
+    pub const ALL: [MessageKind; 21] = [
         Self::Heartbeat,
         Self::Telemetry,
         Self::HealthReport,
@@ -148,6 +154,8 @@ impl MessageKind {
         Self::ShadowGet,
         Self::ShadowDocument,
         Self::LifecycleReport,
+        Self::OtaBlockRequest,
+        Self::OtaBlock,
     ];
 
     /// The wire code.
@@ -172,6 +180,8 @@ impl MessageKind {
             Self::ShadowGet => 17,
             Self::ShadowDocument => 18,
             Self::LifecycleReport => 19,
+            Self::OtaBlockRequest => 20,
+            Self::OtaBlock => 21,
         }
     }
 
@@ -424,7 +434,7 @@ mod tests {
             assert_eq!(MessageKind::from_code(k.code()), Some(*k));
         }
         assert_eq!(MessageKind::from_code(0), None);
-        assert_eq!(MessageKind::from_code(20), None);
+        assert_eq!(MessageKind::from_code(22), None);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub enum MessageKind {
     ShadowGet = 17,
     ShadowDocument = 18,
     LifecycleReport = 19,
+    OtaBlockRequest = 20,
+    OtaBlock = 21,
 }
 
 /// `iot.v1.Envelope`

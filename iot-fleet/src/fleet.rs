@@ -652,6 +652,22 @@ impl<V: ProofVerifier> Fleet<V> {
         ids
     }
 
+    /// Every instruction some rollout of any tenant has for an admitted device (`Wait`s left
+    /// out): `(device, tenant, rollout id, instruction)`. The backend dispatches OTA jobs
+    /// from it.
+    pub fn pending_instructions(&self) -> Vec<(DeviceId, TenantId, u32, Instruction)> {
+        let mut out = Vec::new();
+        for ((tenant, id), scoped) in &self.rollouts {
+            for device in scoped.rollout.admitted() {
+                let instruction = scoped.rollout.instruction(device);
+                if instruction != Instruction::Wait {
+                    out.push((*device, *tenant, *id, instruction));
+                }
+            }
+        }
+        out
+    }
+
     /// What the device should do about the tenant's rollouts: `(rollout id, instruction)`
     /// for every rollout that asks something of it.
     pub fn instructions(&self, id: &DeviceId) -> Vec<(u32, Instruction)> {
@@ -1008,6 +1024,9 @@ impl<V: ProofVerifier> Fleet<V> {
             .filter(|r| scope.contains(&r.scope) && r.state == State::Active)
             .map(|r| r.id)
             .collect();
+        if targets.is_empty() {
+            return Err(RolloutError::NoTargets.into());
+        }
         let rollout = Rollout::new(version, previous, targets, config, now_ms)?;
         let next = self.next_rollout.entry(p.tenant).or_insert(0);
         let id = *next;

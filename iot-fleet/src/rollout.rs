@@ -151,6 +151,9 @@ pub enum RolloutError {
     /// The report timeout is zero.
     #[error("report timeout must be at least 1 ms")]
     InvalidTimeout,
+    /// No device in the scope could take the rollout (none is `Active`).
+    #[error("the rollout would target no device")]
+    NoTargets,
     /// The device is not admitted to the rollout (not a target, or its stage has not started).
     #[error("device is not in an admitted cohort of this rollout")]
     NotAdmitted,
@@ -178,7 +181,7 @@ impl Error for RolloutError {
             Self::InvalidStages | Self::InvalidThreshold | Self::InvalidTimeout => {
                 ErrorKind::InvalidInput
             }
-            Self::NotAdmitted => ErrorKind::NotFound,
+            Self::NotAdmitted | Self::NoTargets => ErrorKind::NotFound,
             Self::AlreadyReported => ErrorKind::Conflict,
             Self::NotRunning | Self::NotPaused | Self::Ended => ErrorKind::InvalidState,
             Self::Expired => ErrorKind::Timeout,

@@ -16,9 +16,23 @@
 //! | `ShadowUpdate` | applies the device's writes to its server-side shadow (the drift bound, limits and origin checked first) | `Shadow` accepted, or `ShadowRejected` |
 //! | `ShadowGet` | sends the document if it is newer than the device's | `Shadow` document |
 //!
+//! | `OtaBlockRequest` | serves the block of a published image ([`DeviceServer::publish_firmware`]) | `OtaBlock` |
+//! | `OtaProgress` | a confirmed or rolled-back update is the device's report to its rollout ([`Fleet::report_update`]); the application sees it too | none |
+//!
 //! Telemetry, health reports, command acks, OTA progress and decommissioning records are
 //! checked (the device must be registered) and left to the caller to interpret:
-//! [`Handled::Unhandled`] says so. Operator actions that produce a message for a device,
+//! [`Handled::Unhandled`] says so.
+//!
+//! # Firmware rollouts over the protocol
+//!
+//! [`DeviceServer::publish_firmware`] keeps an image and its digest;
+//! [`DeviceServer::start_ota`] starts a staged rollout of it ([`Fleet::start_rollout`]);
+//! [`DeviceServer::poll_ota`] returns the `OtaJob`s due, each device's start delayed by a
+//! random share of the jitter window so a stage does not fetch all at once. Devices pull
+//! the image block by block and report; the rollout advances, or halts when a stage's
+//! failure rate passes its threshold (failed devices keep, or go back to, their previous
+//! image: the updater only activates a verified image, and rolls back a trial that is not
+//! confirmed). Operator actions that produce a message for a device,
 //! such as a desired-state change, are methods taking the operator's [`Principal`]
 //! ([`DeviceServer::set_desired`], [`DeviceServer::decommission`]).
 
@@ -29,18 +43,22 @@ use alloc::vec::Vec;
 use iot_core::time::HybridLogicalClock;
 use iot_core::{DeviceId, EnvelopeRef, NodeId};
 use iot_lifecycle::config::DeviceConfig;
+use iot_lifecycle::ota::{OtaJob, OtaState};
 use iot_lifecycle::registration::{
     DecommissionReason, RegistrationRejection, RegistrationResponse,
 };
 use iot_protocol::{
-    Downlink, PROTOCOL_VERSION, ProtocolError, ShadowBytes, ShadowRefusal, ShadowRejection, Uplink,
+    Downlink, OTA_BLOCK_SIZE, OtaBlock, PROTOCOL_VERSION, ProtocolError, ShadowBytes,
+    ShadowRefusal, ShadowRejection, Uplink,
 };
 use iot_shadow::{Origin, Path, Resolver, Section, ShadowError, Stamp, Update, Value, Write};
 use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
 
-use crate::access::Principal;
+use crate::access::{Principal, Scope};
 use crate::fleet::{Decommissioned, Fleet, FleetError, MAX_CLOCK_DRIFT_MS};
 use crate::proof::Nonce;
+use crate::rollout::{Instruction, RolloutConfig};
 
 /// Largest shadow message the server encodes.
 const SHADOW_BUFFER: usize = 4_096;
@@ -108,6 +126,13 @@ pub enum ServerError {
     /// An operator named a shadow path that is not valid.
     #[error("invalid shadow path")]
     InvalidPath,
+    /// No image of this version was published.
+    #[error("no firmware image {0} was published")]
+    UnknownImage(u32),
+    /// The image is empty, larger than 4 GiB, or another image was already published under
+    /// the same version.
+    #[error("firmware image {0} cannot be published")]
+    ImageRefused(u32),
     /// The backend clock could not stamp a write.
     #[error("backend clock error")]
     Clock,
@@ -122,7 +147,8 @@ impl iot_core::Error for ServerError {
             Self::Fleet(e) => iot_core::Error::kind(e),
             Self::Protocol(e) => iot_core::Error::kind(e),
             Self::IdentityMismatch { .. } => iot_core::ErrorKind::Unauthorized,
-            Self::InvalidPath => iot_core::ErrorKind::InvalidInput,
+            Self::InvalidPath | Self::ImageRefused(_) => iot_core::ErrorKind::InvalidInput,
+            Self::UnknownImage(_) => iot_core::ErrorKind::NotFound,
             Self::Clock => iot_core::ErrorKind::Clock,
             Self::Encode => iot_core::ErrorKind::Encode,
         }
@@ -137,7 +163,27 @@ pub struct DeviceServer {
     rng: Box<dyn CryptoRngCore + Send>,
     /// The device time of the last lifecycle report applied, per device.
     reported: BTreeMap<DeviceId, u64>,
+    /// Published firmware images by version.
+    images: BTreeMap<u32, Image>,
+    /// OTA jobs per (device, version): when each is due, and whether it went out.
+    dispatch: BTreeMap<(DeviceId, u32), Dispatch>,
+    ota_jitter_ms: u64,
 }
+
+/// A firmware image handed out in blocks.
+struct Image {
+    job: OtaJob,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dispatch {
+    due_ms: u64,
+    sent: bool,
+}
+
+/// The default window over which the OTA job starts of one stage are spread (10 s).
+pub const DEFAULT_OTA_JITTER_MS: u64 = 10_000;
 
 impl core::fmt::Debug for DeviceServer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -191,6 +237,9 @@ impl DeviceServer {
             clock: HybridLogicalClock::new(node, MAX_CLOCK_DRIFT_MS),
             rng: Box::new(rng),
             reported: BTreeMap::new(),
+            images: BTreeMap::new(),
+            dispatch: BTreeMap::new(),
+            ota_jitter_ms: DEFAULT_OTA_JITTER_MS,
         }
     }
 
@@ -198,6 +247,14 @@ impl DeviceServer {
     #[cfg(feature = "std")]
     pub fn with_os_rng(fleet: Fleet, config: DeviceConfig, node: NodeId) -> Self {
         Self::new(fleet, config, node, rand_core::OsRng)
+    }
+
+    /// Spreads each device's OTA job over a random delay of up to `jitter_ms` from the
+    /// moment its stage admits it (default [`DEFAULT_OTA_JITTER_MS`]).
+    #[must_use]
+    pub fn with_ota_jitter(mut self, jitter_ms: u64) -> Self {
+        self.ota_jitter_ms = jitter_ms;
+        self
     }
 
     /// The fleet behind the server.
@@ -333,12 +390,147 @@ impl DeviceServer {
                 }
                 return Ok(Handled::Unhandled);
             }
+            Uplink::OtaBlockRequest(request) => {
+                self.fleet.heartbeat(&device, None, now_ms)?;
+                if let Some(image) = self.images.get(&request.version) {
+                    let start = usize::try_from(request.offset).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(OTA_BLOCK_SIZE).min(image.bytes.len());
+                    if let Some(data) = image.bytes.get(start..end)
+                        && !data.is_empty()
+                    {
+                        replies.push(Downlink::OtaBlock(OtaBlock {
+                            version: request.version,
+                            offset: request.offset,
+                            data: data.to_vec(),
+                        }));
+                    }
+                }
+            }
+            Uplink::OtaProgress(progress) => {
+                self.fleet.heartbeat(&device, None, now_ms)?;
+                match progress.state {
+                    OtaState::Confirmed if progress.version.is_some() => {
+                        self.ota_outcome(&device, progress.version, true, now_ms);
+                    }
+                    OtaState::RolledBack => {
+                        self.ota_outcome(&device, progress.version, false, now_ms);
+                    }
+                    _ => {}
+                }
+                return Ok(Handled::Unhandled);
+            }
             _ => {
                 self.fleet.heartbeat(&device, None, now_ms)?;
                 return Ok(Handled::Unhandled);
             }
         }
         Ok(Handled::Replies(replies))
+    }
+
+    /// Publishes firmware image `version`; returns the job devices receive (size and
+    /// SHA-256 of the image). Publishing the same bytes again is harmless; other bytes
+    /// under a published version are refused.
+    pub fn publish_firmware(
+        &mut self,
+        version: u32,
+        image: Vec<u8>,
+    ) -> Result<OtaJob, ServerError> {
+        let size = u32::try_from(image.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(ServerError::ImageRefused(version))?;
+        let job = OtaJob {
+            version,
+            size,
+            sha256: Sha256::digest(&image).into(),
+        };
+        if let Some(existing) = self.images.get(&version) {
+            return if existing.job == job {
+                Ok(job)
+            } else {
+                Err(ServerError::ImageRefused(version))
+            };
+        }
+        self.images.insert(version, Image { job, bytes: image });
+        Ok(job)
+    }
+
+    /// The operator `p` starts a staged rollout of published image `version` to the
+    /// `Active` devices of `scope` (devices that fail keep `previous`). Returns the
+    /// tenant-local rollout id; a scope without an `Active` device is an error
+    /// ([`crate::RolloutError::NoTargets`]).
+    pub fn start_ota(
+        &mut self,
+        p: &Principal,
+        scope: &Scope,
+        version: u32,
+        previous: Option<u32>,
+        config: RolloutConfig,
+        now_ms: u64,
+    ) -> Result<u32, ServerError> {
+        if !self.images.contains_key(&version) {
+            return Err(ServerError::UnknownImage(version));
+        }
+        let previous = previous.map(|v| alloc::format!("{v}"));
+        let version = alloc::format!("{version}");
+        Ok(self
+            .fleet
+            .start_rollout(p, scope, &version, previous.as_deref(), config, now_ms)?)
+    }
+
+    /// The OTA jobs due at `now_ms`, one per device admitted to a running stage of a
+    /// rollout of a published image: `(device, OtaJob message)`. Each device's job goes out
+    /// once, after its random start delay; the transport delivers it at least once.
+    pub fn poll_ota(&mut self, now_ms: u64) -> Vec<(DeviceId, Reply)> {
+        let mut due = Vec::new();
+        for (device, _, _, instruction) in self.fleet.pending_instructions() {
+            let Instruction::Install { version } = instruction else {
+                continue;
+            };
+            let Ok(version) = version.parse::<u32>() else {
+                continue;
+            };
+            let Some(job) = self.images.get(&version).map(|i| i.job) else {
+                continue;
+            };
+            let key = (device, version);
+            if !self.dispatch.contains_key(&key) {
+                let delay = self
+                    .rng
+                    .next_u64()
+                    .checked_rem(self.ota_jitter_ms.saturating_add(1))
+                    .unwrap_or(0);
+                self.dispatch.insert(
+                    key,
+                    Dispatch {
+                        due_ms: now_ms.saturating_add(delay),
+                        sent: false,
+                    },
+                );
+            }
+            if let Some(entry) = self.dispatch.get_mut(&key)
+                && !entry.sent
+                && entry.due_ms <= now_ms
+            {
+                entry.sent = true;
+                due.push((device, Downlink::OtaJob(job)));
+            }
+        }
+        due
+    }
+
+    /// Counts a device's OTA outcome in the rollouts that asked it to install `version`.
+    fn ota_outcome(&mut self, device: &DeviceId, version: Option<u32>, success: bool, now_ms: u64) {
+        for (rollout, instruction) in self.fleet.instructions(device) {
+            let Instruction::Install { version: wanted } = instruction else {
+                continue;
+            };
+            let matches = version.is_none_or(|v| wanted.parse::<u32>() == Ok(v));
+            if matches {
+                // A late or repeated report (already counted, rollout ended) changes nothing.
+                let _ = self.fleet.report_update(device, rollout, success, now_ms);
+            }
+        }
     }
 
     /// The operator `p` sets a desired value on `device`; returns the delta to push to it,

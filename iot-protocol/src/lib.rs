@@ -25,8 +25,8 @@ mod payload;
 pub use error::ProtocolError;
 pub use message::{Downlink, Uplink};
 pub use payload::{
-    Heartbeat, MAX_READINGS, Register, ShadowBytes, ShadowGet, ShadowRefusal, ShadowRejection,
-    TelemetryBatch,
+    Heartbeat, MAX_READINGS, OTA_BLOCK_SIZE, OtaBlock, OtaBlockRequest, Register, ShadowBytes,
+    ShadowGet, ShadowRefusal, ShadowRejection, TelemetryBatch,
 };
 
 /// The protocol version this crate speaks. A device states it when it registers
@@ -38,7 +38,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 ///
 /// | QoS | kinds |
 /// |---|---|
-/// | at most once | registration, heartbeat, health report, shadow get, transport acks |
+/// | at most once | registration, heartbeat, health report, shadow get, OTA block requests and blocks (the device asks again after a loss), transport acks |
 /// | at least once | telemetry, shadow update / delta / accepted / document / rejected, command, command ack, configuration, OTA job and progress, lifecycle report, decommissioning |
 ///
 /// At-least-once messages are deduplicated by the receiver (by message id in the transport,
@@ -51,6 +51,8 @@ pub const fn qos(kind: iot_core::MessageKind) -> iot_core::QoS {
         | K::Heartbeat
         | K::HealthReport
         | K::ShadowGet
+        | K::OtaBlockRequest
+        | K::OtaBlock
         | K::Ack => iot_core::QoS::AtMostOnce,
         _ => iot_core::QoS::AtLeastOnce,
     }

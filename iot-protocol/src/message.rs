@@ -13,7 +13,8 @@ use minicbor::{Decode, Encode};
 
 use crate::ProtocolError;
 use crate::payload::{
-    Heartbeat, Register, ShadowBytes, ShadowGet, ShadowRejection, TelemetryBatch,
+    Heartbeat, OtaBlock, OtaBlockRequest, Register, ShadowBytes, ShadowGet, ShadowRejection,
+    TelemetryBatch,
 };
 
 /// A message from a device to its backend. `P` holds the bytes of shadow messages (`&[u8]`
@@ -29,7 +30,8 @@ use crate::payload::{
 /// | [`ShadowUpdate`](Self::ShadowUpdate) | `ShadowUpdate` | 1 | `Shadow` accepted (the leaves it touched), or `ShadowRejected` |
 /// | [`ShadowGet`](Self::ShadowGet) | `ShadowGet` | 0 | `Shadow` document, if the backend's is newer |
 /// | [`CommandAck`](Self::CommandAck) | `CommandAck` | 1 | none |
-/// | [`OtaProgress`](Self::OtaProgress) | `OtaProgress` | 1 | none; counted in the device's rollout |
+/// | [`OtaProgress`](Self::OtaProgress) | `OtaProgress` | 1 | none; a confirmed or rolled-back update counts in the device's rollout |
+/// | [`OtaBlockRequest`](Self::OtaBlockRequest) | `OtaBlockRequest` | 0 | `OtaBlock` (the device asks again after a loss) |
 /// | [`Decommissioned`](Self::Decommissioned) | `Decommission` | 1 | none; the device's last message |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -52,6 +54,8 @@ pub enum Uplink<P> {
     CommandAck(CommandAck),
     /// Where a firmware update stands.
     OtaProgress(OtaProgress),
+    /// Request for a block of a firmware image.
+    OtaBlockRequest(OtaBlockRequest),
     /// The device was decommissioned: its audit record.
     Decommissioned(AuditRecord),
 }
@@ -65,7 +69,8 @@ pub enum Uplink<P> {
 /// | [`ShadowRejected`](Self::ShadowRejected) | `ShadowRejected` | 1 | a `ShadowGet`, then a new update |
 /// | [`Command`](Self::Command) | `Command` | 1 | exactly one `CommandAck` |
 /// | [`Config`](Self::Config) | `ConfigUpdate` | 1 | a shadow update with the version in force |
-/// | [`OtaJob`](Self::OtaJob) | `OtaJob` | 1 | `OtaProgress` reports |
+/// | [`OtaJob`](Self::OtaJob) | `OtaJob` | 1 | `OtaProgress` reports and `OtaBlockRequest`s |
+/// | [`OtaBlock`](Self::OtaBlock) | `OtaBlock` | 0 | the request for the next block |
 /// | [`Decommission`](Self::Decommission) | `Decommission` | 1 | the `Decommissioned` audit record, then silence |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -82,6 +87,8 @@ pub enum Downlink<P> {
     Config(DeviceConfig),
     /// A firmware update job.
     OtaJob(OtaJob),
+    /// A block of a firmware image.
+    OtaBlock(OtaBlock<P>),
     /// The backend decommissions the device.
     Decommission(DecommissionReason),
 }
@@ -143,6 +150,7 @@ impl<P: AsRef<[u8]>> Uplink<P> {
             Self::ShadowGet(_) => MessageKind::ShadowGet,
             Self::CommandAck(_) => MessageKind::CommandAck,
             Self::OtaProgress(_) => MessageKind::OtaProgress,
+            Self::OtaBlockRequest(_) => MessageKind::OtaBlockRequest,
             Self::Decommissioned(_) => MessageKind::Decommission,
         }
     }
@@ -164,6 +172,7 @@ impl<P: AsRef<[u8]>> Uplink<P> {
             Self::ShadowGet(m) => put(m, buf),
             Self::CommandAck(m) => put(m, buf),
             Self::OtaProgress(m) => put(m, buf),
+            Self::OtaBlockRequest(m) => put(m, buf),
             Self::Decommissioned(m) => put(m, buf),
         }
     }
@@ -181,6 +190,7 @@ impl<P: AsRef<[u8]>> Uplink<P> {
             Self::ShadowGet(m) => to_vec(m),
             Self::CommandAck(m) => to_vec(m),
             Self::OtaProgress(m) => to_vec(m),
+            Self::OtaBlockRequest(m) => to_vec(m),
             Self::Decommissioned(m) => to_vec(m),
         }
     }
@@ -201,6 +211,7 @@ impl<'b> Uplink<&'b [u8]> {
             MessageKind::ShadowGet => Self::ShadowGet(get(kind, payload)?),
             MessageKind::CommandAck => Self::CommandAck(get(kind, payload)?),
             MessageKind::OtaProgress => Self::OtaProgress(get(kind, payload)?),
+            MessageKind::OtaBlockRequest => Self::OtaBlockRequest(get(kind, payload)?),
             MessageKind::Decommission => Self::Decommissioned(get(kind, payload)?),
             other => return Err(ProtocolError::WrongDirection(other)),
         })
@@ -217,6 +228,7 @@ impl<P: AsRef<[u8]>> Downlink<P> {
             Self::Command(_) => MessageKind::Command,
             Self::Config(_) => MessageKind::ConfigUpdate,
             Self::OtaJob(_) => MessageKind::OtaJob,
+            Self::OtaBlock(_) => MessageKind::OtaBlock,
             Self::Decommission(_) => MessageKind::Decommission,
         }
     }
@@ -235,6 +247,7 @@ impl<P: AsRef<[u8]>> Downlink<P> {
             Self::Command(m) => put(m, buf),
             Self::Config(m) => put(m, buf),
             Self::OtaJob(m) => put(m, buf),
+            Self::OtaBlock(m) => put(m, buf),
             Self::Decommission(m) => put(m, buf),
         }
     }
@@ -249,6 +262,7 @@ impl<P: AsRef<[u8]>> Downlink<P> {
             Self::Command(m) => to_vec(m),
             Self::Config(m) => to_vec(m),
             Self::OtaJob(m) => to_vec(m),
+            Self::OtaBlock(m) => to_vec(m),
             Self::Decommission(m) => to_vec(m),
         }
     }
@@ -267,6 +281,7 @@ impl<'b> Downlink<&'b [u8]> {
             MessageKind::Command => Self::Command(get(kind, payload)?),
             MessageKind::ConfigUpdate => Self::Config(get(kind, payload)?),
             MessageKind::OtaJob => Self::OtaJob(get(kind, payload)?),
+            MessageKind::OtaBlock => Self::OtaBlock(get(kind, payload)?),
             MessageKind::Decommission => Self::Decommission(get(kind, payload)?),
             other => return Err(ProtocolError::WrongDirection(other)),
         })

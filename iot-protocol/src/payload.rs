@@ -154,3 +154,83 @@ impl<P: AsRef<[u8]>> ShadowBytes<P> {
         self.bytes
     }
 }
+
+/// Bytes of image data in one [`OtaBlock`] at most.
+pub const OTA_BLOCK_SIZE: usize = 256;
+
+/// A device asks for the block of firmware image `version` that starts at `offset` (the
+/// offset its updater expects next, so a lost block or a reboot resumes where it stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct OtaBlockRequest {
+    /// The image version (the job's).
+    #[n(0)]
+    pub version: u32,
+    /// The first byte wanted.
+    #[n(1)]
+    pub offset: u32,
+}
+
+/// One block of a firmware image: at most [`OTA_BLOCK_SIZE`] bytes of image `version`
+/// starting at `offset`. `P` holds the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtaBlock<P> {
+    /// The image version.
+    pub version: u32,
+    /// Where the data starts in the image.
+    pub offset: u32,
+    /// The data.
+    pub data: P,
+}
+
+impl<C, P: AsRef<[u8]>> Encode<C> for OtaBlock<P> {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut minicbor::Encoder<W>,
+        _ctx: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.map(3)?
+            .u8(0)?
+            .u32(self.version)?
+            .u8(1)?
+            .u32(self.offset)?
+            .u8(2)?
+            .bytes(self.data.as_ref())?;
+        Ok(())
+    }
+}
+
+impl<'b, C> Decode<'b, C> for OtaBlock<&'b [u8]> {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
+        // The canonical form only: a definite map with keys 0, 1, 2 in that order.
+        if d.map()? != Some(3) {
+            return Err(iot_core::codec::invalid_value());
+        }
+        let key = |want: u8, d: &mut minicbor::Decoder<'b>| {
+            if d.u8()? == want {
+                Ok(())
+            } else {
+                Err(iot_core::codec::invalid_value())
+            }
+        };
+        key(0, d)?;
+        let version = d.u32()?;
+        key(1, d)?;
+        let offset = d.u32()?;
+        key(2, d)?;
+        let data = d.bytes()?;
+        if data.len() > OTA_BLOCK_SIZE {
+            return Err(iot_core::codec::capacity_exceeded());
+        }
+        Ok(Self {
+            version,
+            offset,
+            data,
+        })
+    }
+}
