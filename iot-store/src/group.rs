@@ -1,0 +1,248 @@
+//! Group commit: one writer thread gathers the batches of many callers into one transaction.
+//!
+//! Durability costs one fsync (SQLite) or one commit round trip (PostgreSQL) per
+//! *transaction*, not per message. Callers [`GroupCommitHandle::submit`] a [`Batch`] and get a
+//! [`Pending`]; the writer takes everything queued (up to
+//! [`GroupCommitConfig::max_batch_ops`] ops), commits it with [`Store::commit`], and then
+//! answers every caller. A backend acknowledges a device's message only after
+//! [`Pending::wait`] returned `Ok`: durable before acknowledged.
+//!
+//! The queue is bounded ([`GroupCommitConfig::queue_capacity`] batches): when the store
+//! cannot keep up, `submit` blocks (backpressure) and `try_submit` returns
+//! [`StoreError::Busy`], so memory does not grow with the load.
+//!
+//! Each caller's batch keeps its own [`crate::BatchMode`]: an atomic batch that conflicts is
+//! rolled back alone, and the other callers' batches in the same transaction still commit. A
+//! storage error fails the whole transaction, and every caller in it gets the error.
+//!
+//! ```
+//! use iot_core::id::{DeviceId, TenantId};
+//! use iot_store::{Batch, GroupCommit, GroupCommitConfig, Op, Shadow, ShadowExpect, SqliteStore};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("fleet.db"))?;
+//! let group = GroupCommit::spawn(Box::new(store), GroupCommitConfig::default())?;
+//! let handle = group.handle();
+//! let shadow = Shadow {
+//!     device: DeviceId::from_mac([0x24, 0x0a, 0xc4, 0, 0, 1]),
+//!     name: String::new(),
+//!     version: 1,
+//!     document: vec![0xa0],
+//! };
+//! let pending = handle.submit(Batch::independent(vec![Op::PutShadow {
+//!     shadow,
+//!     expected: ShadowExpect::Absent,
+//! }]))?;
+//! let outcome = pending.wait()?; // durable now: acknowledge the device
+//! assert!(outcome.committed);
+//! let _store = group.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use crate::model::{Batch, BatchOutcome};
+use crate::{Store, StoreError};
+
+/// Limits of a [`GroupCommit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// How many submitted batches may wait for the writer; `submit` blocks beyond it.
+    pub queue_capacity: usize,
+    /// The writer stops gathering once a transaction holds this many ops (a single larger
+    /// batch still goes through whole).
+    pub max_batch_ops: usize,
+}
+
+impl Default for GroupCommitConfig {
+    /// 4,096 queued batches, 2,048 ops per transaction.
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch_ops: 2048,
+        }
+    }
+}
+
+type Reply = SyncSender<Result<BatchOutcome, StoreError>>;
+
+enum Message {
+    Work(Batch, Reply),
+    Stop,
+}
+
+/// The writer thread and its queue. Dropping it stops the writer after the queued work.
+pub struct GroupCommit {
+    sender: SyncSender<Message>,
+    writer: Option<JoinHandle<Box<dyn Store + Send>>>,
+}
+
+impl core::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+/// A cloneable submitter to a [`GroupCommit`]; one per caller thread.
+#[derive(Clone)]
+pub struct GroupCommitHandle {
+    sender: SyncSender<Message>,
+}
+
+impl core::fmt::Debug for GroupCommitHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupCommitHandle").finish_non_exhaustive()
+    }
+}
+
+/// A submitted batch on its way to durability.
+#[derive(Debug)]
+#[must_use = "the batch is durable only once `wait` returns Ok"]
+pub struct Pending {
+    reply: Receiver<Result<BatchOutcome, StoreError>>,
+}
+
+impl Pending {
+    /// Blocks until the batch's transaction committed (its outcome) or failed (the error).
+    /// [`StoreError::Closed`] when the writer stopped before handling it.
+    pub fn wait(self) -> Result<BatchOutcome, StoreError> {
+        self.reply.recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl GroupCommit {
+    /// Starts the writer thread that owns `store`.
+    pub fn spawn(
+        store: Box<dyn Store + Send>,
+        config: GroupCommitConfig,
+    ) -> Result<Self, StoreError> {
+        if config.queue_capacity == 0 || config.max_batch_ops == 0 {
+            return Err(StoreError::InvalidInput(
+                "queue capacity and batch size must be positive",
+            ));
+        }
+        let (sender, receiver) = mpsc::sync_channel(config.queue_capacity);
+        let writer = std::thread::Builder::new()
+            .name("iot-store-group-commit".into())
+            .spawn(move || run_writer(store, &receiver, config.max_batch_ops))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            sender,
+            writer: Some(writer),
+        })
+    }
+
+    /// A submitter for one caller.
+    #[must_use]
+    pub fn handle(&self) -> GroupCommitHandle {
+        GroupCommitHandle {
+            sender: self.sender.clone(),
+        }
+    }
+
+    /// Commits the work queued so far, stops the writer and returns the store. Batches
+    /// submitted afterwards fail with [`StoreError::Closed`].
+    pub fn shutdown(mut self) -> Result<Box<dyn Store + Send>, StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<Box<dyn Store + Send>, StoreError> {
+        let writer = self.writer.take().ok_or(StoreError::Closed)?;
+        // A send error means the writer is already gone; join tells how.
+        let _ = self.sender.send(Message::Stop);
+        writer
+            .join()
+            .map_err(|_| StoreError::Backend("the group-commit writer panicked".into()))
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+impl GroupCommitHandle {
+    /// Queues `batch`, waiting while the queue is full.
+    pub fn submit(&self, batch: Batch) -> Result<Pending, StoreError> {
+        let (reply, pending) = mpsc::sync_channel(1);
+        self.sender
+            .send(Message::Work(batch, reply))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Pending { reply: pending })
+    }
+
+    /// Queues `batch`, or returns [`StoreError::Busy`] at once when the queue is full.
+    pub fn try_submit(&self, batch: Batch) -> Result<Pending, StoreError> {
+        let (reply, pending) = mpsc::sync_channel(1);
+        match self.sender.try_send(Message::Work(batch, reply)) {
+            Ok(()) => Ok(Pending { reply: pending }),
+            Err(TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Submits `batch` and waits until it is durable.
+    pub fn commit(&self, batch: Batch) -> Result<BatchOutcome, StoreError> {
+        self.submit(batch)?.wait()
+    }
+}
+
+fn run_writer(
+    mut store: Box<dyn Store + Send>,
+    receiver: &Receiver<Message>,
+    max_batch_ops: usize,
+) -> Box<dyn Store + Send> {
+    let mut batches = Vec::new();
+    let mut replies = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        // Block for the first piece of work, then take whatever else is already queued.
+        match receiver.recv() {
+            Ok(Message::Work(batch, reply)) => {
+                batches.push(batch);
+                replies.push(reply);
+            }
+            Ok(Message::Stop) | Err(_) => stopping = true,
+        }
+        let mut ops: usize = batches.iter().map(|b| b.ops.len()).sum();
+        while ops < max_batch_ops {
+            match receiver.try_recv() {
+                Ok(Message::Work(batch, reply)) => {
+                    ops = ops.saturating_add(batch.ops.len());
+                    batches.push(batch);
+                    replies.push(reply);
+                }
+                Ok(Message::Stop) => stopping = true,
+                Err(_) => break,
+            }
+        }
+        if batches.is_empty() {
+            continue;
+        }
+        match store.commit(&batches) {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                    // A caller that stopped waiting is not an error of the others.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        // Replies left over would mean the store returned too few outcomes.
+        for reply in replies.drain(..) {
+            let _ = reply.send(Err(StoreError::Backend(
+                "the store returned fewer outcomes than batches".into(),
+            )));
+        }
+        batches.clear();
+    }
+    store
+}
