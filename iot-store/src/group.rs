@@ -246,3 +246,148 @@ fn run_writer(
     }
     store
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditHead, AuditRecord};
+    use crate::model::{Challenge, DeviceRecord, OtaProgress, Rollout, Shadow, Tenant};
+    use iot_core::id::{DeviceId, TenantId};
+    use std::sync::mpsc::{Receiver, Sender};
+
+    /// A store whose commits wait for permission, so a test controls when the writer is busy.
+    struct GatedStore {
+        entered: Sender<usize>,
+        permits: Receiver<Result<(), StoreError>>,
+    }
+
+    impl Store for GatedStore {
+        fn commit(&mut self, batches: &[Batch]) -> Result<Vec<BatchOutcome>, StoreError> {
+            let _ = self.entered.send(batches.len());
+            self.permits.recv().map_err(|_| StoreError::Closed)??;
+            Ok(batches
+                .iter()
+                .map(|b| BatchOutcome {
+                    committed: true,
+                    ops: vec![crate::OpOutcome::Applied; b.ops.len()],
+                })
+                .collect())
+        }
+        fn tenant(&mut self, _: &TenantId) -> Result<Option<Tenant>, StoreError> {
+            Ok(None)
+        }
+        fn tenants(&mut self, _: Option<&TenantId>, _: u32) -> Result<Vec<Tenant>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn device(&mut self, _: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+            Ok(None)
+        }
+        fn devices(
+            &mut self,
+            _: &TenantId,
+            _: Option<&DeviceId>,
+            _: u32,
+        ) -> Result<Vec<DeviceRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn challenge(&mut self, _: &DeviceId) -> Result<Option<Challenge>, StoreError> {
+            Ok(None)
+        }
+        fn shadow(&mut self, _: &DeviceId, _: &str) -> Result<Option<Shadow>, StoreError> {
+            Ok(None)
+        }
+        fn rollout(&mut self, _: u64) -> Result<Option<Rollout>, StoreError> {
+            Ok(None)
+        }
+        fn ota_progress(
+            &mut self,
+            _: u64,
+            _: Option<&DeviceId>,
+            _: u32,
+        ) -> Result<Vec<OtaProgress>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn audit_head(&mut self) -> Result<AuditHead, StoreError> {
+            Ok(AuditHead::EMPTY)
+        }
+        fn audit_range(&mut self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn gated() -> (GroupCommit, Receiver<usize>, Sender<Result<(), StoreError>>) {
+        let (entered, entered_rx) = mpsc::channel();
+        let (permit_tx, permits) = mpsc::channel();
+        let group = GroupCommit::spawn(
+            Box::new(GatedStore { entered, permits }),
+            GroupCommitConfig {
+                queue_capacity: 2,
+                max_batch_ops: 100,
+            },
+        )
+        .unwrap();
+        (group, entered_rx, permit_tx)
+    }
+
+    fn one_op() -> Batch {
+        Batch::independent(vec![crate::Op::DeleteChallenge(DeviceId::from_mac([0; 6]))])
+    }
+
+    #[test]
+    fn a_full_queue_pushes_back_and_queued_batches_share_one_commit() {
+        let (group, entered, permits) = gated();
+        let handle = group.handle();
+        let first = handle.submit(one_op()).unwrap();
+        // The writer holds the first batch inside commit: the queue has room for exactly two.
+        assert_eq!(entered.recv().unwrap(), 1);
+        let second = handle.try_submit(one_op()).unwrap();
+        let third = handle.try_submit(one_op()).unwrap();
+        assert_eq!(handle.try_submit(one_op()).unwrap_err(), StoreError::Busy);
+        permits.send(Ok(())).unwrap();
+        assert!(first.wait().unwrap().committed);
+        // Both waiting batches go into the next transaction together.
+        assert_eq!(entered.recv().unwrap(), 2);
+        permits.send(Ok(())).unwrap();
+        assert!(second.wait().unwrap().committed);
+        assert!(third.wait().unwrap().committed);
+        drop(permits);
+        drop(group);
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_caller_in_it() {
+        let (group, entered, permits) = gated();
+        let handle = group.handle();
+        let first = handle.submit(one_op()).unwrap();
+        assert_eq!(entered.recv().unwrap(), 1);
+        let second = handle.submit(one_op()).unwrap();
+        let third = handle.submit(one_op()).unwrap();
+        permits.send(Ok(())).unwrap();
+        assert!(first.wait().is_ok());
+        assert_eq!(entered.recv().unwrap(), 2);
+        permits.send(Err(StoreError::Full("disk".into()))).unwrap();
+        assert_eq!(second.wait(), Err(StoreError::Full("disk".into())));
+        assert_eq!(third.wait(), Err(StoreError::Full("disk".into())));
+        // The writer carries on after a failed transaction.
+        let fourth = handle.submit(one_op()).unwrap();
+        assert_eq!(entered.recv().unwrap(), 1);
+        permits.send(Ok(())).unwrap();
+        assert!(fourth.wait().is_ok());
+        drop(permits);
+        drop(group);
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let (entered, _) = mpsc::channel();
+        let (_, permits) = mpsc::channel();
+        let result = GroupCommit::spawn(
+            Box::new(GatedStore { entered, permits }),
+            GroupCommitConfig {
+                queue_capacity: 0,
+                max_batch_ops: 1,
+            },
+        );
+        assert!(matches!(result, Err(StoreError::InvalidInput(_))));
+    }
+}
