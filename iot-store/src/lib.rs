@@ -27,7 +27,7 @@ pub use model::{
     OpOutcome, OtaProgress, Rollout, Shadow, ShadowExpect, Tenant,
 };
 pub use postgres::{PgConfig, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 use iot_core::id::{DeviceId, TenantId};
 

@@ -62,6 +62,27 @@ fn sql(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Options of [`SqliteStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// How long a writer waits for another connection's transaction to finish.
+    pub busy_timeout: Duration,
+    /// The largest the database file may grow (rounded down to whole pages; the WAL file
+    /// comes on top). A commit that would exceed it fails with [`StoreError::Full`] and leaves
+    /// nothing behind, as a full disk does. `None`: no limit besides the disk.
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for SqliteOptions {
+    /// A 5 s busy timeout and no size limit.
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            max_size_bytes: None,
+        }
+    }
+}
+
 /// A [`Store`] in one SQLite file.
 ///
 /// ```
@@ -89,9 +110,14 @@ impl SqliteStore {
     /// tables this crate did not create is [`StoreError::Foreign`]; one written by a newer
     /// build is [`StoreError::SchemaTooNew`]. In each case the file is left unchanged.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with options.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        conn.busy_timeout(options.busy_timeout).map_err(sql)?;
         // Read-only inspection first: nothing is written to a file we must refuse.
         let version = schema_version(&conn)?;
         if version > SCHEMA_VERSION {
@@ -110,6 +136,21 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL")
             .map_err(sql)?;
+        if let Some(max) = options.max_size_bytes {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sql)?;
+            let pages = i64::try_from(max)
+                .unwrap_or(i64::MAX)
+                .checked_div(page_size)
+                .unwrap_or(0)
+                .max(1);
+            let _: i64 = conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })
+                .map_err(sql)?;
+        }
         let mut store = Self { conn, path };
         store.migrate()?;
         Ok(store)

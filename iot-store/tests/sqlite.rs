@@ -189,3 +189,52 @@ fn the_store_is_usable_as_a_trait_object() {
         Box::new(SqliteStore::open(dir.path().join("fleet.db")).unwrap());
     assert_eq!(store.audit_head().unwrap().seq, 0);
 }
+
+#[test]
+fn a_full_database_is_a_clear_error_and_leaves_no_partial_batch() {
+    use iot_store::{Batch, Op, SqliteOptions, Tenant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.db");
+    let mut store = SqliteStore::open_with(
+        &path,
+        SqliteOptions {
+            max_size_bytes: Some(256 * 1024),
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let mut committed = 0u32;
+    let mut full = None;
+    for i in 0..1_000u32 {
+        let result = store.commit(&[Batch::independent(vec![
+            Op::Audit(common::event(u64::from(i))),
+            Op::PutTenant(Tenant {
+                id: common::tenant(&format!("t{i}")),
+                config: vec![7; 8 * 1024],
+            }),
+        ])]);
+        match result {
+            Ok(_) => committed += 1,
+            Err(e) => {
+                full = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (failed_at, err) = full.expect("the size limit was never reached");
+    assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+    assert!(committed > 0);
+    // Nothing of the failed batch is there: neither its audit entry nor its tenant.
+    assert_eq!(store.audit_head().unwrap().seq, u64::from(committed));
+    assert_eq!(
+        store
+            .tenant(&common::tenant(&format!("t{failed_at}")))
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.verify_audit().unwrap().seq, u64::from(committed));
+    // Reopening (without the limit) finds exactly what was committed.
+    drop(store);
+    let mut reopened = SqliteStore::open(&path).unwrap();
+    assert_eq!(reopened.verify_audit().unwrap().seq, u64::from(committed));
+}
