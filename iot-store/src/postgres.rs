@@ -10,11 +10,13 @@
 //! A lost connection fails the call in flight with [`StoreError::ConnectionLost`] (the server
 //! rolls back its transaction); the next call connects again.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use iot_core::id::{DeviceId, TenantId};
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement, Transaction};
 
 use crate::audit::{AuditEvent, AuditHead, AuditRecord, chain_hash};
 use crate::model::{
@@ -127,10 +129,44 @@ fn pg(e: postgres::Error) -> StoreError {
     StoreError::ConnectionLost(e.to_string())
 }
 
+/// A connection and the statements prepared on it (a fixed set, so the cache is bounded).
+struct Conn {
+    client: Client,
+    statements: Statements,
+}
+
+#[derive(Default)]
+struct Statements(HashMap<&'static str, Statement>);
+
+impl Statements {
+    fn get(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &'static str,
+    ) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = tx.prepare(sql).map_err(pg)?;
+        self.0.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn execute(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let statement = self.get(tx, sql)?;
+        tx.execute(&statement, params).map_err(pg)
+    }
+}
+
 /// A [`Store`] in a PostgreSQL schema.
 pub struct PgStore {
     config: PgConfig,
-    client: Option<Client>,
+    client: Option<Conn>,
 }
 
 impl core::fmt::Debug for PgStore {
@@ -172,7 +208,7 @@ impl PgStore {
             "DROP SCHEMA IF EXISTS {} CASCADE",
             self.config.quoted_schema()
         );
-        self.with_client(|c| c.batch_execute(&statement).map_err(pg))
+        self.with_client(|c| c.client.batch_execute(&statement).map_err(pg))
     }
 
     /// The backend process id of the current connection (for operators and fault tests), or
@@ -182,7 +218,8 @@ impl PgStore {
             return Ok(None);
         }
         self.with_client(|c| {
-            c.query_one("SELECT pg_backend_pid()", &[])
+            c.client
+                .query_one("SELECT pg_backend_pid()", &[])
                 .and_then(|r| r.try_get(0))
                 .map(Some)
                 .map_err(pg)
@@ -234,11 +271,14 @@ impl PgStore {
     }
 
     /// The live connection, connecting first when there is none or it was lost.
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+    fn client(&mut self) -> Result<&mut Conn, StoreError> {
+        if self.client.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.client = None;
-            let fresh = self.open_connection()?;
-            self.client = Some(fresh);
+            let client = self.open_connection()?;
+            self.client = Some(Conn {
+                client,
+                statements: Statements::default(),
+            });
         }
         self.client
             .as_mut()
@@ -248,11 +288,11 @@ impl PgStore {
     /// Runs `f` on the connection; a lost connection is dropped so the next call reconnects.
     fn with_client<T>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let result = f(self.client()?);
         if matches!(result, Err(StoreError::ConnectionLost(_)))
-            || self.client.as_ref().is_some_and(Client::is_closed)
+            || self.client.as_ref().is_some_and(|c| c.client.is_closed())
         {
             self.client = None;
         }
@@ -306,31 +346,34 @@ fn schema_version(tx: &mut Transaction<'_>, schema: &str) -> Result<u32, StoreEr
 
 fn shadow_version(
     tx: &mut Transaction<'_>,
+    st: &mut Statements,
     device: &DeviceId,
     name: &str,
 ) -> Result<Option<u64>, StoreError> {
+    let statement = st.get(
+        tx,
+        "SELECT version FROM shadows WHERE device = $1 AND name = $2",
+    )?;
     let row = tx
-        .query_opt(
-            "SELECT version FROM shadows WHERE device = $1 AND name = $2",
-            &[&device.as_str(), &name],
-        )
+        .query_opt(&statement, &[&device.as_str(), &name])
         .map_err(pg)?;
     row.map(|r| from_i64(r.try_get(0).map_err(pg)?, "shadow version"))
         .transpose()
 }
 
-fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
+fn exec(tx: &mut Transaction<'_>, st: &mut Statements, op: &Op) -> Result<OpOutcome, StoreError> {
     match op {
         Op::PutTenant(t) => {
-            tx.execute(
+            st.execute(
+                tx,
                 "INSERT INTO tenants (id, config) VALUES ($1, $2) \
                  ON CONFLICT (id) DO UPDATE SET config = excluded.config",
                 &[&t.id.as_str(), &t.config],
-            )
-            .map_err(pg)?;
+            )?;
         }
         Op::PutDevice(d) => {
-            tx.execute(
+            st.execute(
+                tx,
                 "INSERT INTO devices (id, tenant, state, firmware_version, credential, revoked, \
                  updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE \
                  SET tenant = excluded.tenant, state = excluded.state, \
@@ -345,8 +388,7 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                     &d.revoked,
                     &to_i64(d.updated_at_ms, "updated_at_ms")?,
                 ],
-            )
-            .map_err(pg)?;
+            )?;
         }
         Op::DeleteDevice(id) => {
             for statement in [
@@ -355,11 +397,12 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                 "DELETE FROM shadows WHERE device = $1",
                 "DELETE FROM ota_progress WHERE device = $1",
             ] {
-                tx.execute(statement, &[&id.as_str()]).map_err(pg)?;
+                st.execute(tx, statement, &[&id.as_str()])?;
             }
         }
         Op::PutChallenge(c) => {
-            tx.execute(
+            st.execute(
+                tx,
                 "INSERT INTO challenges (device, session, nonce, expires_at_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (device) DO UPDATE SET \
                  session = excluded.session, nonce = excluded.nonce, \
@@ -370,30 +413,34 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                     &c.nonce,
                     &to_i64(c.expires_at_ms, "expires_at_ms")?,
                 ],
-            )
-            .map_err(pg)?;
+            )?;
         }
         Op::DeleteChallenge(id) => {
-            tx.execute("DELETE FROM challenges WHERE device = $1", &[&id.as_str()])
-                .map_err(pg)?;
+            st.execute(
+                tx,
+                "DELETE FROM challenges WHERE device = $1",
+                &[&id.as_str()],
+            )?;
         }
         Op::PurgeChallenges { now_ms } => {
-            tx.execute(
+            st.execute(
+                tx,
                 "DELETE FROM challenges WHERE expires_at_ms <= $1",
                 &[&to_i64(*now_ms, "now_ms")?],
-            )
-            .map_err(pg)?;
+            )?;
         }
         Op::PutShadow { shadow, expected } => {
             let version = to_i64(shadow.version, "shadow version")?;
             let device = shadow.device.as_str();
             let changed = match expected {
-                ShadowExpect::Absent => tx.execute(
+                ShadowExpect::Absent => st.execute(
+                    tx,
                     "INSERT INTO shadows (device, name, version, document) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (device, name) DO NOTHING",
                     &[&device, &shadow.name, &version, &shadow.document],
                 ),
-                ShadowExpect::Version(v) => tx.execute(
+                ShadowExpect::Version(v) => st.execute(
+                    tx,
                     "UPDATE shadows SET version = $3, document = $4 \
                      WHERE device = $1 AND name = $2 AND version = $5",
                     &[
@@ -404,11 +451,10 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                         &to_i64(*v, "shadow version")?,
                     ],
                 ),
-            }
-            .map_err(pg)?;
+            }?;
             if changed == 0 {
                 return Ok(OpOutcome::Conflict {
-                    current: shadow_version(tx, &shadow.device, &shadow.name)?,
+                    current: shadow_version(tx, st, &shadow.device, &shadow.name)?,
                 });
             }
         }
@@ -429,12 +475,13 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                 .map_err(pg)?;
             if changed == 0 {
                 return Ok(OpOutcome::Conflict {
-                    current: shadow_version(tx, device, name)?,
+                    current: shadow_version(tx, st, device, name)?,
                 });
             }
         }
         Op::PutRollout(r) => {
-            tx.execute(
+            st.execute(
+                tx,
                 "INSERT INTO rollouts (id, tenant, status, plan) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, \
                  status = excluded.status, plan = excluded.plan",
@@ -444,11 +491,11 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                     &i64::from(r.status),
                     &r.plan,
                 ],
-            )
-            .map_err(pg)?;
+            )?;
         }
         Op::PutOtaProgress(p) => {
-            tx.execute(
+            st.execute(
+                tx,
                 "INSERT INTO ota_progress (rollout, device, status, detail, updated_at_ms) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rollout, device) DO UPDATE SET \
                  status = excluded.status, detail = excluded.detail, \
@@ -460,15 +507,18 @@ fn exec(tx: &mut Transaction<'_>, op: &Op) -> Result<OpOutcome, StoreError> {
                     &p.detail,
                     &to_i64(p.updated_at_ms, "updated_at_ms")?,
                 ],
-            )
-            .map_err(pg)?;
+            )?;
         }
-        Op::Audit(event) => return append_audit(tx, event),
+        Op::Audit(event) => return append_audit(tx, st, event),
     }
     Ok(OpOutcome::Applied)
 }
 
-fn append_audit(tx: &mut Transaction<'_>, event: &AuditEvent) -> Result<OpOutcome, StoreError> {
+fn append_audit(
+    tx: &mut Transaction<'_>,
+    st: &mut Statements,
+    event: &AuditEvent,
+) -> Result<OpOutcome, StoreError> {
     let row = tx
         .query_one(
             "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
@@ -482,7 +532,8 @@ fn append_audit(tx: &mut Transaction<'_>, event: &AuditEvent) -> Result<OpOutcom
         .ok_or(StoreError::Full("audit sequence exhausted".into()))?;
     let hash = chain_hash(&prev, seq, event);
     let seq_i = to_i64(seq, "audit sequence")?;
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO audit (seq, at_ms, tenant, device, action, payload, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
@@ -495,25 +546,25 @@ fn append_audit(tx: &mut Transaction<'_>, event: &AuditEvent) -> Result<OpOutcom
             &prev.as_slice(),
             &hash.as_slice(),
         ],
-    )
-    .map_err(pg)?;
-    tx.execute(
+    )?;
+    st.execute(
+        tx,
         "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
         &[&seq_i, &hash.as_slice()],
-    )
-    .map_err(pg)?;
+    )?;
     Ok(OpOutcome::Appended { seq, hash })
 }
 
-fn commit_on(client: &mut Client, batches: &[Batch]) -> Result<Vec<BatchOutcome>, StoreError> {
-    let mut tx = client.transaction().map_err(pg)?;
+fn commit_on(conn: &mut Conn, batches: &[Batch]) -> Result<Vec<BatchOutcome>, StoreError> {
+    let st = &mut conn.statements;
+    let mut tx = conn.client.transaction().map_err(pg)?;
     let mut outcomes = Vec::with_capacity(batches.len());
     for batch in batches {
         let mut ops = Vec::with_capacity(batch.ops.len());
         match batch.mode {
             BatchMode::Independent => {
                 for op in &batch.ops {
-                    ops.push(exec(&mut tx, op)?);
+                    ops.push(exec(&mut tx, st, op)?);
                 }
                 outcomes.push(BatchOutcome {
                     committed: true,
@@ -524,7 +575,7 @@ fn commit_on(client: &mut Client, batches: &[Batch]) -> Result<Vec<BatchOutcome>
                 let mut sp = tx.transaction().map_err(pg)?;
                 let mut conflict = false;
                 for op in &batch.ops {
-                    let outcome = exec(&mut sp, op)?;
+                    let outcome = exec(&mut sp, st, op)?;
                     ops.push(outcome);
                     if matches!(outcome, OpOutcome::Conflict { .. }) {
                         conflict = true;
@@ -566,6 +617,7 @@ impl Store for PgStore {
     fn tenant(&mut self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         self.with_client(|c| {
             let row = c
+                .client
                 .query_opt("SELECT config FROM tenants WHERE id = $1", &[&id.as_str()])
                 .map_err(pg)?;
             row.map(|r| {
@@ -580,25 +632,26 @@ impl Store for PgStore {
 
     fn tenants(&mut self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError> {
         self.with_client(|c| {
-            c.query(
-                "SELECT id, config FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after.map_or("", TenantId::as_str), &page_limit(limit)],
-            )
-            .map_err(pg)?
-            .iter()
-            .map(|r| {
-                Ok(Tenant {
-                    id: parse_tenant_id(r.try_get(0).map_err(pg)?)?,
-                    config: r.try_get(1).map_err(pg)?,
+            c.client
+                .query(
+                    "SELECT id, config FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
+                    &[&after.map_or("", TenantId::as_str), &page_limit(limit)],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(Tenant {
+                        id: parse_tenant_id(r.try_get(0).map_err(pg)?)?,
+                        config: r.try_get(1).map_err(pg)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
     fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         self.with_client(|c| {
-            c.query_opt(
+            c.client.query_opt(
                 "SELECT id, tenant, state, firmware_version, credential, revoked, updated_at_ms \
                  FROM devices WHERE id = $1",
                 &[&id.as_str()],
@@ -616,7 +669,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with_client(|c| {
-            c.query(
+            c.client.query(
                 "SELECT id, tenant, state, firmware_version, credential, revoked, updated_at_ms \
                  FROM devices WHERE tenant = $1 AND id > $2 \
                  ORDER BY id LIMIT $3",
@@ -635,39 +688,41 @@ impl Store for PgStore {
 
     fn challenge(&mut self, device: &DeviceId) -> Result<Option<Challenge>, StoreError> {
         self.with_client(|c| {
-            c.query_opt(
-                "SELECT session, nonce, expires_at_ms FROM challenges WHERE device = $1",
-                &[&device.as_str()],
-            )
-            .map_err(pg)?
-            .map(|r| {
-                Ok(Challenge {
-                    device: *device,
-                    session: from_i64(r.try_get(0).map_err(pg)?, "session")?,
-                    nonce: r.try_get(1).map_err(pg)?,
-                    expires_at_ms: from_i64(r.try_get(2).map_err(pg)?, "expires_at_ms")?,
+            c.client
+                .query_opt(
+                    "SELECT session, nonce, expires_at_ms FROM challenges WHERE device = $1",
+                    &[&device.as_str()],
+                )
+                .map_err(pg)?
+                .map(|r| {
+                    Ok(Challenge {
+                        device: *device,
+                        session: from_i64(r.try_get(0).map_err(pg)?, "session")?,
+                        nonce: r.try_get(1).map_err(pg)?,
+                        expires_at_ms: from_i64(r.try_get(2).map_err(pg)?, "expires_at_ms")?,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
         })
     }
 
     fn shadow(&mut self, device: &DeviceId, name: &str) -> Result<Option<Shadow>, StoreError> {
         self.with_client(|c| {
-            c.query_opt(
-                "SELECT version, document FROM shadows WHERE device = $1 AND name = $2",
-                &[&device.as_str(), &name],
-            )
-            .map_err(pg)?
-            .map(|r| {
-                Ok(Shadow {
-                    device: *device,
-                    name: name.to_owned(),
-                    version: from_i64(r.try_get(0).map_err(pg)?, "shadow version")?,
-                    document: r.try_get(1).map_err(pg)?,
+            c.client
+                .query_opt(
+                    "SELECT version, document FROM shadows WHERE device = $1 AND name = $2",
+                    &[&device.as_str(), &name],
+                )
+                .map_err(pg)?
+                .map(|r| {
+                    Ok(Shadow {
+                        device: *device,
+                        name: name.to_owned(),
+                        version: from_i64(r.try_get(0).map_err(pg)?, "shadow version")?,
+                        document: r.try_get(1).map_err(pg)?,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
         })
     }
 
@@ -676,20 +731,21 @@ impl Store for PgStore {
             return Ok(None);
         };
         self.with_client(|c| {
-            c.query_opt(
-                "SELECT tenant, status, plan FROM rollouts WHERE id = $1",
-                &[&key],
-            )
-            .map_err(pg)?
-            .map(|r| {
-                Ok(Rollout {
-                    id,
-                    tenant: parse_tenant_id(r.try_get(0).map_err(pg)?)?,
-                    status: from_i64(r.try_get(1).map_err(pg)?, "rollout status")?,
-                    plan: r.try_get(2).map_err(pg)?,
+            c.client
+                .query_opt(
+                    "SELECT tenant, status, plan FROM rollouts WHERE id = $1",
+                    &[&key],
+                )
+                .map_err(pg)?
+                .map(|r| {
+                    Ok(Rollout {
+                        id,
+                        tenant: parse_tenant_id(r.try_get(0).map_err(pg)?)?,
+                        status: from_i64(r.try_get(1).map_err(pg)?, "rollout status")?,
+                        plan: r.try_get(2).map_err(pg)?,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
         })
     }
 
@@ -703,34 +759,36 @@ impl Store for PgStore {
             return Ok(Vec::new());
         };
         self.with_client(|c| {
-            c.query(
-                "SELECT device, status, detail, updated_at_ms FROM ota_progress \
+            c.client
+                .query(
+                    "SELECT device, status, detail, updated_at_ms FROM ota_progress \
                  WHERE rollout = $1 AND device > $2 \
                  ORDER BY device LIMIT $3",
-                &[
-                    &key,
-                    &after.map_or("", DeviceId::as_str),
-                    &page_limit(limit),
-                ],
-            )
-            .map_err(pg)?
-            .iter()
-            .map(|r| {
-                Ok(OtaProgress {
-                    rollout,
-                    device: device_id(r.try_get(0).map_err(pg)?)?,
-                    status: from_i64(r.try_get(1).map_err(pg)?, "OTA status")?,
-                    detail: r.try_get(2).map_err(pg)?,
-                    updated_at_ms: from_i64(r.try_get(3).map_err(pg)?, "updated_at_ms")?,
+                    &[
+                        &key,
+                        &after.map_or("", DeviceId::as_str),
+                        &page_limit(limit),
+                    ],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(OtaProgress {
+                        rollout,
+                        device: device_id(r.try_get(0).map_err(pg)?)?,
+                        status: from_i64(r.try_get(1).map_err(pg)?, "OTA status")?,
+                        detail: r.try_get(2).map_err(pg)?,
+                        updated_at_ms: from_i64(r.try_get(3).map_err(pg)?, "updated_at_ms")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
     fn audit_head(&mut self) -> Result<AuditHead, StoreError> {
         self.with_client(|c| {
             let r = c
+                .client
                 .query_one("SELECT seq, hash FROM audit_head WHERE id = 1", &[])
                 .map_err(pg)?;
             Ok(AuditHead {
@@ -745,7 +803,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         };
         self.with_client(|c| {
-            c.query(
+            c.client.query(
                 "SELECT seq, at_ms, tenant, device, action, payload, prev_hash, hash FROM audit \
                  WHERE seq >= $1 ORDER BY seq LIMIT $2",
                 &[&from, &page_limit(limit)],
