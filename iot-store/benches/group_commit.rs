@@ -1,10 +1,16 @@
 //! Durable shadow updates through group commit at 100,000 devices.
 //!
-//! Each update is a compare-and-swap shadow write of a random device (64-byte document); a
-//! caller waits until its update is durable, as a backend does before acknowledging. Several
-//! caller threads share one [`GroupCommit`] writer. Criterion reports the time per durable
-//! update (its reciprocal is updates per second); the p99 acknowledgement latency of every
-//! measured update is printed after each group.
+//! Each update is a compare-and-swap shadow write of a random device (64-byte document), and
+//! is acknowledged only once it is durable, as a backend does. Caller threads share one
+//! [`GroupCommit`] writer. Two shapes of load:
+//! - `blocking`: 64 callers, each waits for its update before sending the next (one message in
+//!   flight per caller);
+//! - `pipelined`: 16 callers with up to 64 updates of distinct devices in flight each, as a
+//!   backend serving many device sessions at once does.
+//!
+//! Criterion reports the time per durable update (its reciprocal is updates per second); the
+//! p50 / p99 / max acknowledgement latency of every update criterion ran (warm-up included) is
+//! printed after each run.
 //!
 //! SQLite always runs (temporary file). PostgreSQL runs when `IOT_STORE_BENCH_PG_URL` names a
 //! server (for example `host=127.0.0.1 user=postgres dbname=test`), in a schema of its own that
@@ -30,7 +36,6 @@ use iot_store::{
 };
 
 const DEVICES: u32 = 100_000;
-const CALLERS: u32 = 64;
 const DOCUMENT: [u8; 64] = [0x5a; 64];
 /// Latency samples kept per group (bounded memory).
 const MAX_SAMPLES: usize = 2_000_000;
@@ -60,6 +65,8 @@ fn seed(store: &mut dyn Store) {
 
 struct Fleet {
     handle: GroupCommitHandle,
+    callers: u32,
+    in_flight: u32,
     /// Each device's stored version; caller `c` only touches devices `n` with `n % CALLERS == c`.
     versions: Arc<Vec<AtomicU64>>,
     latencies: Arc<Mutex<Vec<Duration>>>,
@@ -68,50 +75,61 @@ struct Fleet {
 impl Fleet {
     /// Runs `updates` durable updates spread over the callers; returns the wall time.
     fn run(&self, updates: u64, seed: &AtomicU64) -> Duration {
-        let per_caller = updates.div_ceil(u64::from(CALLERS));
+        let callers = self.callers;
+        let in_flight = u64::from(self.in_flight);
+        let rounds = updates.div_ceil(u64::from(callers) * in_flight);
         let start = Instant::now();
-        let threads: Vec<_> = (0..CALLERS)
+        let threads: Vec<_> = (0..callers)
             .map(|c| {
                 let handle = self.handle.clone();
                 let versions = Arc::clone(&self.versions);
                 let latencies = Arc::clone(&self.latencies);
                 let mut rng = seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) | 1;
                 std::thread::spawn(move || {
-                    let mut local = Vec::with_capacity(per_caller as usize);
-                    for _ in 0..per_caller {
+                    let slots = u64::from(DEVICES / callers);
+                    let mut local = Vec::with_capacity((rounds * in_flight) as usize);
+                    let mut pending = Vec::with_capacity(in_flight as usize);
+                    for _ in 0..rounds {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
-                        let slot = (rng % u64::from(DEVICES / CALLERS)) as u32;
-                        let n = slot * CALLERS + c;
-                        let current = versions[n as usize].load(Ordering::Relaxed);
-                        let sent = Instant::now();
-                        let outcome = handle
-                            .commit(Batch::independent(vec![Op::PutShadow {
-                                shadow: Shadow {
-                                    device: device(n),
-                                    name: String::new(),
-                                    version: current + 1,
-                                    document: DOCUMENT.to_vec(),
-                                },
-                                expected: ShadowExpect::Version(current),
-                            }]))
-                            .unwrap();
-                        local.push(sent.elapsed());
-                        assert!(outcome.first_conflict().is_none());
-                        versions[n as usize].store(current + 1, Ordering::Relaxed);
+                        // Consecutive slots from a random start: distinct devices in flight.
+                        let first = rng % slots;
+                        for k in 0..in_flight {
+                            let n = ((first + k) % slots) as u32 * callers + c;
+                            let current = versions[n as usize].load(Ordering::Relaxed);
+                            let sent = Instant::now();
+                            let ticket = handle
+                                .submit(Batch::independent(vec![Op::PutShadow {
+                                    shadow: Shadow {
+                                        device: device(n),
+                                        name: String::new(),
+                                        version: current + 1,
+                                        document: DOCUMENT.to_vec(),
+                                    },
+                                    expected: ShadowExpect::Version(current),
+                                }]))
+                                .unwrap();
+                            pending.push((n, current + 1, sent, ticket));
+                        }
+                        for (n, version, sent, ticket) in pending.drain(..) {
+                            let outcome = ticket.wait().unwrap();
+                            local.push(sent.elapsed());
+                            assert!(outcome.first_conflict().is_none());
+                            versions[n as usize].store(version, Ordering::Relaxed);
+                        }
                     }
                     let mut all = latencies.lock().unwrap();
                     if all.len() < MAX_SAMPLES {
                         all.extend(local);
                     }
+                    rounds * in_flight
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        start.elapsed()
+        let ran: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        // Whole rounds may run a few more updates than asked; scale to `updates`.
+        start.elapsed().mul_f64(updates as f64 / ran.max(1) as f64)
     }
 
     fn report(&self, label: &str) {
@@ -135,11 +153,7 @@ impl Fleet {
 fn bench_store(c: &mut Criterion, label: &str, mut store: Box<dyn Store + Send>) {
     seed(&mut *store);
     let group_commit = GroupCommit::spawn(store, GroupCommitConfig::default()).unwrap();
-    let fleet = Fleet {
-        handle: group_commit.handle(),
-        versions: Arc::new((0..DEVICES).map(|_| AtomicU64::new(1)).collect()),
-        latencies: Arc::new(Mutex::new(Vec::new())),
-    };
+    let versions = Arc::new((0..DEVICES).map(|_| AtomicU64::new(1)).collect::<Vec<_>>());
     let rng_seed = AtomicU64::new(0x2545_f491_4f6c_dd1d);
     let mut group = c.benchmark_group(format!("durable_shadow_update/{label}"));
     group
@@ -147,17 +161,21 @@ fn bench_store(c: &mut Criterion, label: &str, mut store: Box<dyn Store + Send>)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(1));
-    group.bench_function(format!("{DEVICES}_devices_{CALLERS}_callers"), |b| {
-        b.iter_custom(|iters| {
-            let elapsed = fleet.run(iters, &rng_seed);
-            // Per-caller rounding may run a few more updates than asked; scale to `iters`.
-            let ran = iters.div_ceil(u64::from(CALLERS)) * u64::from(CALLERS);
-            elapsed.mul_f64(iters as f64 / ran as f64)
+    for (shape, callers, in_flight) in [("blocking", 64, 1), ("pipelined", 16, 64)] {
+        let fleet = Fleet {
+            handle: group_commit.handle(),
+            callers,
+            in_flight,
+            versions: Arc::clone(&versions),
+            latencies: Arc::new(Mutex::new(Vec::new())),
+        };
+        let name = format!("{shape}_{DEVICES}_devices_{callers}x{in_flight}_in_flight");
+        group.bench_function(&name, |b| {
+            b.iter_custom(|iters| fleet.run(iters, &rng_seed));
         });
-    });
+        fleet.report(&format!("{label}/{name}"));
+    }
     group.finish();
-    fleet.report(label);
-    drop(fleet);
     drop(group_commit.shutdown().unwrap());
 }
 
