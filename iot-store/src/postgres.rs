@@ -559,11 +559,29 @@ fn commit_on(conn: &mut Conn, batches: &[Batch]) -> Result<Vec<BatchOutcome>, St
     let st = &mut conn.statements;
     let mut tx = conn.client.transaction().map_err(pg)?;
     let mut outcomes = Vec::with_capacity(batches.len());
+    let mut run = ShadowRun::default();
     for batch in batches {
         let mut ops = Vec::with_capacity(batch.ops.len());
         match batch.mode {
             BatchMode::Independent => {
-                for op in &batch.ops {
+                let at = outcomes.len();
+                for (i, op) in batch.ops.iter().enumerate() {
+                    // Shadow writes wait in the run (one statement for many); anything else
+                    // flushes the run first, so every op sees the ops before it.
+                    if let Op::PutShadow { shadow, expected } = op {
+                        if !run.add(at, i, shadow, *expected) {
+                            // The same shadow again: the earlier write must land first.
+                            run.flush(&mut tx, st, &mut outcomes, &mut ops, at)?;
+                            if !run.add(at, i, shadow, *expected) {
+                                ops.push(exec(&mut tx, st, op)?);
+                                continue;
+                            }
+                        }
+                        // A placeholder until the run is flushed.
+                        ops.push(OpOutcome::RolledBack);
+                        continue;
+                    }
+                    run.flush(&mut tx, st, &mut outcomes, &mut ops, at)?;
                     ops.push(exec(&mut tx, st, op)?);
                 }
                 outcomes.push(BatchOutcome {
@@ -572,6 +590,8 @@ fn commit_on(conn: &mut Conn, batches: &[Batch]) -> Result<Vec<BatchOutcome>, St
                 });
             }
             BatchMode::Atomic => {
+                let at = outcomes.len();
+                run.flush(&mut tx, st, &mut outcomes, &mut ops, at)?;
                 let mut sp = tx.transaction().map_err(pg)?;
                 let mut conflict = false;
                 for op in &batch.ops {
@@ -598,8 +618,147 @@ fn commit_on(conn: &mut Conn, batches: &[Batch]) -> Result<Vec<BatchOutcome>, St
             }
         }
     }
+    let at = outcomes.len();
+    run.flush(&mut tx, st, &mut outcomes, &mut Vec::new(), at)?;
     tx.commit().map_err(pg)?;
     Ok(outcomes)
+}
+
+/// Consecutive shadow writes of independent batches, on distinct shadows, applied with one
+/// statement per kind (update, create) instead of one round trip per op. Distinct keys make
+/// the order among them irrelevant; a second write to a key already in the run, or any other
+/// op, flushes the run first.
+#[derive(Default)]
+struct ShadowRun<'a> {
+    keys: std::collections::HashSet<(&'a str, &'a str)>,
+    /// (batch index, op index, shadow, expected version) of compare-and-swap updates.
+    updates: Vec<(usize, usize, &'a Shadow, i64)>,
+    /// (batch index, op index, shadow) of creations.
+    creates: Vec<(usize, usize, &'a Shadow)>,
+}
+
+const BULK_UPDATE: &str = "UPDATE shadows AS s SET version = u.version, document = u.document \
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::int8[]) \
+    AS u(device, name, version, document, expected) \
+    WHERE s.device = u.device COLLATE \"C\" AND s.name = u.name COLLATE \"C\" \
+    AND s.version = u.expected RETURNING s.device, s.name";
+
+const BULK_CREATE: &str = "INSERT INTO shadows (device, name, version, document) \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[]) \
+    ON CONFLICT (device, name) DO NOTHING RETURNING device, name";
+
+impl<'a> ShadowRun<'a> {
+    /// Takes the write into the run, or returns `false` when its key is already there.
+    fn add(&mut self, batch: usize, op: usize, shadow: &'a Shadow, expected: ShadowExpect) -> bool {
+        let Ok(expected) = (match expected {
+            ShadowExpect::Absent => Ok(None),
+            ShadowExpect::Version(v) => to_i64(v, "shadow version").map(Some),
+        }) else {
+            return false;
+        };
+        if !self
+            .keys
+            .insert((shadow.device.as_str(), shadow.name.as_str()))
+        {
+            return false;
+        }
+        match expected {
+            None => self.creates.push((batch, op, shadow)),
+            Some(v) => self.updates.push((batch, op, shadow, v)),
+        }
+        true
+    }
+
+    /// Applies the run and writes each op's outcome: into `outcomes` for finished batches,
+    /// into `current` for the batch at index `current_at` still being built.
+    fn flush(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        st: &mut Statements,
+        outcomes: &mut [BatchOutcome],
+        current: &mut [OpOutcome],
+        current_at: usize,
+    ) -> Result<(), StoreError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let mut applied = std::collections::HashSet::new();
+        if !self.updates.is_empty() {
+            let devices: Vec<&str> = self.updates.iter().map(|u| u.2.device.as_str()).collect();
+            let names: Vec<&str> = self.updates.iter().map(|u| u.2.name.as_str()).collect();
+            let versions = self
+                .updates
+                .iter()
+                .map(|u| to_i64(u.2.version, "shadow version"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let documents: Vec<&[u8]> = self
+                .updates
+                .iter()
+                .map(|u| u.2.document.as_slice())
+                .collect();
+            let expected: Vec<i64> = self.updates.iter().map(|u| u.3).collect();
+            let statement = st.get(tx, BULK_UPDATE)?;
+            for row in tx
+                .query(
+                    &statement,
+                    &[&devices, &names, &versions, &documents, &expected],
+                )
+                .map_err(pg)?
+            {
+                let device: String = row.try_get(0).map_err(pg)?;
+                let name: String = row.try_get(1).map_err(pg)?;
+                applied.insert((device, name));
+            }
+        }
+        if !self.creates.is_empty() {
+            let devices: Vec<&str> = self.creates.iter().map(|c| c.2.device.as_str()).collect();
+            let names: Vec<&str> = self.creates.iter().map(|c| c.2.name.as_str()).collect();
+            let versions = self
+                .creates
+                .iter()
+                .map(|c| to_i64(c.2.version, "shadow version"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let documents: Vec<&[u8]> = self
+                .creates
+                .iter()
+                .map(|c| c.2.document.as_slice())
+                .collect();
+            let statement = st.get(tx, BULK_CREATE)?;
+            for row in tx
+                .query(&statement, &[&devices, &names, &versions, &documents])
+                .map_err(pg)?
+            {
+                let device: String = row.try_get(0).map_err(pg)?;
+                let name: String = row.try_get(1).map_err(pg)?;
+                applied.insert((device, name));
+            }
+        }
+        let positions = self
+            .updates
+            .iter()
+            .map(|u| (u.0, u.1, u.2))
+            .chain(self.creates.iter().copied());
+        for (batch, op, shadow) in positions {
+            let key = (shadow.device.as_str().to_owned(), shadow.name.clone());
+            let outcome = if applied.contains(&key) {
+                OpOutcome::Applied
+            } else {
+                OpOutcome::Conflict {
+                    current: shadow_version(tx, st, &shadow.device, &shadow.name)?,
+                }
+            };
+            let slot = if batch == current_at {
+                current.get_mut(op)
+            } else {
+                outcomes.get_mut(batch).and_then(|b| b.ops.get_mut(op))
+            };
+            *slot.ok_or(StoreError::Backend("shadow run lost its op".into()))? = outcome;
+        }
+        self.keys.clear();
+        self.updates.clear();
+        self.creates.clear();
+        Ok(())
+    }
 }
 
 fn device_id(text: String) -> Result<DeviceId, StoreError> {

@@ -276,6 +276,76 @@ pub(crate) fn independent_batch_keeps_other_ops<H: Harness>(h: &H) {
     assert_eq!(s.audit_head().unwrap().seq, 1);
 }
 
+/// Many shadow writes in one commit behave exactly as if applied one by one, in order.
+pub(crate) fn shadow_writes_in_one_commit_apply_in_order<H: Harness>(h: &H) {
+    let mut s = h.open();
+    s.apply(Batch::independent(vec![put_shadow(
+        shadow(3, "", 5, b"c5"),
+        ShadowExpect::Absent,
+    )]))
+    .unwrap();
+    let outcomes = s
+        .commit(&[
+            Batch::independent(vec![
+                put_shadow(shadow(1, "", 1, b"a1"), ShadowExpect::Absent),
+                put_shadow(shadow(1, "", 2, b"a2"), ShadowExpect::Version(1)),
+                put_shadow(shadow(1, "", 3, b"stale"), ShadowExpect::Version(1)),
+                put_shadow(shadow(2, "", 1, b"b1"), ShadowExpect::Absent),
+                put_shadow(shadow(3, "", 6, b"stale"), ShadowExpect::Version(4)),
+            ]),
+            Batch::independent(vec![
+                put_shadow(shadow(3, "", 6, b"c6"), ShadowExpect::Version(5)),
+                put_shadow(shadow(1, "", 3, b"a3"), ShadowExpect::Version(2)),
+                Op::DeleteShadow {
+                    device: device(2),
+                    name: String::new(),
+                    expected_version: 1,
+                },
+                put_shadow(shadow(2, "", 1, b"b1 again"), ShadowExpect::Absent),
+                put_shadow(shadow(2, "x", 1, b"named"), ShadowExpect::Absent),
+            ]),
+            Batch::atomic(vec![put_shadow(
+                shadow(1, "", 4, b"a4"),
+                ShadowExpect::Version(3),
+            )]),
+            Batch::independent(vec![put_shadow(
+                shadow(1, "", 5, b"a5"),
+                ShadowExpect::Version(4),
+            )]),
+        ])
+        .unwrap();
+    let applied = OpOutcome::Applied;
+    assert_eq!(
+        outcomes[0].ops,
+        vec![
+            applied,
+            applied,
+            OpOutcome::Conflict { current: Some(2) },
+            applied,
+            OpOutcome::Conflict { current: Some(5) },
+        ]
+    );
+    assert_eq!(outcomes[1].ops, vec![applied; 5]);
+    assert_eq!(outcomes[2].ops, vec![applied]);
+    assert_eq!(outcomes[3].ops, vec![applied]);
+    assert_eq!(
+        s.shadow(&device(1), "").unwrap(),
+        Some(shadow(1, "", 5, b"a5"))
+    );
+    assert_eq!(
+        s.shadow(&device(2), "").unwrap(),
+        Some(shadow(2, "", 1, b"b1 again"))
+    );
+    assert_eq!(
+        s.shadow(&device(2), "x").unwrap(),
+        Some(shadow(2, "x", 1, b"named"))
+    );
+    assert_eq!(
+        s.shadow(&device(3), "").unwrap(),
+        Some(shadow(3, "", 6, b"c6"))
+    );
+}
+
 pub(crate) fn atomic_batch_is_all_or_nothing<H: Harness>(h: &H) {
     let mut s = h.open();
     s.apply(Batch::independent(vec![put_shadow(
@@ -621,6 +691,7 @@ macro_rules! conformance_suite {
             case!(shadow_compare_and_swap);
             case!(independent_batch_keeps_other_ops);
             case!(atomic_batch_is_all_or_nothing);
+            case!(shadow_writes_in_one_commit_apply_in_order);
             case!(invalid_input_refuses_the_whole_call);
             case!(rollouts_and_ota_progress);
             case!(audit_append_verify_export);
