@@ -296,8 +296,19 @@ mod tests {
         fn shadow(&mut self, _: &DeviceId, _: &str) -> Result<Option<Shadow>, StoreError> {
             Ok(None)
         }
+        fn shadows(
+            &mut self,
+            _: &DeviceId,
+            _: Option<&str>,
+            _: u32,
+        ) -> Result<Vec<Shadow>, StoreError> {
+            Ok(Vec::new())
+        }
         fn rollout(&mut self, _: u64) -> Result<Option<Rollout>, StoreError> {
             Ok(None)
+        }
+        fn rollouts(&mut self, _: Option<u64>, _: u32) -> Result<Vec<Rollout>, StoreError> {
+            Ok(Vec::new())
         }
         fn ota_progress(
             &mut self,

@@ -88,8 +88,21 @@ pub trait Store {
     /// A shadow by device and name.
     fn shadow(&mut self, device: &DeviceId, name: &str) -> Result<Option<Shadow>, StoreError>;
 
+    /// Up to `limit` (at most [`MAX_PAGE`]) shadows of `device` with names after `after`
+    /// (`None`: from the first, the unnamed shadow included), in name order.
+    fn shadows(
+        &mut self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Shadow>, StoreError>;
+
     /// A rollout by id.
     fn rollout(&mut self, id: u64) -> Result<Option<Rollout>, StoreError>;
+
+    /// Up to `limit` (at most [`MAX_PAGE`]) rollouts with ids above `after`, in id order (a
+    /// backend restoring its state at start lists them all).
+    fn rollouts(&mut self, after: Option<u64>, limit: u32) -> Result<Vec<Rollout>, StoreError>;
 
     /// Up to `limit` (at most [`MAX_PAGE`]) OTA progress rows of a rollout with device ids
     /// after `after`, in device order.
@@ -199,8 +212,19 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn shadow(&mut self, device: &DeviceId, name: &str) -> Result<Option<Shadow>, StoreError> {
         (**self).shadow(device, name)
     }
+    fn shadows(
+        &mut self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Shadow>, StoreError> {
+        (**self).shadows(device, after, limit)
+    }
     fn rollout(&mut self, id: u64) -> Result<Option<Rollout>, StoreError> {
         (**self).rollout(id)
+    }
+    fn rollouts(&mut self, after: Option<u64>, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        (**self).rollouts(after, limit)
     }
     fn ota_progress(
         &mut self,

@@ -885,6 +885,65 @@ impl Store for PgStore {
         })
     }
 
+    fn shadows(
+        &mut self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Shadow>, StoreError> {
+        self.with_client(|c| {
+            c.client
+                .query(
+                    "SELECT name, version, document FROM shadows WHERE device = $1 \
+                     AND (name > $2 OR ($3 AND name = '')) ORDER BY name LIMIT $4",
+                    &[
+                        &device.as_str(),
+                        &after.unwrap_or(""),
+                        &after.is_none(),
+                        &page_limit(limit),
+                    ],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(Shadow {
+                        device: *device,
+                        name: r.try_get(0).map_err(pg)?,
+                        version: from_i64(r.try_get(1).map_err(pg)?, "shadow version")?,
+                        document: r.try_get(2).map_err(pg)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn rollouts(&mut self, after: Option<u64>, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        let after = match after.map(i64::try_from) {
+            None => -1,
+            Some(Ok(a)) => a,
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
+        self.with_client(|c| {
+            c.client
+                .query(
+                    "SELECT id, tenant, status, plan FROM rollouts WHERE id > $1 \
+                     ORDER BY id LIMIT $2",
+                    &[&after, &page_limit(limit)],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(Rollout {
+                        id: from_i64(r.try_get(0).map_err(pg)?, "rollout id")?,
+                        tenant: parse_tenant_id(r.try_get(1).map_err(pg)?)?,
+                        status: from_i64(r.try_get(2).map_err(pg)?, "rollout status")?,
+                        plan: r.try_get(3).map_err(pg)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn rollout(&mut self, id: u64) -> Result<Option<Rollout>, StoreError> {
         let Ok(key) = i64::try_from(id) else {
             return Ok(None);

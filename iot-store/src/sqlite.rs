@@ -626,6 +626,83 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    fn shadows(
+        &mut self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Shadow>, StoreError> {
+        // `name > ''` would skip the unnamed shadow: without `after`, start at or above ''.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name, version, document FROM shadows WHERE device = ?1 \
+                 AND (name > ?2 OR (?3 AND name = '')) ORDER BY name LIMIT ?4",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    device.as_str(),
+                    after.unwrap_or(""),
+                    after.is_none(),
+                    page_limit(limit)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .map_err(sql)?;
+        rows.map(|row| {
+            let (name, version, document) = row.map_err(sql)?;
+            Ok(Shadow {
+                device: *device,
+                name,
+                version: from_i64(version, "shadow version")?,
+                document,
+            })
+        })
+        .collect()
+    }
+
+    fn rollouts(&mut self, after: Option<u64>, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        let after = match after.map(i64::try_from) {
+            None => -1,
+            Some(Ok(a)) => a,
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, tenant, status, plan FROM rollouts WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map(params![after, page_limit(limit)], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u8>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .map_err(sql)?;
+        rows.map(|row| {
+            let (id, tenant, status, plan) = row.map_err(sql)?;
+            Ok(Rollout {
+                id: from_i64(id, "rollout id")?,
+                tenant: parse_tenant_id(tenant)?,
+                status,
+                plan,
+            })
+        })
+        .collect()
+    }
+
     fn rollout(&mut self, id: u64) -> Result<Option<Rollout>, StoreError> {
         let Ok(key) = i64::try_from(id) else {
             return Ok(None);

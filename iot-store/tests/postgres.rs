@@ -167,7 +167,27 @@ fn a_lost_connection_is_reported_and_the_next_call_reconnects() {
     assert!(matches!(err, StoreError::ConnectionLost(_)), "{err:?}");
     // ... and the next one reconnects and sees the committed state.
     assert_eq!(store.tenant(&acme).unwrap().unwrap().config, vec![1]);
-    assert_ne!(store.backend_pid().unwrap().unwrap(), pid);
+    let second = store.backend_pid().unwrap().unwrap();
+    assert_ne!(second, pid);
+
+    // A commit in flight on a lost connection fails whole, and the next one goes through.
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&second])
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let beta = iot_core::id::TenantId::new("beta").unwrap();
+    let put_beta = || {
+        Batch::independent(vec![Op::PutTenant(Tenant {
+            id: beta,
+            config: vec![2],
+        })])
+    };
+    let err = store.apply(put_beta()).unwrap_err();
+    assert!(matches!(err, StoreError::ConnectionLost(_)), "{err:?}");
+    assert_eq!(store.tenant(&beta).unwrap(), None);
+    store.apply(put_beta()).unwrap();
+    assert_eq!(store.tenant(&beta).unwrap().unwrap().config, vec![2]);
 }
 
 #[test]

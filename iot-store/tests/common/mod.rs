@@ -346,6 +346,26 @@ pub(crate) fn shadow_writes_in_one_commit_apply_in_order<H: Harness>(h: &H) {
     );
 }
 
+pub(crate) fn shadows_of_a_device_are_listed_by_name<H: Harness>(h: &H) {
+    let mut s = h.open();
+    let names = ["", "a", "b", "config", "z"];
+    let ops = names
+        .iter()
+        .map(|n| put_shadow(shadow(1, n, 1, n.as_bytes()), ShadowExpect::Absent))
+        .chain([put_shadow(
+            shadow(2, "a", 1, b"other"),
+            ShadowExpect::Absent,
+        )])
+        .collect();
+    s.apply(Batch::independent(ops)).unwrap();
+    let first = s.shadows(&device(1), None, 2).unwrap();
+    assert_eq!(first, vec![shadow(1, "", 1, b""), shadow(1, "a", 1, b"a")]);
+    let rest = s.shadows(&device(1), Some("a"), 10).unwrap();
+    let rest_names: Vec<&str> = rest.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(rest_names, vec!["b", "config", "z"]);
+    assert!(s.shadows(&device(9), None, 10).unwrap().is_empty());
+}
+
 pub(crate) fn atomic_batch_is_all_or_nothing<H: Harness>(h: &H) {
     let mut s = h.open();
     s.apply(Batch::independent(vec![put_shadow(
@@ -449,6 +469,21 @@ pub(crate) fn rollouts_and_ota_progress<H: Harness>(h: &H) {
     .unwrap();
     assert_eq!(s.rollout(42).unwrap().unwrap().status, 2);
     assert_eq!(s.rollout(43).unwrap(), None);
+    s.apply(Batch::independent(vec![
+        Op::PutRollout(Rollout {
+            id: 7,
+            ..rollout.clone()
+        }),
+        Op::PutRollout(Rollout {
+            id: 0,
+            ..rollout.clone()
+        }),
+    ]))
+    .unwrap();
+    let ids = |v: Vec<Rollout>| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.rollouts(None, 10).unwrap()), vec![0, 7, 42]);
+    assert_eq!(ids(s.rollouts(Some(0), 1).unwrap()), vec![7]);
+    assert_eq!(ids(s.rollouts(Some(42), 10).unwrap()), Vec::<u64>::new());
     let first = s.ota_progress(42, None, 20).unwrap();
     let rest = s.ota_progress(42, Some(&first[19].device), 20).unwrap();
     assert_eq!(first.len() + rest.len(), 30);
@@ -692,6 +727,7 @@ macro_rules! conformance_suite {
             case!(independent_batch_keeps_other_ops);
             case!(atomic_batch_is_all_or_nothing);
             case!(shadow_writes_in_one_commit_apply_in_order);
+            case!(shadows_of_a_device_are_listed_by_name);
             case!(invalid_input_refuses_the_whole_call);
             case!(rollouts_and_ota_progress);
             case!(audit_append_verify_export);
