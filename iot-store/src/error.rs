@@ -38,8 +38,11 @@ pub enum StoreError {
     /// The disk or the database is full; the transaction was rolled back.
     #[error("storage full: {0}")]
     Full(String),
-    /// The connection to the database server was lost; the transaction was rolled back by the
-    /// server. The next call reconnects.
+    /// The connection to the database server was lost, or could not be made. The next call
+    /// reconnects. A transaction cut before its commit was rolled back by the server; when
+    /// the connection broke while the commit itself was in flight, the server may have
+    /// committed it (a retried shadow write then reports a conflict naming the version it
+    /// wrote).
     #[error("database connection lost: {0}")]
     ConnectionLost(String),
     /// The audit trail does not verify, first at entry `seq`.

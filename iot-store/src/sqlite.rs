@@ -151,6 +151,8 @@ impl SqliteStore {
                 })
                 .map_err(sql)?;
         }
+        // Every statement of the store stays prepared (the default cache holds 16).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Self { conn, path };
         store.migrate()?;
         Ok(store)

@@ -546,6 +546,36 @@ pub(crate) fn audit_append_verify_export<H: Harness>(h: &H) {
     assert_eq!(count, 11);
 }
 
+/// Verification while another connection keeps appending checks the entries up to the head
+/// it read first, and succeeds.
+pub(crate) fn audit_verifies_while_others_append<H: Harness>(h: Arc<H>) {
+    let mut s = h.open();
+    let ops = (1..=1_500).map(|i| Op::Audit(event(i))).collect();
+    s.apply(Batch::independent(ops)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let h = Arc::clone(&h);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut s = h.open();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2_000 {
+                s.apply(Batch::independent(vec![Op::Audit(event(n))]))
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..5 {
+        let head = s.verify_audit().unwrap();
+        assert!(head.seq >= 1_500);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = appender.join().unwrap();
+    assert_eq!(s.verify_audit().unwrap().seq, 1_500 + appended);
+}
+
 pub(crate) fn audit_tampering_is_detected<H: Harness>(h: &H) {
     let mut s = h.open();
     let ops = (1..=20).map(|i| Op::Audit(event(i))).collect();
@@ -735,6 +765,11 @@ macro_rules! conformance_suite {
             case!(reopen_keeps_everything);
             case!(group_commit_answers_every_caller);
             case!(group_commit_after_shutdown_is_closed);
+
+            #[test]
+            fn audit_verifies_while_others_append() {
+                suite::audit_verifies_while_others_append(Arc::new(<$harness>::create()));
+            }
 
             #[test]
             fn concurrent_writers_never_lose_an_update() {
