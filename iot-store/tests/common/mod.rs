@@ -576,6 +576,44 @@ pub(crate) fn audit_verifies_while_others_append<H: Harness>(h: Arc<H>) {
     assert_eq!(s.verify_audit().unwrap().seq, 1_500 + appended);
 }
 
+/// Appenders on separate connections (separate backend nodes) keep one linear chain.
+pub(crate) fn concurrent_audit_appenders_keep_one_chain<H: Harness>(h: Arc<H>) {
+    let appenders = 4u64;
+    let batches = 30u64;
+    let threads: Vec<_> = (0..appenders)
+        .map(|a| {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                let mut s = h.open();
+                let mut seqs = Vec::new();
+                for b in 0..batches {
+                    let outcome = s
+                        .apply(Batch::independent(vec![
+                            Op::Audit(event(a * 1_000 + b)),
+                            Op::Audit(event(a * 1_000 + b + 500)),
+                        ]))
+                        .unwrap();
+                    for op in outcome.ops {
+                        let OpOutcome::Appended { seq, .. } = op else {
+                            panic!("not appended: {op:?}");
+                        };
+                        seqs.push(seq);
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    let total = appenders * batches * 2;
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(h.open().verify_audit().unwrap().seq, total);
+}
+
 pub(crate) fn audit_tampering_is_detected<H: Harness>(h: &H) {
     let mut s = h.open();
     let ops = (1..=20).map(|i| Op::Audit(event(i))).collect();
@@ -769,6 +807,11 @@ macro_rules! conformance_suite {
             #[test]
             fn audit_verifies_while_others_append() {
                 suite::audit_verifies_while_others_append(Arc::new(<$harness>::create()));
+            }
+
+            #[test]
+            fn concurrent_audit_appenders_keep_one_chain() {
+                suite::concurrent_audit_appenders_keep_one_chain(Arc::new(<$harness>::create()));
             }
 
             #[test]
