@@ -45,6 +45,39 @@ fn raw_client() -> postgres::Client {
         .unwrap_or_else(|e| panic!("PostgreSQL at {:?} is required: {e}", connection()))
 }
 
+/// Drops, once per run, the schemas left by test processes of this machine that died before
+/// cleaning up (their process id no longer exists). Schemas of live runs are left alone.
+fn drop_schemas_of_dead_runs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !std::path::Path::new("/proc/self").exists() {
+            return;
+        }
+        let mut c = raw_client();
+        let names: Vec<String> = c
+            .query(
+                "SELECT schema_name::text FROM information_schema.schemata \
+                 WHERE schema_name LIKE 'iot\\_store\\_test\\_%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for name in names {
+            let pid = name
+                .strip_prefix("iot_store_test_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
+            }
+        }
+    });
+}
+
 struct PgHarness {
     schema: String,
 }
@@ -64,6 +97,7 @@ impl common::Harness for PgHarness {
     type S = PgStore;
 
     fn create() -> Self {
+        drop_schemas_of_dead_runs();
         let h = Self {
             schema: unique_schema(),
         };
