@@ -5,8 +5,12 @@
 //! [`GroupCommit`] writer. Two shapes of load:
 //! - `blocking`: 64 callers, each waits for its update before sending the next (one message in
 //!   flight per caller);
-//! - `pipelined`: 16 callers with up to 64 updates of distinct devices in flight each, as a
-//!   backend serving many device sessions at once does.
+//! - `burst`: 16 callers, each submits a burst of 64 single-update batches of distinct devices
+//!   together ([`GroupCommitHandle::submit_all`]) and acknowledges them when they are durable,
+//!   as a backend that handled a burst of device messages does.
+//!
+//! A third, `direct`, commits 2,048 updates per transaction on the store itself (no threads,
+//! no group commit): the store's own ceiling.
 //!
 //! Criterion reports the time per durable update (its reciprocal is updates per second); the
 //! p50 / p99 / max acknowledgement latency of every update criterion ran (warm-up included) is
@@ -95,27 +99,33 @@ impl Fleet {
                         rng ^= rng << 17;
                         // Consecutive slots from a random start: distinct devices in flight.
                         let first = rng % slots;
+                        let mut burst = Vec::with_capacity(in_flight as usize);
                         for k in 0..in_flight {
                             let n = ((first + k) % slots) as u32 * callers + c;
                             let current = versions[n as usize].load(Ordering::Relaxed);
-                            let sent = Instant::now();
-                            let ticket = handle
-                                .submit(Batch::independent(vec![Op::PutShadow {
-                                    shadow: Shadow {
-                                        device: device(n),
-                                        name: String::new(),
-                                        version: current + 1,
-                                        document: DOCUMENT.to_vec(),
-                                    },
-                                    expected: ShadowExpect::Version(current),
-                                }]))
-                                .unwrap();
-                            pending.push((n, current + 1, sent, ticket));
+                            burst.push(Batch::independent(vec![Op::PutShadow {
+                                shadow: Shadow {
+                                    device: device(n),
+                                    name: String::new(),
+                                    version: current + 1,
+                                    document: DOCUMENT.to_vec(),
+                                },
+                                expected: ShadowExpect::Version(current),
+                            }]));
+                            pending.push((n, current + 1));
                         }
-                        for (n, version, sent, ticket) in pending.drain(..) {
-                            let outcome = ticket.wait().unwrap();
-                            local.push(sent.elapsed());
+                        let sent = Instant::now();
+                        // One message = one batch; a burst of them is submitted together.
+                        if in_flight == 1 {
+                            let outcome = handle.commit(burst.remove(0)).unwrap();
                             assert!(outcome.first_conflict().is_none());
+                        } else {
+                            let outcomes = handle.submit_all(burst).unwrap().wait().unwrap();
+                            assert!(outcomes.iter().all(|o| o.first_conflict().is_none()));
+                        }
+                        let latency = sent.elapsed();
+                        for (n, version) in pending.drain(..) {
+                            local.push(latency);
                             versions[n as usize].store(version, Ordering::Relaxed);
                         }
                     }
@@ -150,18 +160,70 @@ impl Fleet {
     }
 }
 
+/// The store alone, no threads: one transaction of `TRANSACTION` updates per commit.
+fn direct_commits(
+    store: &mut dyn Store,
+    versions: &mut [u64],
+    updates: u64,
+    rng: &mut u64,
+) -> Duration {
+    const TRANSACTION: u64 = 2_048;
+    let mut elapsed = Duration::ZERO;
+    let mut ran = 0u64;
+    while ran < updates {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let first = *rng % u64::from(DEVICES);
+        let devices: Vec<u32> = (0..TRANSACTION)
+            .map(|k| ((first + k) % u64::from(DEVICES)) as u32)
+            .collect();
+        let ops = devices
+            .iter()
+            .map(|&n| Op::PutShadow {
+                shadow: Shadow {
+                    device: device(n),
+                    name: String::new(),
+                    version: versions[n as usize] + 1,
+                    document: DOCUMENT.to_vec(),
+                },
+                expected: ShadowExpect::Version(versions[n as usize]),
+            })
+            .collect();
+        let start = Instant::now();
+        let outcome = store.commit(&[Batch::independent(ops)]).unwrap();
+        elapsed += start.elapsed();
+        assert!(outcome[0].first_conflict().is_none());
+        for n in devices {
+            versions[n as usize] += 1;
+        }
+        ran += TRANSACTION;
+    }
+    elapsed.mul_f64(updates as f64 / ran as f64)
+}
+
 fn bench_store(c: &mut Criterion, label: &str, mut store: Box<dyn Store + Send>) {
     seed(&mut *store);
-    let group_commit = GroupCommit::spawn(store, GroupCommitConfig::default()).unwrap();
-    let versions = Arc::new((0..DEVICES).map(|_| AtomicU64::new(1)).collect::<Vec<_>>());
-    let rng_seed = AtomicU64::new(0x2545_f491_4f6c_dd1d);
     let mut group = c.benchmark_group(format!("durable_shadow_update/{label}"));
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(1));
-    for (shape, callers, in_flight) in [("blocking", 64, 1), ("pipelined", 16, 64)] {
+    let mut direct_versions = vec![1u64; DEVICES as usize];
+    let mut rng = 0x5851_f42d_4c95_7f2du64;
+    group.bench_function(format!("direct_{DEVICES}_devices_2048_per_commit"), |b| {
+        b.iter_custom(|iters| direct_commits(&mut *store, &mut direct_versions, iters, &mut rng));
+    });
+    let group_commit = GroupCommit::spawn(store, GroupCommitConfig::default()).unwrap();
+    let versions = Arc::new(
+        direct_versions
+            .iter()
+            .map(|&v| AtomicU64::new(v))
+            .collect::<Vec<_>>(),
+    );
+    let rng_seed = AtomicU64::new(0x2545_f491_4f6c_dd1d);
+    for (shape, callers, in_flight) in [("blocking", 64, 1), ("burst", 16, 64)] {
         let fleet = Fleet {
             handle: group_commit.handle(),
             callers,

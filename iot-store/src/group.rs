@@ -48,7 +48,8 @@ use crate::{Store, StoreError};
 /// Limits of a [`GroupCommit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitConfig {
-    /// How many submitted batches may wait for the writer; `submit` blocks beyond it.
+    /// How many submissions (a batch, or a list of batches given to
+    /// [`GroupCommitHandle::submit_all`]) may wait for the writer; `submit` blocks beyond it.
     pub queue_capacity: usize,
     /// The writer stops gathering once a transaction holds this many ops (a single larger
     /// batch still goes through whole).
@@ -56,7 +57,7 @@ pub struct GroupCommitConfig {
 }
 
 impl Default for GroupCommitConfig {
-    /// 4,096 queued batches, 2,048 ops per transaction.
+    /// 4,096 queued submissions, 2,048 ops per transaction.
     fn default() -> Self {
         Self {
             queue_capacity: 4096,
@@ -65,10 +66,10 @@ impl Default for GroupCommitConfig {
     }
 }
 
-type Reply = SyncSender<Result<BatchOutcome, StoreError>>;
+type Reply = SyncSender<Result<Vec<BatchOutcome>, StoreError>>;
 
 enum Message {
-    Work(Batch, Reply),
+    Work(Vec<Batch>, Reply),
     Stop,
 }
 
@@ -100,13 +101,31 @@ impl core::fmt::Debug for GroupCommitHandle {
 #[derive(Debug)]
 #[must_use = "the batch is durable only once `wait` returns Ok"]
 pub struct Pending {
-    reply: Receiver<Result<BatchOutcome, StoreError>>,
+    all: PendingAll,
 }
 
 impl Pending {
     /// Blocks until the batch's transaction committed (its outcome) or failed (the error).
     /// [`StoreError::Closed`] when the writer stopped before handling it.
     pub fn wait(self) -> Result<BatchOutcome, StoreError> {
+        self.all
+            .wait()?
+            .pop()
+            .ok_or(StoreError::Backend("no outcome for the batch".into()))
+    }
+}
+
+/// Batches submitted together on their way to durability (they commit in one transaction).
+#[derive(Debug)]
+#[must_use = "the batches are durable only once `wait` returns Ok"]
+pub struct PendingAll {
+    reply: Receiver<Result<Vec<BatchOutcome>, StoreError>>,
+}
+
+impl PendingAll {
+    /// Blocks until the transaction committed (one outcome per batch, in order) or failed (the
+    /// error). [`StoreError::Closed`] when the writer stopped before handling them.
+    pub fn wait(self) -> Result<Vec<BatchOutcome>, StoreError> {
         self.reply.recv().unwrap_or(Err(StoreError::Closed))
     }
 }
@@ -168,18 +187,45 @@ impl Drop for GroupCommit {
 impl GroupCommitHandle {
     /// Queues `batch`, waiting while the queue is full.
     pub fn submit(&self, batch: Batch) -> Result<Pending, StoreError> {
-        let (reply, pending) = mpsc::sync_channel(1);
-        self.sender
-            .send(Message::Work(batch, reply))
-            .map_err(|_| StoreError::Closed)?;
-        Ok(Pending { reply: pending })
+        Ok(Pending {
+            all: self.submit_all(vec![batch])?,
+        })
     }
 
     /// Queues `batch`, or returns [`StoreError::Busy`] at once when the queue is full.
     pub fn try_submit(&self, batch: Batch) -> Result<Pending, StoreError> {
+        Ok(Pending {
+            all: self.try_submit_all(vec![batch])?,
+        })
+    }
+
+    /// Queues several batches as one submission (one queue slot, one answer), waiting while
+    /// the queue is full. They commit in the same transaction, each batch with its own
+    /// [`crate::BatchMode`]. A backend that handled a burst of messages submits their batches
+    /// together and acknowledges them all when `wait` returns: fewer thread wake-ups per
+    /// message than one submission each.
+    pub fn submit_all(&self, batches: Vec<Batch>) -> Result<PendingAll, StoreError> {
         let (reply, pending) = mpsc::sync_channel(1);
-        match self.sender.try_send(Message::Work(batch, reply)) {
-            Ok(()) => Ok(Pending { reply: pending }),
+        if batches.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+        } else {
+            self.sender
+                .send(Message::Work(batches, reply))
+                .map_err(|_| StoreError::Closed)?;
+        }
+        Ok(PendingAll { reply: pending })
+    }
+
+    /// [`GroupCommitHandle::submit_all`], or [`StoreError::Busy`] at once when the queue is
+    /// full.
+    pub fn try_submit_all(&self, batches: Vec<Batch>) -> Result<PendingAll, StoreError> {
+        let (reply, pending) = mpsc::sync_channel(1);
+        if batches.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(PendingAll { reply: pending });
+        }
+        match self.sender.try_send(Message::Work(batches, reply)) {
+            Ok(()) => Ok(PendingAll { reply: pending }),
             Err(TrySendError::Full(_)) => Err(StoreError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
         }
@@ -196,26 +242,27 @@ fn run_writer(
     receiver: &Receiver<Message>,
     max_batch_ops: usize,
 ) -> Box<dyn Store + Send> {
-    let mut batches = Vec::new();
-    let mut replies = Vec::new();
+    let mut batches: Vec<Batch> = Vec::new();
+    // Each submission: how many of `batches` are its, and where to answer.
+    let mut requests: Vec<(usize, Reply)> = Vec::new();
     let mut stopping = false;
     while !stopping {
+        let mut ops = 0usize;
+        let mut take = |list: Vec<Batch>, reply: Reply, ops: &mut usize| {
+            *ops = list
+                .iter()
+                .fold(*ops, |sum, b| sum.saturating_add(b.ops.len()));
+            requests.push((list.len(), reply));
+            batches.extend(list);
+        };
         // Block for the first piece of work, then take whatever else is already queued.
         match receiver.recv() {
-            Ok(Message::Work(batch, reply)) => {
-                batches.push(batch);
-                replies.push(reply);
-            }
+            Ok(Message::Work(list, reply)) => take(list, reply, &mut ops),
             Ok(Message::Stop) | Err(_) => stopping = true,
         }
-        let mut ops: usize = batches.iter().map(|b| b.ops.len()).sum();
         while ops < max_batch_ops {
             match receiver.try_recv() {
-                Ok(Message::Work(batch, reply)) => {
-                    ops = ops.saturating_add(batch.ops.len());
-                    batches.push(batch);
-                    replies.push(reply);
-                }
+                Ok(Message::Work(list, reply)) => take(list, reply, &mut ops),
                 Ok(Message::Stop) => stopping = true,
                 Err(_) => break,
             }
@@ -225,22 +272,24 @@ fn run_writer(
         }
         match store.commit(&batches) {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                let mut outcomes = outcomes.into_iter();
+                for (count, reply) in requests.drain(..) {
+                    let part: Vec<BatchOutcome> = outcomes.by_ref().take(count).collect();
                     // A caller that stopped waiting is not an error of the others.
-                    let _ = reply.send(Ok(outcome));
+                    let _ = if part.len() == count {
+                        reply.send(Ok(part))
+                    } else {
+                        reply.send(Err(StoreError::Backend(
+                            "the store returned fewer outcomes than batches".into(),
+                        )))
+                    };
                 }
             }
             Err(e) => {
-                for reply in replies.drain(..) {
+                for (_, reply) in requests.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
-        }
-        // Replies left over would mean the store returned too few outcomes.
-        for reply in replies.drain(..) {
-            let _ = reply.send(Err(StoreError::Backend(
-                "the store returned fewer outcomes than batches".into(),
-            )));
         }
         batches.clear();
     }
@@ -384,6 +433,40 @@ mod tests {
         assert_eq!(entered.recv().unwrap(), 1);
         permits.send(Ok(())).unwrap();
         assert!(fourth.wait().is_ok());
+        drop(permits);
+        drop(group);
+    }
+
+    #[test]
+    fn batches_submitted_together_are_answered_together_in_order() {
+        let (group, entered, permits) = gated();
+        let handle = group.handle();
+        let first = handle.submit(one_op()).unwrap();
+        assert_eq!(entered.recv().unwrap(), 1);
+        let ops = |n: usize| Batch::independent(vec![one_op().ops[0].clone(); n]);
+        let together = handle.submit_all(vec![ops(3), ops(1), ops(2)]).unwrap();
+        let alone = handle.submit(ops(4)).unwrap();
+        assert!(
+            handle
+                .submit_all(Vec::new())
+                .unwrap()
+                .wait()
+                .unwrap()
+                .is_empty()
+        );
+        permits.send(Ok(())).unwrap();
+        assert!(first.wait().is_ok());
+        // One transaction for both submissions: four batches.
+        assert_eq!(entered.recv().unwrap(), 4);
+        permits.send(Ok(())).unwrap();
+        let lengths: Vec<usize> = together
+            .wait()
+            .unwrap()
+            .iter()
+            .map(|o| o.ops.len())
+            .collect();
+        assert_eq!(lengths, vec![3, 1, 2]);
+        assert_eq!(alone.wait().unwrap().ops.len(), 4);
         drop(permits);
         drop(group);
     }

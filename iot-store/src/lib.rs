@@ -21,7 +21,7 @@ pub use iot_core;
 
 pub use audit::{AuditEvent, AuditHead, AuditRecord};
 pub use error::StoreError;
-pub use group::{GroupCommit, GroupCommitConfig, GroupCommitHandle, Pending};
+pub use group::{GroupCommit, GroupCommitConfig, GroupCommitHandle, Pending, PendingAll};
 pub use model::{
     Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, MAX_BLOB_LEN, MAX_SHADOW_NAME_LEN, Op,
     OpOutcome, OtaProgress, Rollout, Shadow, ShadowExpect, Tenant,
