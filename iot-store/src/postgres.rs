@@ -61,8 +61,9 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'h
 /// Serialises migrations of concurrent openers (an arbitrary constant naming this crate).
 const MIGRATION_LOCK: i64 = 0x696f_745f_7374_6f72;
 
-/// Where a [`PgStore`] connects and which schema it uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a [`PgStore`] connects and which schema it uses. Its `Debug` output leaves out the
+/// connection string, which may hold a password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// A libpq-style connection string (`host=127.0.0.1 user=postgres dbname=test`) or URL
     /// (`postgresql://postgres@127.0.0.1/test`).
@@ -72,6 +73,16 @@ pub struct PgConfig {
     pub schema: String,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+}
+
+impl core::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("connection", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -85,7 +96,7 @@ impl PgConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), StoreError> {
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
         let s = self.schema.as_bytes();
         let first_ok = s
             .first()
@@ -1056,4 +1067,35 @@ fn device_row(r: &postgres::Row) -> Result<RawDevice, StoreError> {
         revoked: r.try_get(5).map_err(pg)?,
         updated_at_ms: r.try_get(6).map_err(pg)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_connection_string() {
+        let config = PgConfig::new("host=db user=fleet password=hunter2", "fleet");
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("fleet"));
+    }
+
+    #[test]
+    fn schema_names_are_checked_before_connecting() {
+        for bad in ["", "1abc", "a-b", "a\"b", &"a".repeat(64)] {
+            assert!(
+                matches!(
+                    PgConfig::new("host=127.0.0.1", bad).validate(),
+                    Err(StoreError::InvalidInput(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            PgConfig::new("host=127.0.0.1", "_fleet_01")
+                .validate()
+                .is_ok()
+        );
+    }
 }
