@@ -136,8 +136,14 @@ fn pg(e: postgres::Error) -> StoreError {
         }
         return StoreError::Backend(db.to_string());
     }
-    // No server error: the socket failed (refused, reset, timed out) or the protocol broke.
-    StoreError::ConnectionLost(e.to_string())
+    // No server error: the socket failed (refused, reset, timed out), or a value did not
+    // convert (a row this crate did not write).
+    let socket = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if socket {
+        StoreError::ConnectionLost(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
 }
 
 /// A connection and the statements prepared on it (a fixed set, so the cache is bounded).

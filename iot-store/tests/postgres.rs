@@ -238,3 +238,24 @@ fn an_unreachable_server_is_a_connection_error() {
     .unwrap_err();
     assert!(matches!(err, StoreError::ConnectionLost(_)), "{err:?}");
 }
+
+#[test]
+fn a_corrupted_stored_value_is_an_error_and_keeps_the_connection() {
+    let h = <PgHarness as common::Harness>::create();
+    let mut store = common::Harness::open(&h);
+    let pid = store.backend_pid().unwrap().unwrap();
+    let mut c = raw_client();
+    c.batch_execute(&format!(
+        "INSERT INTO \"{0}\".devices VALUES ('bad id!', 'acme', 999, -1, '\\x', false, 0); \
+         UPDATE \"{0}\".audit_head SET hash = '\\x01'",
+        h.schema
+    ))
+    .unwrap();
+    let tenant = iot_core::id::TenantId::new("acme").unwrap();
+    assert!(matches!(
+        store.devices(&tenant, None, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(store.audit_head(), Err(StoreError::Corrupt(_))));
+    assert_eq!(store.backend_pid().unwrap(), Some(pid));
+}
