@@ -133,6 +133,12 @@ iot_shadow::shadow_state! {
     }
 }
 
+/// The field policies of [`AgentState`]. The agent announces its fingerprint at
+/// registration; a backend registers the same table (`Fleet::register_schema` in
+/// `iot-fleet`) so both ends resolve the shadow with the same policies.
+pub const AGENT_SCHEMA: iot_shadow::typed::FieldTable =
+    iot_shadow::typed::FieldTable::of::<AgentState>();
+
 /// A steady reading is still reported after this many normal telemetry periods.
 pub const SILENT_TELEMETRY_PERIODS: u64 = 4;
 /// Readings per telemetry message: temperature, humidity, battery.
@@ -428,16 +434,15 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             ota: None,
             ota_retry_at: None,
             transitions_reported: 0,
-            schema: 0,
+            schema: AGENT_SCHEMA.fingerprint(),
             send_failures: 0,
             led: false,
             stats: AgentStats::default(),
         })
     }
 
-    /// Declares the device class's shadow schema id, sent at registration
-    /// ([`iot_protocol::Register::schema`]) so the backend resolves with the same field
-    /// policies as the device.
+    /// Announces another shadow schema id at registration than [`AGENT_SCHEMA`]'s
+    /// fingerprint ([`iot_protocol::Register::schema`]; 0: none declared).
     #[must_use]
     pub const fn with_schema(mut self, schema: u32) -> Self {
         self.schema = schema;

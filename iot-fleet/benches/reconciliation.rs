@@ -114,7 +114,7 @@ type Shadows = BTreeMap<DeviceId, Box<ServerShadow>>;
 fn new_shadow() -> Box<ServerShadow> {
     Box::new(Shadow::new(
         MapStore::new(),
-        Policy::LastWriterWins,
+        iot_fleet::ClassPolicies::Uniform(Policy::LastWriterWins),
         Limits::DEFAULT,
     ))
 }

@@ -30,7 +30,10 @@ use alloc::vec::Vec;
 use iot_core::{DeviceId, Error, ErrorKind, TenantId};
 use iot_lifecycle::registration::{RegistrationRequest, RegistrationResponse};
 use iot_lifecycle::{DeviceConfig, Event, State, TransitionError, transition};
-use iot_shadow::{Limits, MapStore, Origin, Outcome, Policy, Shadow, ShadowError, Update};
+use iot_shadow::typed::FieldTable;
+use iot_shadow::{
+    Limits, MapStore, Origin, Outcome, Policy, Resolver, Shadow, ShadowError, Update,
+};
 
 use crate::access::{AccessError, Principal, Role, Scope};
 use crate::audit::{Actor, AuditAction, AuditEntry, AuditLog};
@@ -96,7 +99,46 @@ pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 /// acknowledged; an older update replayed later cannot change anything either, because its
 /// stamps are equal to (or older than) the stored ones. Each extra entry would cost 96
 /// bytes per device.
-pub type ServerShadow = Shadow<MapStore, Policy, 1>;
+pub type ServerShadow = Shadow<MapStore, ClassPolicies, 1>;
+
+/// The field policies a server-side shadow resolves with: the device class's table (the
+/// same [`FieldTable`] the device's `shadow_state!` struct declares, registered with
+/// [`Fleet::register_schema`] and announced by the device at registration), or one policy
+/// for every field for devices that declare none.
+#[derive(Debug, Clone, Copy)]
+pub enum ClassPolicies {
+    /// Every field resolves with this policy.
+    Uniform(Policy),
+    /// The device class's table.
+    Table(FieldTable),
+}
+
+impl Default for ClassPolicies {
+    fn default() -> Self {
+        Self::Uniform(Policy::LastWriterWins)
+    }
+}
+
+impl Resolver for ClassPolicies {
+    fn policy(&self, path: &iot_shadow::Path) -> Policy {
+        match self {
+            Self::Uniform(policy) => *policy,
+            Self::Table(table) => table.policy(path),
+        }
+    }
+
+    fn resolve_custom(
+        &self,
+        path: &iot_shadow::Path,
+        desired: &iot_shadow::store::Leaf,
+        reported: &iot_shadow::store::Leaf,
+    ) -> iot_shadow::Winner {
+        match self {
+            Self::Uniform(policy) => policy.resolve_custom(path, desired, reported),
+            Self::Table(table) => table.resolve_custom(path, desired, reported),
+        }
+    }
+}
 
 /// A rollout and the scope it was started for.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +170,10 @@ pub struct Fleet<V: ProofVerifier = LifecycleHmac> {
     next_rollout: BTreeMap<TenantId, u32>,
     retired: BTreeMap<(TenantId, Scope), TenantMetering>,
     shadows: BTreeMap<DeviceId, Box<ServerShadow>>,
+    /// Field-policy tables of device classes, by fingerprint.
+    schemas: BTreeMap<u32, FieldTable>,
+    /// The policies each device's shadow resolves with (absent: the default).
+    device_policies: BTreeMap<DeviceId, ClassPolicies>,
 }
 
 impl Default for Fleet<LifecycleHmac> {
@@ -189,6 +235,8 @@ impl<V: ProofVerifier> Fleet<V> {
             next_rollout: BTreeMap::new(),
             retired: BTreeMap::new(),
             shadows: BTreeMap::new(),
+            schemas: BTreeMap::new(),
+            device_policies: BTreeMap::new(),
         }
     }
 
@@ -568,13 +616,41 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     fn shadow_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
+        let policies = self.device_policies.get(id).copied().unwrap_or_default();
         self.shadows.entry(*id).or_insert_with(|| {
             Box::new(Shadow::new(
                 MapStore::new(),
-                Policy::LastWriterWins,
+                policies,
                 Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
             ))
         })
+    }
+
+    /// Registers a device class's field-policy table (its `shadow_state!` struct's
+    /// [`FieldTable`]); devices announcing its fingerprint resolve with it. Returns the
+    /// fingerprint.
+    pub fn register_schema(&mut self, table: FieldTable) -> u32 {
+        let id = table.fingerprint();
+        self.schemas.insert(id, table);
+        id
+    }
+
+    /// The policies of schema `schema` (0: none declared, every field last-writer-wins);
+    /// `None` for a schema nobody registered.
+    pub fn schema_policies(&self, schema: u32) -> Option<ClassPolicies> {
+        if schema == 0 {
+            return Some(ClassPolicies::default());
+        }
+        self.schemas.get(&schema).map(|t| ClassPolicies::Table(*t))
+    }
+
+    /// Makes `id`'s shadow resolve with `policies` from now on (the device registered with
+    /// its class's schema).
+    pub fn set_device_policies(&mut self, id: &DeviceId, policies: ClassPolicies) {
+        self.device_policies.insert(*id, policies);
+        if let Some(shadow) = self.shadows.get_mut(id) {
+            shadow.set_resolver(policies);
+        }
     }
 
     /// The lifecycle state of a registered device, for answering the device itself.
@@ -1161,6 +1237,7 @@ impl<V: ProofVerifier> Fleet<V> {
         retired.availability.add(availability_of(&record, now_ms));
         // The backend's copy of the device's state is wiped with it.
         self.shadows.remove(id);
+        self.device_policies.remove(id);
         let mut decisions = Vec::new();
         for ((_, rollout), scoped) in self
             .rollouts

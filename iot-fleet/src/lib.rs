@@ -33,7 +33,9 @@ pub mod topology;
 
 pub use access::{AccessError, Principal, Role, Scope};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog};
-pub use fleet::{Decommissioned, Fleet, FleetError, RolloutTimeouts, ScopedRollout, ServerShadow};
+pub use fleet::{
+    ClassPolicies, Decommissioned, Fleet, FleetError, RolloutTimeouts, ScopedRollout, ServerShadow,
+};
 pub use health::{HealthCounts, HealthPolicy, HealthReport, HealthStatus};
 pub use metering::{CostModel, Sla, Usage};
 pub use proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier, answer};

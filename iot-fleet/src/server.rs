@@ -301,17 +301,26 @@ impl DeviceServer {
                     // A new registration starts a new epoch of lifecycle reports.
                     self.reported.remove(&device);
                 }
-                let response = if register.protocol == PROTOCOL_VERSION {
-                    let nonce = self.nonce();
-                    self.fleet.handle_registration(
-                        &register.request,
-                        session.id,
-                        nonce,
-                        self.config,
-                        now_ms,
-                    )
-                } else {
-                    RegistrationResponse::Rejected(RegistrationRejection::UnsupportedProtocol)
+                let policies = self.fleet.schema_policies(register.schema);
+                let response = match policies {
+                    _ if register.protocol != PROTOCOL_VERSION => {
+                        RegistrationResponse::Rejected(RegistrationRejection::UnsupportedProtocol)
+                    }
+                    None => RegistrationResponse::Rejected(RegistrationRejection::UnknownSchema),
+                    Some(policies) => {
+                        let nonce = self.nonce();
+                        let response = self.fleet.handle_registration(
+                            &register.request,
+                            session.id,
+                            nonce,
+                            self.config,
+                            now_ms,
+                        );
+                        if matches!(response, RegistrationResponse::Accepted(_)) {
+                            self.fleet.set_device_policies(&device, policies);
+                        }
+                        response
+                    }
                 };
                 replies.push(Downlink::Registration(response));
             }

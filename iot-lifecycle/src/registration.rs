@@ -247,6 +247,9 @@ pub enum RegistrationRejection {
     /// has been answered or has expired.
     #[n(6)]
     ChallengePending,
+    /// The device announced a shadow schema the backend has no field policies for.
+    #[n(7)]
+    UnknownSchema,
 }
 
 /// The backend's answer: the payload of `MessageKind::RegistrationResponse`.

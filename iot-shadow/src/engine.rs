@@ -191,6 +191,15 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
         &self.resolver
     }
 
+    /// Replaces the field policies (for example when a device re-registers with another
+    /// schema); stored leaves keep their stamps, later decisions use the new policies.
+    pub fn set_resolver(&mut self, resolver: R)
+    where
+        R: Sized,
+    {
+        self.resolver = resolver;
+    }
+
     /// The underlying store.
     pub const fn store(&self) -> &S {
         &self.store

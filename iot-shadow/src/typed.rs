@@ -133,6 +133,22 @@ impl FieldTable {
     pub fn field_id(&self, path: &str) -> Option<usize> {
         (self.id_of)(path)
     }
+
+    /// A fingerprint of the table (FNV-1a over every field's path and policy code, in
+    /// order; never 0): the id under which a device announces its shadow schema at
+    /// registration, so a backend that registered the same table resolves with the same
+    /// policies, and one that did not can refuse instead of guessing.
+    pub fn fingerprint(&self) -> u32 {
+        const OFFSET: u32 = 0x811c_9dc5;
+        const PRIME: u32 = 0x0100_0193;
+        let mut hash = OFFSET;
+        for field in self.fields {
+            for byte in field.path.bytes().chain([0, field.policy.code(), 0xff]) {
+                hash = (hash ^ u32::from(byte)).wrapping_mul(PRIME);
+            }
+        }
+        hash.max(1)
+    }
 }
 
 impl Resolver for FieldTable {

@@ -113,6 +113,8 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
     let tenant = TenantId::new("lab").unwrap();
     let admin = Principal::new("lab-admin", tenant, Scope::root(), Role::Admin);
     let mut fleet = Fleet::default();
+    // The lab device class: the backend resolves its shadow with the agent's own table.
+    fleet.register_schema(iot_agent::AGENT_SCHEMA);
     let list = vec![ManufacturingRecord {
         device_id: device,
         secret: SECRET,

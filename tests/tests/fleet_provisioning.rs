@@ -508,7 +508,11 @@ fn the_lifecycle_registration_protocol_runs_against_the_fleet() {
 /// stored ones; the latest token still replays its first outcome.
 #[test]
 fn a_replayed_old_update_cannot_change_a_server_shadow() {
-    let mut s = ServerShadow::new(MapStore::new(), Policy::LastWriterWins, Limits::DEFAULT);
+    let mut s = ServerShadow::new(
+        MapStore::new(),
+        iot_fleet::ClassPolicies::Uniform(Policy::LastWriterWins),
+        Limits::DEFAULT,
+    );
     let a = [
         write(Section::Reported, "interval", 30, 1_000, 7, Origin::Device),
         write(Section::Reported, "led", 1, 1_000, 7, Origin::Device),

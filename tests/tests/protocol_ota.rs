@@ -129,6 +129,8 @@ impl World {
         let tenant = TenantId::new("lab").unwrap();
         let admin = Principal::new("ops", tenant, Scope::root(), Role::Admin);
         let mut fleet = Fleet::default();
+        // The lab device class: the backend resolves its shadow with the agent's own table.
+        fleet.register_schema(iot_agent::AGENT_SCHEMA);
         let mut devices = Vec::new();
         let mut records = Vec::new();
         for i in 0..DEVICES {

@@ -73,6 +73,8 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
         Role::Admin,
     );
     let mut fleet = Fleet::default();
+    // The lab device class: the backend resolves its shadow with the agent's own table.
+    fleet.register_schema(iot_agent::AGENT_SCHEMA);
     let record = ManufacturingRecord {
         device_id: device,
         secret: SECRET,

@@ -649,6 +649,8 @@ fn main() -> Outcome {
 
     // Manufacturing import: one secret per device, one SKU per site; rules place them.
     let mut fleet = Fleet::default();
+    // The lab device class: the backend resolves its shadow with the agent's own table.
+    fleet.register_schema(iot_agent::AGENT_SCHEMA);
     let secret_of = |i: usize| {
         let mut s = [0u8; 32];
         for (k, b) in s.iter_mut().enumerate() {

@@ -279,6 +279,8 @@ fn main() -> Outcome {
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-admin", tenant, Scope::root(), Role::Admin);
     let mut fleet = Fleet::default();
+    // The lab device class: the backend resolves its shadow with the agent's own table.
+    fleet.register_schema(iot_agent::AGENT_SCHEMA);
     fleet.import_manufacturing(
         &admin,
         &"intake".parse()?,

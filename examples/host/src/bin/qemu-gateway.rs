@@ -197,6 +197,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
     let mut fleet = Fleet::default();
+    // The lab device class: the backend resolves its shadow with the agent's own table.
+    fleet.register_schema(iot_agent::AGENT_SCHEMA);
     let record = ManufacturingRecord {
         device_id: device,
         secret: SECRET,
