@@ -9,9 +9,11 @@
 //!
 //! 1. TCP connect and MQTT `CONNECT` (client id = device id), each bounded by
 //!    [`DeviceConfig::connect_timeout`];
-//! 2. `SUBSCRIBE` to the device's down topic, waiting for the `SUBACK` before anything is sent,
-//!    on every connection, resumed or fresh: a clean session never loses the subscription and
-//!    a request is never sent before its reply can arrive;
+//! 2. `SUBSCRIBE` to the device's down topic on every connection. On a fresh broker session
+//!    (clean start, or the broker lost the session) it waits for the `SUBACK` before anything
+//!    is sent, so a clean session never loses the subscription and a request is never sent
+//!    before its reply can arrive. On a resumed session the broker still holds the
+//!    subscription and may deliver queued messages at once, so the renewal is not waited for;
 //! 3. republish every outbox entry the broker has not acknowledged and that minimq will not
 //!    replay itself (its session state was discarded because the broker started a fresh
 //!    session). A republished envelope keeps its message id; receivers drop the duplicate.
@@ -386,10 +388,14 @@ impl<'buf, const OUTBOX: usize, const ENVELOPE: usize, const DEDUP: usize>
                 seen,
                 stats,
             };
-            if link.conn.connect_event() == minimq::ConnectEvent::Reconnected {
+            // A resumed broker session still holds the subscription and may deliver queued
+            // messages at once: renew it without waiting, and let `recv` take what comes.
+            // A fresh session has no subscription: wait for the SUBACK.
+            let resumed = link.conn.connect_event() == minimq::ConnectEvent::Reconnected;
+            if resumed {
                 count(stats, |s| &mut s.resumed);
             }
-            with_timeout(config.connect_timeout, link.subscribe())
+            with_timeout(config.connect_timeout, link.subscribe(!resumed))
                 .await
                 .map_err(|_| DeviceError::Timeout)??;
             link.republish().await?;
@@ -437,7 +443,7 @@ impl<IO, const OUTBOX: usize, const ENVELOPE: usize, const DEDUP: usize>
 where
     IO: embedded_io_async::Read + embedded_io_async::Write,
 {
-    async fn subscribe(&mut self) -> Result<(), DeviceError> {
+    async fn subscribe(&mut self, wait: bool) -> Result<(), DeviceError> {
         let filter = TopicFilter::new(self.down.as_str())
             .options(SubscriptionOptions::default().maximum_qos(minimq::QoS::AtLeastOnce));
         let op = self
@@ -446,7 +452,7 @@ where
             .await
             .map_err(from_mqtt)?;
         // Bounded by the caller's timeout; each turn consumes one packet from the broker.
-        while !self.conn.is_complete(&op) {
+        while wait && !self.conn.is_complete(&op) {
             if self.conn.is_invalidated(&op) {
                 return Err(DeviceError::Disconnected);
             }

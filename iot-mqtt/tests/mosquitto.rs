@@ -1,1 +1,278 @@
-//! placeholder
+//! The end-to-end scenarios against Mosquitto: the machine's broker on 127.0.0.1:1883, and
+//! brokers these tests start on free ports with an ACL file. Opt-in (feature
+//! `mosquitto-tests`), run by `.ci/steps/mqtt.sh`; a broker that cannot be reached fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use iot_mqtt::iot_core::id::DeviceId;
+use iot_mqtt::iot_core::message::MessageKind;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const MACHINE_BROKER: &str = "127.0.0.1:1883";
+
+fn machine_broker() -> SocketAddr {
+    let addr: SocketAddr = MACHINE_BROKER.parse().unwrap();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("the machine's Mosquitto must listen on {addr}: {e}"));
+    addr
+}
+
+/// Devices may only publish on their own up topic and read their own down topic (by client
+/// id); the backend user reads every up topic (also through shared subscriptions) and writes
+/// every down topic.
+const ACL: &str = "\
+pattern write iot/%c/up
+pattern read iot/%c/down
+user backend
+topic read iot/+/up
+topic read $share/+/iot/+/up
+topic write iot/+/down
+";
+
+/// A mosquitto started by a test on a free loopback port, with the ACL above.
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("iot-mqtt-mosquitto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let acl = dir.join("acl");
+        std::fs::write(&acl, ACL).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\npersistence false\n",
+                acl.display()
+            ),
+        )
+        .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = spawn_mosquitto(&conf, addr);
+        Self { child, addr, dir }
+    }
+
+    /// Kills the broker (no clean shutdown) and starts it again on the same port.
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn_mosquitto(&self.dir.join("mosquitto.conf"), self.addr);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_mosquitto(conf: &std::path::Path, addr: SocketAddr) -> Child {
+    let binary = ["mosquitto", "/usr/sbin/mosquitto"]
+        .into_iter()
+        .find(|b| {
+            Process::new(b)
+                .arg("-h")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+        .expect("mosquitto is installed");
+    let mut child = Process::new(binary)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it listens: bounded in tries and time.
+    let start = Instant::now();
+    for _ in 0..500 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return child;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("mosquitto exited: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mosquitto not listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("mosquitto not listening on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_exchanges_envelopes_both_ways() {
+    exchange_both_ways(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_connection_drops_lose_nothing() {
+    survives_connection_drops(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_bridge_refuses_bad_publishes() {
+    bridge_refuses_bad_publishes(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_shared_subscription_splits() {
+    shared_subscription_splits_the_fleet(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_broker_exchanges_envelopes_both_ways() {
+    let broker = Mosquitto::start();
+    exchange_both_ways(broker.addr).await;
+    shared_subscription_splits_the_fleet(broker.addr).await;
+}
+
+/// A device publishing under another device's topic is refused by the broker: the bridge
+/// never sees it, while the same client's publish on its own topic gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_broker_refuses_a_device_publishing_under_another_device() {
+    use rumqttc::v5::mqttbytes::QoS as MqttQoS;
+    let broker = Mosquitto::start();
+    let (bridge, mut handled) = start_bridge(broker.addr, &unique("g")).await;
+    let victim = DeviceId::new(&unique("victim")).unwrap();
+    let intruder = DeviceId::new(&unique("intruder")).unwrap();
+    let raw = raw_client(broker.addr, intruder.as_str()).await;
+    let forged = envelope(victim, 1, MessageKind::Telemetry)
+        .to_vec()
+        .unwrap();
+    let own = envelope(intruder, 2, MessageKind::Telemetry)
+        .to_vec()
+        .unwrap();
+    raw.client
+        .publish(
+            format!("iot/{victim}/up"),
+            MqttQoS::AtLeastOnce,
+            false,
+            forged,
+        )
+        .await
+        .unwrap();
+    raw.client
+        .publish(
+            format!("iot/{intruder}/up"),
+            MqttQoS::AtLeastOnce,
+            false,
+            own,
+        )
+        .await
+        .unwrap();
+    // Mosquitto forwards one client's messages in order: once the second arrived, the first
+    // would have arrived before it.
+    let (device, env) = next_event(&mut handled, |(d, _)| *d == intruder || *d == victim).await;
+    assert_eq!((device, env.id.0), (intruder, 2));
+    while let Ok((d, _)) = handled.try_recv() {
+        assert_ne!(d, victim, "the broker let a forged publish through");
+    }
+    let counts = bridge.counts();
+    assert_eq!(
+        counts.refused_identity, 0,
+        "the broker, not the bridge, refused it"
+    );
+    raw.stop().await;
+    bridge.shutdown().await;
+}
+
+/// The broker is killed and restarted (no persistence: every session is gone) while the
+/// device has three unacknowledged messages: the device reconnects to a fresh session,
+/// resubscribes, republishes; the handler gets every message exactly once and replies reach
+/// the device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_broker_restart_loses_nothing_and_delivers_once() {
+    let mut broker = Mosquitto::start();
+    let (bridge, mut handled) = start_bridge(broker.addr, &unique("g")).await;
+    let proxy = Proxy::start(broker.addr).await;
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let task = spawn_device(proxy.addr, device, cmd_rx, ev_tx);
+    next_event(&mut events, |e| matches!(e, DeviceEvent::Connected)).await;
+    let send = |id: u32| {
+        let bytes = envelope(device, id, MessageKind::Telemetry)
+            .to_vec()
+            .unwrap();
+        cmd_tx.send(Command::Send(bytes)).unwrap();
+    };
+    let mut handled_ids: HashMap<u32, u32> = HashMap::new();
+
+    send(1);
+    await_handled(&mut handled, device, &mut handled_ids, 1).await;
+    // Messages 2..=4 reach the backend but their PUBACKs are lost.
+    proxy.swallow_downstream();
+    for id in 2..=4 {
+        send(id);
+    }
+    for id in 2..=4 {
+        await_handled(&mut handled, device, &mut handled_ids, id).await;
+    }
+    // The device stays away until the bridge has its subscription on the new broker, so the
+    // republished messages have a subscriber.
+    proxy.close();
+    proxy.cut().await;
+    broker.restart();
+    wait_bridge_subscribed(broker.addr, &mut handled).await;
+    proxy.open();
+    next_event(&mut events, |e| matches!(e, DeviceEvent::Connected)).await;
+    for id in 5..=7 {
+        send(id);
+    }
+    for id in 5..=7 {
+        await_handled(&mut handled, device, &mut handled_ids, id).await;
+    }
+    let mut late_replies = 0;
+    while late_replies < 3 {
+        if let DeviceEvent::Received(env) =
+            next_event(&mut events, |e| matches!(e, DeviceEvent::Received(_))).await
+            && env.id.0 >= 5
+        {
+            late_replies += 1;
+        }
+    }
+    drop(cmd_tx);
+    let stats = timeout(WAIT, task).await.unwrap().unwrap();
+    proxy.stop();
+    assert!(stats.republished >= 3, "{stats:?}");
+    assert!(bridge.counts().duplicates >= 3, "{:?}", bridge.counts());
+    while let Ok((d, env)) = handled.try_recv() {
+        if d == device {
+            *handled_ids.entry(env.id.0).or_default() += 1;
+        }
+    }
+    let expected: HashMap<u32, u32> = (1..=7).map(|id| (id, 1)).collect();
+    assert_eq!(handled_ids, expected, "every message exactly once");
+    bridge.shutdown().await;
+}

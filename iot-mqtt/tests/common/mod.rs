@@ -83,16 +83,24 @@ pub fn bridge_config(broker: SocketAddr, group: &str) -> BridgeConfig {
     config
 }
 
-/// Starts a bridge and waits until its subscription is in place (a probe envelope gets
-/// through).
+/// Starts a bridge and waits until its subscription is in place.
 pub async fn start_bridge(
     broker: SocketAddr,
     group: &str,
 ) -> (Bridge, mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let bridge = Bridge::spawn(bridge_config(broker, group), Recorder { seen: tx }).unwrap();
-    // The shared subscription is made after CONNACK; a probe publisher retries until the
-    // bridge sees one probe (bounded count and time).
+    wait_bridge_subscribed(broker, &mut rx).await;
+    (bridge, rx)
+}
+
+/// Waits until a bridge's subscription is in place: a probe publisher retries until the
+/// bridge hands one probe to its handler (bounded count and time). Later probes may still
+/// arrive; they come from a device of their own and tests filter by device.
+pub async fn wait_bridge_subscribed(
+    broker: SocketAddr,
+    rx: &mut mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>,
+) {
     let probe_device = DeviceId::new(&unique("probe")).unwrap();
     let probe = raw_client(broker, probe_device.as_str()).await;
     let bytes = envelope(probe_device, 0, MessageKind::Heartbeat)
@@ -100,7 +108,7 @@ pub async fn start_bridge(
         .unwrap();
     let topic = format!("iot/{probe_device}/up");
     let mut got = false;
-    for _ in 0..100 {
+    'probing: for _ in 0..100 {
         probe
             .client
             .publish(
@@ -111,16 +119,16 @@ pub async fn start_bridge(
             )
             .await
             .unwrap();
-        if let Ok(Some((device, _))) = timeout(Duration::from_millis(100), rx.recv()).await {
-            assert_eq!(device, probe_device);
-            got = true;
-            break;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        while let Ok(Some((device, _))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if device == probe_device {
+                got = true;
+                break 'probing;
+            }
         }
     }
     assert!(got, "the bridge never received a probe");
     probe.stop().await;
-    // Later probes may still arrive; they are from another device and tests filter by device.
-    (bridge, rx)
 }
 
 /// A plain rumqttc client standing in for a misbehaving device.
@@ -219,8 +227,12 @@ async fn run_device(
             if closed {
                 break;
             }
-            let Ok(mut link) = session.connect(&TokioTcp).await else {
-                continue;
+            let mut link = match session.connect(&TokioTcp).await {
+                Ok(link) => link,
+                Err(e) => {
+                    eprintln!("device connect failed: {e}");
+                    continue;
+                }
             };
             let _ = events.send(DeviceEvent::Connected);
             loop {
@@ -261,6 +273,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     swallow: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -270,13 +283,19 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let swallow = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         let conns = connections.clone();
         let sw = swallow.clone();
+        let gate = closed.clone();
         let accept = tokio::spawn(async move {
             for _ in 0..10_000 {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                if gate.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let sw = sw.clone();
                 let handle = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -315,6 +334,7 @@ impl Proxy {
             addr,
             connections,
             swallow,
+            closed,
             accept,
         }
     }
@@ -332,6 +352,16 @@ impl Proxy {
             let _ = handle.await;
         }
         self.swallow.store(false, Ordering::SeqCst);
+    }
+
+    /// Refuses new connections (closes them at once) until [`Proxy::open`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Accepts and forwards new connections again.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
     }
 
     pub fn stop(&self) {
@@ -354,6 +384,19 @@ pub async fn next_event<T, F: FnMut(&T) -> bool>(
     })
     .await
     .expect("timed out waiting for an event")
+}
+
+/// Waits until the handler got message `id` of `device`, counting every delivery on the way.
+pub async fn await_handled(
+    handled: &mut mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>,
+    device: DeviceId,
+    counts: &mut HashMap<u32, u32>,
+    id: u32,
+) {
+    while !counts.contains_key(&id) {
+        let (_, env) = next_event(handled, |(d, _)| *d == device).await;
+        *counts.entry(env.id.0).or_default() += 1;
+    }
 }
 
 /// Device and bridge exchange envelopes both ways.
@@ -440,17 +483,6 @@ pub async fn survives_connection_drops(broker: SocketAddr) {
             .unwrap();
         cmd_tx.send(Command::Send(bytes)).unwrap();
     };
-    async fn await_handled(
-        handled: &mut mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>,
-        device: DeviceId,
-        counts: &mut HashMap<u32, u32>,
-        id: u32,
-    ) {
-        while !counts.contains_key(&id) {
-            let (_, env) = next_event(handled, |(d, _)| *d == device).await;
-            *counts.entry(env.id.0).or_default() += 1;
-        }
-    }
 
     // Phase 1: normal traffic.
     for id in 1..=3 {
