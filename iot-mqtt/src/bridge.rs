@@ -53,6 +53,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::dedup::RecentIds;
+use crate::tls::{ClientTls, TlsError};
 use crate::topic::{self, Direction, Topic, TopicBuf, TopicError};
 
 /// Receives the envelopes devices send, and answers with envelopes to send back.
@@ -79,6 +80,9 @@ pub enum BridgeError {
     /// The MQTT client's request queue is closed or full.
     #[error("MQTT client request failed: {0}")]
     Client(Box<rumqttc::v5::ClientError>),
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] TlsError),
     /// An envelope could not be encoded.
     #[error("envelope could not be encoded: {0}")]
     Encode(#[from] iot_core::codec::EncodeError),
@@ -95,6 +99,7 @@ impl iot_core::error::Error for BridgeError {
         match self {
             Self::Group(e) => iot_core::error::Error::kind(e),
             Self::Client(_) => iot_core::error::ErrorKind::Transport,
+            Self::Tls(e) => iot_core::error::Error::kind(e),
             Self::Encode(_) => iot_core::error::ErrorKind::Encode,
         }
     }
@@ -113,6 +118,8 @@ pub struct BridgeConfig {
     pub group: String,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// TLS with a client certificate; `None` for plain TCP (loopback only).
+    pub tls: Option<ClientTls>,
     /// Largest envelope accepted, in bytes; larger payloads are refused and counted.
     pub max_envelope: usize,
     /// MQTT keepalive.
@@ -133,6 +140,7 @@ impl BridgeConfig {
             client_id: client_id.into(),
             group: "backend".to_string(),
             credentials: None,
+            tls: None,
             max_envelope: 4096,
             keepalive: Duration::from_secs(30),
             reconnect_delay: Duration::from_millis(100),
@@ -256,6 +264,11 @@ impl Bridge {
         options.set_max_packet_size(u32::try_from(limit).ok());
         if let Some((user, password)) = &config.credentials {
             options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.rustls_config()?),
+            ));
         }
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let counters = Arc::new(Counters::default());

@@ -29,3 +29,5 @@ pub mod bridge;
 pub mod broker;
 #[cfg(feature = "std")]
 pub mod std_tcp;
+#[cfg(feature = "std")]
+pub mod tls;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use iot_mqtt::iot_core::id::DeviceId;
 use iot_mqtt::iot_core::message::MessageKind;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -54,6 +55,12 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Self {
+        Self::start_with("allow_anonymous true\n", ACL, &[])
+    }
+
+    /// A broker with `settings` added to its listener, the ACL `acl`, and `files` written
+    /// beside its configuration (`{dir}` in `settings` names that directory).
+    fn start_with(settings: &str, acl: &str, files: &[(&str, String)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -61,14 +68,18 @@ impl Mosquitto {
             .port();
         let dir = std::env::temp_dir().join(unique("iot-mqtt-mosquitto"));
         std::fs::create_dir_all(&dir).unwrap();
-        let acl = dir.join("acl");
-        std::fs::write(&acl, ACL).unwrap();
+        for (name, contents) in files {
+            std::fs::write(dir.join(name), contents).unwrap();
+        }
+        let acl_path = dir.join("acl");
+        std::fs::write(&acl_path, acl).unwrap();
         let conf = dir.join("mosquitto.conf");
+        let settings = settings.replace("{dir}", &dir.display().to_string());
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\npersistence false\n",
-                acl.display()
+                "listener {port} 127.0.0.1\n{settings}acl_file {}\npersistence false\n",
+                acl_path.display()
             ),
         )
         .unwrap();
@@ -274,5 +285,189 @@ async fn acl_broker_restart_loses_nothing_and_delivers_once() {
     }
     let expected: HashMap<u32, u32> = (1..=7).map(|id| (id, 1)).collect();
     assert_eq!(handled_ids, expected, "every message exactly once");
+    bridge.shutdown().await;
+}
+
+/// A CA, made at test time, and certificates it signs. No key leaves the test.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "iot-mqtt test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        Self {
+            ca: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate with common name `cn` (the MQTT user name under
+    /// `use_identity_as_username`) and `sans` as subject alternative names.
+    fn leaf(&self, cn: &str, sans: &[&str]) -> Leaf {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn client_tls(&self, cn: &str) -> iot_mqtt::tls::ClientTls {
+        let leaf = self.leaf(cn, &[]);
+        iot_mqtt::tls::ClientTls {
+            ca_pem: self.ca_pem().into_bytes(),
+            cert_pem: leaf.cert_pem.into_bytes(),
+            key_pem: leaf.key_pem.into_bytes(),
+        }
+    }
+}
+
+/// Mosquitto with TLS, `require_certificate` and `use_identity_as_username`, and ACL patterns
+/// on the user name: the bridge connects with its certificate over rustls; a device can
+/// publish only under its own id; a client without a certificate cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_broker_with_client_certificates_confines_devices() {
+    use rumqttc::v5::mqttbytes::QoS as MqttQoS;
+    let pki = Pki::new();
+    let server = pki.leaf("127.0.0.1", &["127.0.0.1", "localhost"]);
+    let acl = "\
+pattern write iot/%u/up
+pattern read iot/%u/down
+user backend
+topic read iot/+/up
+topic read $share/+/iot/+/up
+topic write iot/+/down
+";
+    let broker = Mosquitto::start_with(
+        "cafile {dir}/ca.pem\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n\
+         require_certificate true\nuse_identity_as_username true\n",
+        acl,
+        &[
+            ("ca.pem", pki.ca_pem()),
+            ("server.pem", server.cert_pem),
+            ("server.key", server.key_pem),
+        ],
+    );
+
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let mut config = bridge_config(broker.addr, &unique("g"));
+    config.credentials = None;
+    config.tls = Some(pki.client_tls("backend"));
+    let bridge = iot_mqtt::bridge::Bridge::spawn(config, Recorder { seen: tx }).unwrap();
+
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let victim = DeviceId::new(&unique("victim")).unwrap();
+    let device_tls = pki.client_tls(device.as_str()).rustls_config().unwrap();
+    let raw = raw_client_with(broker.addr, &unique("client"), Some(device_tls)).await;
+
+    // The device's own messages get through once the bridge has subscribed: publish until
+    // one arrives (bounded in count and time).
+    let own_topic = format!("iot/{device}/up");
+    let mut id = 0;
+    let mut arrived = false;
+    'publishing: for _ in 0..100 {
+        id += 1;
+        let bytes = envelope(device, id, MessageKind::Telemetry)
+            .to_vec()
+            .unwrap();
+        raw.client
+            .publish(own_topic.clone(), MqttQoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        while let Ok(Some((d, _))) = tokio::time::timeout_at(deadline, handled.recv()).await {
+            if d == device {
+                arrived = true;
+                break 'publishing;
+            }
+        }
+    }
+    assert!(
+        arrived,
+        "the bridge never received the device's message over TLS"
+    );
+
+    // Under another device's topic: refused by the broker, so only the marker arrives.
+    let forged = envelope(victim, 1_000, MessageKind::Telemetry)
+        .to_vec()
+        .unwrap();
+    raw.client
+        .publish(
+            format!("iot/{victim}/up"),
+            MqttQoS::AtLeastOnce,
+            false,
+            forged,
+        )
+        .await
+        .unwrap();
+    let marker = envelope(device, 2_000, MessageKind::Telemetry)
+        .to_vec()
+        .unwrap();
+    raw.client
+        .publish(own_topic, MqttQoS::AtLeastOnce, false, marker)
+        .await
+        .unwrap();
+    let mut victims = 0;
+    timeout(WAIT, async {
+        loop {
+            let (d, env) = handled.recv().await.unwrap();
+            if d == victim {
+                victims += 1;
+            }
+            if d == device && env.id.0 == 2_000 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the marker arrives");
+    assert_eq!(victims, 0, "the broker let a forged publish through");
+    assert_eq!(bridge.counts().refused_identity, 0);
+
+    // Without a client certificate the TLS handshake is refused.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let anonymous = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut options = rumqttc::v5::MqttOptions::new("anonymous", "127.0.0.1", broker.addr.port());
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(anonymous)),
+    ));
+    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 8);
+    let first = timeout(WAIT, eventloop.poll())
+        .await
+        .expect("an answer in time");
+    assert!(
+        first.is_err(),
+        "a client without a certificate connected: {first:?}"
+    );
+
+    raw.stop().await;
     bridge.shutdown().await;
 }

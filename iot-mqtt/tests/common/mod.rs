@@ -146,9 +146,23 @@ impl RawClient {
 }
 
 pub async fn raw_client(broker: SocketAddr, client_id: &str) -> RawClient {
+    raw_client_with(broker, client_id, None).await
+}
+
+/// A plain rumqttc client, over TLS when `tls` is given.
+pub async fn raw_client_with(
+    broker: SocketAddr,
+    client_id: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> RawClient {
     let mut options =
         rumqttc::v5::MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
     let (ready_tx, mut ready_rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
