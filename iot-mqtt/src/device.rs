@@ -19,7 +19,7 @@
 //!    session). A republished envelope keeps its message id; receivers drop the duplicate.
 //!
 //! ```no_run
-//! # use iot_mqtt::device::{DeviceSession, Duration};
+//! # use iot_mqtt::device::{DeviceSession, Duration, Tcp};
 //! # fn on_envelope(_: &[u8]) {}
 //! # fn next_outgoing() -> Option<&'static [u8]> { None }
 //! # async fn device_loop<T: iot_mqtt::embedded_nal_async::TcpConnect>(
@@ -27,9 +27,10 @@
 //! #     stack: &T,
 //! # ) {
 //! let mut buf = [0u8; 256];
+//! let mut tcp = Tcp(stack);
 //! loop {
 //!     // Waits the backoff delay first when the previous attempt failed.
-//!     let Ok(mut link) = session.connect(stack).await else { continue };
+//!     let Ok(mut link) = session.connect(&mut tcp).await else { continue };
 //!     loop {
 //!         match link.recv_timeout(&mut buf, Duration::from_secs(1)).await {
 //!             Ok(Some(n)) => on_envelope(buf.get(..n).unwrap_or_default()),
@@ -128,6 +129,9 @@ pub enum DeviceError {
     /// More than one envelope arrived while waiting for the `SUBACK`.
     #[error("more than one envelope arrived before the subscription was acknowledged")]
     InboxFull,
+    /// The TLS handshake failed (certificate refused, unsupported parameters, bad key).
+    #[error("TLS handshake failed")]
+    Tls,
 }
 
 impl DeviceError {
@@ -141,6 +145,7 @@ impl DeviceError {
                 | Self::Refused(_)
                 | Self::Protocol
                 | Self::InboxFull
+                | Self::Tls
         )
     }
 }
@@ -151,7 +156,7 @@ impl Error for DeviceError {
             Self::Config | Self::BadEnvelope | Self::WrongDevice => ErrorKind::InvalidInput,
             Self::Transport(_) | Self::Disconnected | Self::Protocol => ErrorKind::Transport,
             Self::Timeout => ErrorKind::Timeout,
-            Self::Refused(_) => ErrorKind::Unauthorized,
+            Self::Refused(_) | Self::Tls => ErrorKind::Unauthorized,
             Self::Busy
             | Self::OutboxFull { .. }
             | Self::EnvelopeTooLarge { .. }
@@ -179,6 +184,38 @@ fn from_pub<P, E: embedded_io_async::Error>(e: minimq::PubError<P, E>) -> Device
         minimq::PubError::Session(e) => from_mqtt(e),
         // The payload is a byte slice that was measured against the buffers before.
         minimq::PubError::Payload(_) => DeviceError::Busy,
+    }
+}
+
+/// Opens the byte stream a session runs on: plain TCP ([`Tcp`]) or TLS over TCP
+/// (`crate::device_tls::TlsTcp`, feature `tls`). It may borrow buffers it owns for as long as
+/// the stream lives.
+#[allow(async_fn_in_trait)]
+pub trait Connector {
+    /// The open stream.
+    type Io<'a>: embedded_io_async::Read + embedded_io_async::Write
+    where
+        Self: 'a;
+
+    /// Opens a stream to `remote`.
+    async fn open(&mut self, remote: SocketAddr) -> Result<Self::Io<'_>, DeviceError>;
+}
+
+/// Plain TCP over any `embedded-nal-async` stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Tcp<'a, T>(pub &'a T);
+
+impl<T: TcpConnect> Connector for Tcp<'_, T> {
+    type Io<'b>
+        = T::Connection<'b>
+    where
+        Self: 'b;
+
+    async fn open(&mut self, remote: SocketAddr) -> Result<Self::Io<'_>, DeviceError> {
+        self.0
+            .connect(remote)
+            .await
+            .map_err(|e| DeviceError::Transport(e.kind()))
     }
 }
 
@@ -348,10 +385,12 @@ impl<'buf, const OUTBOX: usize, const ENVELOPE: usize, const DEDUP: usize>
 
     /// Makes one connection attempt (waiting the backoff delay first if the previous attempt
     /// failed), subscribes, and republishes what the broker has not acknowledged.
-    pub async fn connect<'s, T: TcpConnect>(
+    ///
+    /// `connector` is [`Tcp`] over a network stack, or a TLS connector.
+    pub async fn connect<'s, C: Connector>(
         &'s mut self,
-        stack: &'s T,
-    ) -> Result<Link<'s, 'buf, T::Connection<'s>, OUTBOX, ENVELOPE, DEDUP>, DeviceError> {
+        connector: &'s mut C,
+    ) -> Result<Link<'s, 'buf, C::Io<'s>, OUTBOX, ENVELOPE, DEDUP>, DeviceError> {
         let delay = self.config.backoff.delay(self.failures.get());
         if delay.as_ticks() > 0 {
             Timer::after(delay).await;
@@ -370,10 +409,9 @@ impl<'buf, const OUTBOX: usize, const ENVELOPE: usize, const DEDUP: usize>
         } = self;
         let (failures, stats): (&'s Cell<u32>, &'s Cell<DeviceStats>) = (failures, stats);
         let attempt = async {
-            let io = with_timeout(config.connect_timeout, stack.connect(config.broker))
+            let io = with_timeout(config.connect_timeout, connector.open(config.broker))
                 .await
-                .map_err(|_| DeviceError::Timeout)?
-                .map_err(|e| DeviceError::Transport(e.kind()))?;
+                .map_err(|_| DeviceError::Timeout)??;
             let conn = with_timeout(config.connect_timeout, mqtt.connect(io))
                 .await
                 .map_err(|_| DeviceError::Timeout)?

@@ -21,6 +21,8 @@ pub use minimq;
 
 pub mod dedup;
 pub mod device;
+#[cfg(feature = "tls")]
+pub mod device_tls;
 pub mod topic;
 
 #[cfg(feature = "std")]

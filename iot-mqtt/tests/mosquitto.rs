@@ -296,6 +296,8 @@ struct Pki {
 struct Leaf {
     cert_pem: String,
     key_pem: String,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
 }
 
 impl Pki {
@@ -328,6 +330,8 @@ impl Pki {
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
         }
     }
 
@@ -341,14 +345,10 @@ impl Pki {
     }
 }
 
-/// Mosquitto with TLS, `require_certificate` and `use_identity_as_username`, and ACL patterns
-/// on the user name: the bridge connects with its certificate over rustls; a device can
-/// publish only under its own id; a client without a certificate cannot connect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_broker_with_client_certificates_confines_devices() {
-    use rumqttc::v5::mqttbytes::QoS as MqttQoS;
-    let pki = Pki::new();
-    let server = pki.leaf("127.0.0.1", &["127.0.0.1", "localhost"]);
+/// Mosquitto with TLS, `require_certificate`, `use_identity_as_username` and ACL patterns on
+/// the user name (the certificate's common name).
+fn tls_broker(pki: &Pki) -> Mosquitto {
+    let server = pki.leaf("localhost", &["localhost", "127.0.0.1"]);
     let acl = "\
 pattern write iot/%u/up
 pattern read iot/%u/down
@@ -357,7 +357,7 @@ topic read iot/+/up
 topic read $share/+/iot/+/up
 topic write iot/+/down
 ";
-    let broker = Mosquitto::start_with(
+    Mosquitto::start_with(
         "cafile {dir}/ca.pem\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n\
          require_certificate true\nuse_identity_as_username true\n",
         acl,
@@ -366,7 +366,16 @@ topic write iot/+/down
             ("server.pem", server.cert_pem),
             ("server.key", server.key_pem),
         ],
-    );
+    )
+}
+
+/// The bridge connects over rustls with its certificate; a device can publish only under its
+/// own id; a client without a certificate cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_broker_with_client_certificates_confines_devices() {
+    use rumqttc::v5::mqttbytes::QoS as MqttQoS;
+    let pki = Pki::new();
+    let broker = tls_broker(&pki);
 
     let (tx, mut handled) = mpsc::unbounded_channel();
     let mut config = bridge_config(broker.addr, &unique("g"));
@@ -470,4 +479,132 @@ topic write iot/+/down
 
     raw.stop().await;
     bridge.shutdown().await;
+}
+
+/// The device session over embedded-tls (TLS 1.3, client certificate, the broker's
+/// certificate checked against the CA) and the bridge over rustls exchange envelopes both ways
+/// through a mosquitto that requires certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_device_session_and_bridge_exchange_envelopes() {
+    let pki = Pki::new();
+    let broker = tls_broker(&pki);
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let mut config = bridge_config(broker.addr, &unique("g"));
+    config.credentials = None;
+    config.tls = Some(pki.client_tls("backend"));
+    let bridge = iot_mqtt::bridge::Bridge::spawn(config, Recorder { seen: tx }).unwrap();
+    let make_tls = |cn: &str| pki.client_tls(cn).rustls_config().unwrap();
+    wait_bridge_subscribed_with(broker.addr, &mut handled, Some(&make_tls)).await;
+
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let leaf = pki.leaf(device.as_str(), &[]);
+    let material = DeviceTlsMaterial {
+        ca_der: pki.ca.der().to_vec(),
+        cert_der: leaf.cert_der,
+        key_pkcs8_der: leaf.key_der,
+        server_name: "localhost".to_string(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let task = spawn_device_with(broker.addr, device, cmd_rx, ev_tx, Some(material));
+    next_event(&mut events, |e| matches!(e, DeviceEvent::Connected)).await;
+
+    let mut handled_ids: HashMap<u32, u32> = HashMap::new();
+    for id in 1..=3 {
+        let bytes = envelope(device, id, MessageKind::Telemetry)
+            .to_vec()
+            .unwrap();
+        cmd_tx.send(Command::Send(bytes)).unwrap();
+    }
+    for id in 1..=3 {
+        await_handled(&mut handled, device, &mut handled_ids, id).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        if let DeviceEvent::Received(env) =
+            next_event(&mut events, |e| matches!(e, DeviceEvent::Received(_))).await
+        {
+            assert_eq!(env.kind, MessageKind::Ack);
+            replies.push(env.id.0);
+        }
+    }
+    replies.sort_unstable();
+    assert_eq!(replies, vec![1, 2, 3]);
+    drop(cmd_tx);
+    let stats = timeout(WAIT, task).await.unwrap().unwrap();
+    assert_eq!(stats.connects, 1, "{stats:?}");
+    assert_eq!(handled_ids, (1..=3).map(|id| (id, 1)).collect());
+    bridge.shutdown().await;
+}
+
+/// A device whose certificate another CA signed cannot connect: the broker refuses it and the
+/// session reports a TLS or transport failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_device_with_a_foreign_certificate_is_refused() {
+    let pki = Pki::new();
+    let foreign = Pki::new();
+    let broker = tls_broker(&pki);
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let leaf = foreign.leaf(device.as_str(), &[]);
+    let material = DeviceTlsMaterial {
+        ca_der: pki.ca.der().to_vec(),
+        cert_der: leaf.cert_der,
+        key_pkcs8_der: leaf.key_der,
+        server_name: "localhost".to_string(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let task = spawn_device_with(broker.addr, device, cmd_rx, ev_tx, Some(material));
+    // A few attempts (backoff 20 ms doubling), none connects.
+    let connected = timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(DeviceEvent::Connected) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        connected.is_err(),
+        "a device with a foreign certificate connected"
+    );
+    drop(cmd_tx);
+    let stats = timeout(WAIT, task).await.unwrap().unwrap();
+    assert_eq!(stats.connects, 0);
+    assert!(stats.connect_failures >= 2, "{stats:?}");
+}
+
+/// The device checks the broker's certificate: trusting another CA, it never connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_device_refuses_a_broker_its_ca_did_not_sign() {
+    let pki = Pki::new();
+    let foreign = Pki::new();
+    let broker = tls_broker(&pki);
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let leaf = pki.leaf(device.as_str(), &[]);
+    let material = DeviceTlsMaterial {
+        ca_der: foreign.ca.der().to_vec(),
+        cert_der: leaf.cert_der,
+        key_pkcs8_der: leaf.key_der,
+        server_name: "localhost".to_string(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let task = spawn_device_with(broker.addr, device, cmd_rx, ev_tx, Some(material));
+    let connected = timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(DeviceEvent::Connected) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        connected.is_err(),
+        "the device accepted a broker its CA did not sign"
+    );
+    drop(cmd_tx);
+    let stats = timeout(WAIT, task).await.unwrap().unwrap();
+    assert_eq!(stats.connects, 0);
+    assert!(stats.connect_failures >= 2, "{stats:?}");
 }

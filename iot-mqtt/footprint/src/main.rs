@@ -81,7 +81,7 @@ const ENVELOPE: usize = 256;
 #[cfg(feature = "session")]
 mod session {
     use super::*;
-    use iot_mqtt::device::{DeviceConfig, DeviceSession};
+    use iot_mqtt::device::{DeviceConfig, DeviceSession, Tcp};
     use iot_mqtt::minimq::Buffers;
 
     pub static mut RX: [u8; 512] = [0; 512];
@@ -103,8 +103,9 @@ mod session {
         let session = unsafe { (*core::ptr::addr_of_mut!(SESSION)).write(session) };
         let mut buf = [0u8; ENVELOPE];
         let mut total = 0;
+        let mut tcp = Tcp(&Stack);
         for _ in 0..black_box(3) {
-            let Ok(mut link) = session.connect(&Stack).await else {
+            let Ok(mut link) = session.connect(&mut tcp).await else {
                 continue;
             };
             if link.send(out).await.is_ok() {

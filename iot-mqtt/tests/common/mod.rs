@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use iot_mqtt::bridge::{Bridge, BridgeConfig, EnvelopeHandler};
-use iot_mqtt::device::{Backoff, DeviceConfig, DeviceSession, DeviceStats};
+use iot_mqtt::device::{Backoff, Connector, DeviceConfig, DeviceSession, DeviceStats, Tcp};
+use iot_mqtt::device_tls::{DeviceIdentity, TlsTcp};
 use iot_mqtt::iot_core::id::DeviceId;
 use iot_mqtt::iot_core::message::{Envelope, MessageId, MessageKind, OwnedEnvelope, QoS};
 use iot_mqtt::minimq::Buffers;
@@ -101,8 +102,22 @@ pub async fn wait_bridge_subscribed(
     broker: SocketAddr,
     rx: &mut mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>,
 ) {
+    wait_bridge_subscribed_with(broker, rx, None).await;
+}
+
+/// Makes the TLS configuration of a client whose certificate names the given device.
+pub type MakeTls<'a> = dyn Fn(&str) -> Arc<rustls::ClientConfig> + 'a;
+
+/// [`wait_bridge_subscribed`] with a probe connecting over TLS with the configuration `tls`
+/// makes for the probe's device id.
+pub async fn wait_bridge_subscribed_with(
+    broker: SocketAddr,
+    rx: &mut mpsc::UnboundedReceiver<(DeviceId, OwnedEnvelope)>,
+    tls: Option<&MakeTls<'_>>,
+) {
     let probe_device = DeviceId::new(&unique("probe")).unwrap();
-    let probe = raw_client(broker, probe_device.as_str()).await;
+    let probe_tls = tls.map(|make| make(probe_device.as_str()));
+    let probe = raw_client_with(broker, probe_device.as_str(), probe_tls).await;
     let bytes = envelope(probe_device, 0, MessageKind::Heartbeat)
         .to_vec()
         .unwrap();
@@ -198,12 +213,33 @@ pub enum DeviceEvent {
     SendFailed,
 }
 
-/// Runs one device session until the command channel closes; returns its counters.
+/// Runs one device session over plain TCP until the command channel closes; returns its
+/// counters.
 pub fn spawn_device(
+    broker: SocketAddr,
+    device: DeviceId,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<DeviceEvent>,
+) -> JoinHandle<DeviceStats> {
+    spawn_device_with(broker, device, commands, events, None)
+}
+
+/// The device's TLS material, DER.
+#[derive(Clone)]
+pub struct DeviceTlsMaterial {
+    pub ca_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
+    pub key_pkcs8_der: Vec<u8>,
+    pub server_name: String,
+}
+
+/// Runs one device session, over TLS when `tls` is given.
+pub fn spawn_device_with(
     broker: SocketAddr,
     device: DeviceId,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<DeviceEvent>,
+    tls: Option<DeviceTlsMaterial>,
 ) -> JoinHandle<DeviceStats> {
     // The device session is single-executor (its futures are not `Send`), as on a
     // microcontroller: run it on its own thread with a current-thread runtime.
@@ -212,7 +248,7 @@ pub fn spawn_device(
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(run_device(broker, device, &mut commands, &events))
+        runtime.block_on(run_device(broker, device, &mut commands, &events, tls))
     });
     tokio::task::spawn_blocking(move || thread.join().unwrap())
 }
@@ -222,58 +258,86 @@ async fn run_device(
     device: DeviceId,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     events: &mpsc::UnboundedSender<DeviceEvent>,
+    tls: Option<DeviceTlsMaterial>,
 ) -> DeviceStats {
-    {
-        let mut rx = [0u8; 512];
-        let mut tx = [0u8; 4096];
-        let mut config = DeviceConfig::new(broker, device);
-        config.connect_timeout = embassy_time_duration(5_000);
-        config.backoff = Backoff {
-            initial: embassy_time_duration(20),
-            max: embassy_time_duration(500),
-        };
-        let mut session =
-            DeviceSession::<8, 256>::new(config, Buffers::new(&mut rx, &mut tx)).unwrap();
-        let mut buf = [0u8; 256];
-        let mut closed = false;
-        // Bounded number of connections; each ends on a connection loss.
-        for _ in 0..200 {
-            if closed {
-                break;
-            }
-            let mut link = match session.connect(&TokioTcp).await {
-                Ok(link) => link,
-                Err(e) => {
-                    eprintln!("device connect failed: {e}");
-                    continue;
-                }
+    let mut rx = [0u8; 512];
+    let mut tx = [0u8; 4096];
+    let mut config = DeviceConfig::new(broker, device);
+    config.connect_timeout = embassy_time_duration(5_000);
+    config.backoff = Backoff {
+        initial: embassy_time_duration(20),
+        max: embassy_time_duration(500),
+    };
+    let mut session = DeviceSession::<8, 256>::new(config, Buffers::new(&mut rx, &mut tx)).unwrap();
+    match tls {
+        None => drive(&mut session, &mut Tcp(&TokioTcp), commands, events).await,
+        Some(material) => {
+            let mut read_buf = vec![0u8; 16_640];
+            let mut write_buf = vec![0u8; 16_640];
+            let identity = DeviceIdentity {
+                ca_der: &material.ca_der,
+                cert_der: &material.cert_der,
+                key_pkcs8_der: &material.key_pkcs8_der,
+                server_name: &material.server_name,
             };
-            let _ = events.send(DeviceEvent::Connected);
-            loop {
-                tokio::select! {
-                    command = commands.recv() => match command {
-                        Some(Command::Send(bytes)) => {
-                            if let Err(e) = link.send(&bytes).await {
-                                if e.is_connection_lost() { break; }
-                                let _ = events.send(DeviceEvent::SendFailed);
-                            }
+            let mut connector = TlsTcp::new(
+                &TokioTcp,
+                identity,
+                rand_core::OsRng,
+                &mut read_buf,
+                &mut write_buf,
+            )
+            .unwrap();
+            drive(&mut session, &mut connector, commands, events).await
+        }
+    }
+    session.stats()
+}
+
+async fn drive<C: Connector>(
+    session: &mut DeviceSession<'_, 8, 256>,
+    connector: &mut C,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    events: &mpsc::UnboundedSender<DeviceEvent>,
+) {
+    let mut buf = [0u8; 256];
+    let mut closed = false;
+    // Bounded number of connections; each ends on a connection loss.
+    for _ in 0..200 {
+        if closed || commands.is_closed() {
+            break;
+        }
+        let mut link = match session.connect(connector).await {
+            Ok(link) => link,
+            Err(e) => {
+                eprintln!("device connect failed: {e}");
+                continue;
+            }
+        };
+        let _ = events.send(DeviceEvent::Connected);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Send(bytes)) => {
+                        if let Err(e) = link.send(&bytes).await {
+                            if e.is_connection_lost() { break; }
+                            let _ = events.send(DeviceEvent::SendFailed);
                         }
-                        None => { closed = true; break; }
-                    },
-                    received = link.recv(&mut buf) => match received {
-                        Ok(n) => {
-                            let env = OwnedEnvelope::decode(&buf[..n]).unwrap();
-                            let _ = events.send(DeviceEvent::Received(env));
-                        }
-                        Err(e) => {
-                            assert!(e.is_connection_lost(), "{e}");
-                            break;
-                        }
-                    },
-                }
+                    }
+                    None => { closed = true; break; }
+                },
+                received = link.recv(&mut buf) => match received {
+                    Ok(n) => {
+                        let env = OwnedEnvelope::decode(&buf[..n]).unwrap();
+                        let _ = events.send(DeviceEvent::Received(env));
+                    }
+                    Err(e) => {
+                        assert!(e.is_connection_lost(), "{e}");
+                        break;
+                    }
+                },
             }
         }
-        session.stats()
     }
 }
 
