@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 elf=target/riscv32imc-unknown-none-elf/release/iot-mqtt-footprint
 declare -A flash ram
-for variant in baseline session rust-mqtt; do
+for variant in baseline session tls rust-mqtt; do
   features=()
   [[ $variant != baseline ]] && features=(--features "$variant")
   cargo build --release --quiet "${features[@]}"
@@ -20,7 +20,7 @@ for variant in baseline session rust-mqtt; do
 done
 echo
 echo "== flash (.text + .rodata + .data) and static RAM (.data + .bss), bytes"
-for variant in baseline session rust-mqtt; do
+for variant in baseline session tls rust-mqtt; do
   printf '%-10s flash %7d (+%d)  static RAM %6d (+%d)\n' "$variant" \
     "${flash[$variant]}" $(( flash[$variant] - flash[baseline] )) \
     "${ram[$variant]}" $(( ram[$variant] - ram[baseline] ))
