@@ -24,6 +24,7 @@
 //! | reading `iot/d/down` | only `d` (`pattern read iot/%u/down`) and nobody else | anyone |
 //! | an envelope naming `e` on `iot/d/up` | refused by the bridge (counted in [`BridgeCounts::refused_identity`]) | refused by the bridge, likewise |
 //! | garbage or oversized payloads | refused by the bridge, counted; the broker's `max_packet_size` bounds what reaches it | refused by the bridge, counted; the broker's payload limit bounds it |
+//! | device messages while no bridge is connected | queued for the bridge's kept session ([`BridgeConfig::session_expiry`]) | lost (clean sessions only on rumqttd 0.20) |
 //! | confidentiality on the wire | TLS | none (loopback only) |
 //!
 //! The bridge's identity check is always on; it is what keeps a device from acting for another
@@ -124,6 +125,15 @@ pub struct BridgeConfig {
     pub max_envelope: usize,
     /// MQTT keepalive.
     pub keepalive: Duration,
+    /// How long the broker keeps this bridge's session (its shared subscription and the QoS 1
+    /// messages queued for it) while the bridge is away, in seconds; `None` (the default) for
+    /// a clean session that ends with the connection.
+    ///
+    /// With `None`, a device's message that the broker acknowledged while no member of the
+    /// group was connected is lost. Set it with Mosquitto (tested) or another broker that
+    /// queues for offline shared subscribers. Not with the embedded rumqttd 0.20: its router
+    /// panics when a kept session with a shared subscription disconnects.
+    pub session_expiry: Option<u32>,
     /// Reconnect delay after a connection error (doubled up to 32 times this).
     pub reconnect_delay: Duration,
 }
@@ -143,6 +153,7 @@ impl BridgeConfig {
             tls: None,
             max_envelope: 4096,
             keepalive: Duration::from_secs(30),
+            session_expiry: None,
             reconnect_delay: Duration::from_millis(100),
         }
     }
@@ -167,14 +178,18 @@ pub struct BridgeCounts {
     pub refused_topic: u64,
     /// Replies published to devices.
     pub replies: u64,
+    /// Replies the MQTT client could not take (request queue closed or full).
+    pub reply_failures: u64,
     /// Connections established (CONNACK received).
     pub connects: u64,
     /// Connection errors.
     pub connection_errors: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
+    /// Ticks on every counter change, for [`Bridge::wait_until`].
+    changed: tokio::sync::watch::Sender<()>,
     received: AtomicU64,
     delivered: AtomicU64,
     duplicates: AtomicU64,
@@ -183,12 +198,35 @@ struct Counters {
     refused_oversized: AtomicU64,
     refused_topic: AtomicU64,
     replies: AtomicU64,
+    reply_failures: AtomicU64,
     connects: AtomicU64,
     connection_errors: AtomicU64,
 }
 
-fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            changed: tokio::sync::watch::Sender::new(()),
+            received: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            refused_identity: AtomicU64::default(),
+            refused_garbage: AtomicU64::default(),
+            refused_oversized: AtomicU64::default(),
+            refused_topic: AtomicU64::default(),
+            replies: AtomicU64::default(),
+            reply_failures: AtomicU64::default(),
+            connects: AtomicU64::default(),
+            connection_errors: AtomicU64::default(),
+        }
+    }
+}
+
+impl Counters {
+    fn inc(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
 }
 
 impl Counters {
@@ -203,6 +241,7 @@ impl Counters {
             refused_oversized: get(&self.refused_oversized),
             refused_topic: get(&self.refused_topic),
             replies: get(&self.replies),
+            reply_failures: get(&self.reply_failures),
             connects: get(&self.connects),
             connection_errors: get(&self.connection_errors),
         }
@@ -229,7 +268,7 @@ impl Downlink {
         self.client
             .publish(topic.as_str(), qos, false, bytes)
             .await?;
-        inc(&self.counters.replies);
+        self.counters.inc(&self.counters.replies);
         Ok(())
     }
 }
@@ -252,7 +291,9 @@ impl Bridge {
         let mut options =
             MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         options.set_keep_alive(config.keepalive);
-        options.set_clean_start(true);
+        // Resume the kept session after a reconnect; the subscription is renewed anyway.
+        options.set_clean_start(config.session_expiry.is_none());
+        options.set_session_expiry_interval(config.session_expiry);
         options.set_manual_acks(true);
         // Tell the broker the largest packet we take; it drops larger ones instead of
         // breaking the connection. Up to that size the bridge counts oversized payloads.
@@ -310,6 +351,22 @@ impl Bridge {
         self.counters.snapshot()
     }
 
+    /// Waits until the counters satisfy `done` and returns them. Never returns if they never
+    /// do: bound it with a timeout.
+    pub async fn wait_until(&self, mut done: impl FnMut(&BridgeCounts) -> bool) -> BridgeCounts {
+        // Subscribed before reading, so no change between the two is missed.
+        let mut changes = self.counters.changed.subscribe();
+        loop {
+            let counts = self.counts();
+            if done(&counts) {
+                return counts;
+            }
+            if changes.changed().await.is_err() {
+                return self.counts();
+            }
+        }
+    }
+
     /// Disconnects and stops both tasks.
     pub async fn shutdown(self) {
         let _ = self.client.disconnect().await;
@@ -333,24 +390,24 @@ async fn run_event_loop(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
-                inc(&counters.connects);
+                counters.inc(&counters.connects);
                 // Subscribe on every connection: a clean session starts without it.
                 if client
                     .try_subscribe(filter.clone(), QoS::AtLeastOnce)
                     .is_err()
                 {
-                    inc(&counters.connection_errors);
+                    counters.inc(&counters.connection_errors);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                inc(&counters.received);
+                counters.inc(&counters.received);
                 if to_handler.send(publish).await.is_err() {
                     return;
                 }
             }
             Ok(_) => {}
             Err(_) => {
-                inc(&counters.connection_errors);
+                counters.inc(&counters.connection_errors);
                 failures = failures.saturating_add(1);
                 let factor = 1u32.checked_shl(failures.min(5)).unwrap_or(32);
                 tokio::time::sleep(reconnect_delay.saturating_mul(factor)).await;
@@ -369,18 +426,21 @@ async fn run_handler<H: EnvelopeHandler>(
     let mut seen: HashMap<DeviceId, RecentIds<DEDUP_WINDOW>> = HashMap::new();
     while let Some(publish) = from_loop.recv().await {
         match check(&publish, max_envelope) {
-            Err(refusal) => inc(refusal.counter(&counters)),
+            Err(refusal) => counters.inc(refusal.counter(&counters)),
             Ok((device, envelope)) => {
                 let window = seen.entry(device).or_default();
                 if window.first_time(envelope.id) {
-                    inc(&counters.delivered);
+                    counters.inc(&counters.delivered);
                     for reply in handler.handle(device, envelope).await {
-                        // A reply that cannot be sent now is the handler's to retry; the
-                        // device's message is still acknowledged (the handler has it).
-                        let _ = downlink.send(&reply).await;
+                        // A reply that cannot be sent now is counted and the handler's to
+                        // retry; the device's message is still acknowledged (the handler
+                        // has it).
+                        if downlink.send(&reply).await.is_err() {
+                            counters.inc(&counters.reply_failures);
+                        }
                     }
                 } else {
-                    inc(&counters.duplicates);
+                    counters.inc(&counters.duplicates);
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! The embedded default broker: an in-process [`rumqttd`] on a loopback port, so examples and
 //! `cargo test --workspace` need nothing installed.
 //!
-//! It speaks MQTT 5 with shared subscriptions and keeps sessions in memory. It enforces no
+//! It speaks MQTT 5 with shared subscriptions and keeps sessions in memory (a bridge must use
+//! a clean session here: rumqttd 0.20's router panics when a kept session with a shared
+//! subscription disconnects, see `BridgeConfig::session_expiry`). It enforces no
 //! authentication and no ACLs: any client may publish on any device's topic. In this mode the
 //! only identity check is the bridge's (an envelope must name the device of its topic), which
 //! stops a device from speaking for another device in the payload but not from publishing

@@ -162,6 +162,11 @@ async fn machine_broker_shared_subscription_splits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_bridge_outage_loses_nothing() {
+    bridge_outage_loses_nothing(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_broker_exchanges_envelopes_both_ways() {
     let broker = Mosquitto::start();
     exchange_both_ways(broker.addr).await;

@@ -149,6 +149,8 @@ pub async fn wait_bridge_subscribed_with(
 /// A plain rumqttc client standing in for a misbehaving device.
 pub struct RawClient {
     pub client: rumqttc::v5::AsyncClient,
+    /// Every packet the broker sent after the CONNACK.
+    pub incoming: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
     task: JoinHandle<()>,
 }
 
@@ -180,6 +182,7 @@ pub async fn raw_client_with(
     }
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
     let (ready_tx, mut ready_rx) = mpsc::channel(1);
+    let (incoming_tx, incoming) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         for _ in 0..100_000 {
@@ -191,13 +194,20 @@ pub async fn raw_client_with(
                         let _ = tx.send(()).await;
                     }
                 }
+                Ok(rumqttc::v5::Event::Incoming(packet)) => {
+                    let _ = incoming_tx.send(packet);
+                }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     });
     timeout(WAIT, ready_rx.recv()).await.unwrap().unwrap();
-    RawClient { client, task }
+    RawClient {
+        client,
+        incoming,
+        task,
+    }
 }
 
 /// Commands for a device task.
@@ -715,4 +725,76 @@ pub async fn shared_subscription_splits_the_fleet(broker: SocketAddr) {
     raw.stop().await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The bridge loses its connection while a device publishes: the broker keeps the bridge's
+/// session (shared subscription and queued QoS 1 messages), so every message the broker
+/// acknowledged to the device reaches the handler once the bridge is back. Needs a broker
+/// that keeps sessions with shared subscriptions (Mosquitto; not rumqttd 0.20).
+pub async fn bridge_outage_loses_nothing(broker: SocketAddr) {
+    let proxy = Proxy::start(broker).await;
+    let group = unique("g");
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let mut config = bridge_config(proxy.addr, &group);
+    // Short: the broker drops the session soon after the test.
+    config.session_expiry = Some(30);
+    let bridge = Bridge::spawn(config, Recorder { seen: tx }).unwrap();
+    wait_bridge_subscribed(broker, &mut handled).await;
+
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let task = spawn_device(broker, device, cmd_rx, ev_tx);
+    next_event(&mut events, |e| matches!(e, DeviceEvent::Connected)).await;
+    let send = |id: u32| {
+        let bytes = envelope(device, id, MessageKind::Telemetry)
+            .to_vec()
+            .unwrap();
+        cmd_tx.send(Command::Send(bytes)).unwrap();
+    };
+    let mut handled_ids: HashMap<u32, u32> = HashMap::new();
+    send(1);
+    await_handled(&mut handled, device, &mut handled_ids, 1).await;
+
+    // An observer on the device's up topic shows when the broker has the messages.
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mut observer = raw_client(broker, &unique("observer")).await;
+    observer
+        .client
+        .subscribe(
+            format!("iot/{device}/up"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    next_event(&mut observer.incoming, |p| matches!(p, Packet::SubAck(_))).await;
+
+    // The bridge is cut off; the device's messages are acknowledged by the broker meanwhile.
+    proxy.close();
+    proxy.cut().await;
+    let connects_before = bridge.counts().connects;
+    for id in 2..=4 {
+        send(id);
+    }
+    timeout(WAIT, bridge.wait_until(|c| c.connection_errors > 0))
+        .await
+        .expect("the bridge noticed the cut");
+    for _ in 2..=4 {
+        next_event(&mut observer.incoming, |p| matches!(p, Packet::Publish(_))).await;
+    }
+    // The broker has all three while the bridge is away.
+    while let Ok((d, _)) = handled.try_recv() {
+        assert_ne!(d, device, "the bridge handled a message while cut off");
+    }
+    proxy.open();
+    for id in 2..=4 {
+        await_handled(&mut handled, device, &mut handled_ids, id).await;
+    }
+    assert!(bridge.counts().connects > connects_before);
+    drop(cmd_tx);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    proxy.stop();
+    observer.stop().await;
+    assert_eq!(handled_ids, (1..=4).map(|id| (id, 1)).collect());
+    bridge.shutdown().await;
 }
