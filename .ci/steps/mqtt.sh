@@ -28,3 +28,10 @@ if ! broker_up; then
 fi
 
 cargo test -p iot-mqtt --features mosquitto-tests --test mosquitto
+
+# The device side without std, with and without TLS, on the ESP32-C3 target.
+rustup target add riscv32imc-unknown-none-elf
+for features in "" "tls"; do
+  cargo build -p iot-mqtt --no-default-features --features "$features" --target riscv32imc-unknown-none-elf
+  cargo clippy -p iot-mqtt --no-default-features --features "$features" --target riscv32imc-unknown-none-elf -- -D warnings
+done

@@ -274,6 +274,8 @@ async fn run_device(
     let mut tx = [0u8; 4096];
     let mut config = DeviceConfig::new(broker, device);
     config.connect_timeout = embassy_time_duration(5_000);
+    // Long enough to resume after a cut; short, so a shared broker forgets test devices soon.
+    config.session_expiry_secs = 120;
     config.backoff = Backoff {
         initial: embassy_time_duration(20),
         max: embassy_time_duration(500),
