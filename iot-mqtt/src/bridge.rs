@@ -1,0 +1,534 @@
+//! The backend side: a bridge from a broker to an envelope handler, on [`rumqttc`] (MQTT 5).
+//!
+//! The bridge subscribes to every device's up topic through the shared subscription
+//! `$share/{group}/iot/+/up`: every backend process started with the same group gets a share of
+//! the fleet's messages, each message going to one of them. For each message it
+//!
+//! 1. parses the topic and takes the device identity from it (the broker authenticated the
+//!    publisher for that topic, see below);
+//! 2. refuses, counts and acknowledges (so the broker does not redeliver it) a payload larger
+//!    than [`BridgeConfig::max_envelope`], a payload that is not an envelope, and an envelope
+//!    whose device differs from the topic's;
+//! 3. drops repeats of a message id the device already delivered (QoS 1 redelivery, device
+//!    republishing after a reconnect), per bridge process;
+//! 4. hands `(device, envelope)` to the [`EnvelopeHandler`], publishes the replies it returns
+//!    on each reply's device's down topic (QoS 1), and only then acknowledges the message to
+//!    the broker: a message the handler has not finished is redelivered after a crash.
+//!
+//! # What each deployment mode enforces
+//!
+//! | | broker with ACLs and TLS client certificates (Mosquitto: `require_certificate`, `use_identity_as_username`, `pattern` ACLs) | embedded broker ([`crate::broker`]) |
+//! |---|---|---|
+//! | who may connect as device `d` | only the holder of a certificate for `d` issued by the fleet CA | anyone who can reach the loopback port |
+//! | publishing on `iot/d/up` | only `d` (`pattern write iot/%u/up`); others are refused by the broker | anyone |
+//! | reading `iot/d/down` | only `d` (`pattern read iot/%u/down`) and nobody else | anyone |
+//! | an envelope naming `e` on `iot/d/up` | refused by the bridge (counted in [`BridgeCounts::refused_identity`]) | refused by the bridge, likewise |
+//! | garbage or oversized payloads | refused by the bridge, counted; the broker's `max_packet_size` bounds what reaches it | refused by the bridge, counted; the broker's payload limit bounds it |
+//! | device messages while no bridge is connected | queued for the bridge's kept session ([`BridgeConfig::session_expiry`]) | lost (clean sessions only on rumqttd 0.20) |
+//! | confidentiality on the wire | TLS | none (loopback only) |
+//!
+//! The bridge's identity check is always on; it is what keeps a device from acting for another
+//! through the payload. The topic identity is only as strong as the broker's ACLs: without
+//! them (embedded broker, or a broker without `pattern` lines) a client can publish under any
+//! device's topic.
+//!
+//! Deduplication is per process: after a bridge process dies, a message it did not acknowledge
+//! can reach another member of the group, which delivers it again. A handler that needs
+//! exactly-once across processes checks the message id against its store.
+
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::future::Future;
+use std::string::{String, ToString};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use std::vec::Vec;
+
+use iot_core::id::DeviceId;
+use iot_core::message::{OwnedEnvelope, QoS as EnvelopeQoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::dedup::RecentIds;
+use crate::tls::{ClientTls, TlsError};
+use crate::topic::{self, Direction, Topic, TopicBuf, TopicError};
+
+/// Receives the envelopes devices send, and answers with envelopes to send back.
+///
+/// The device id is the one the topic (and so the broker) vouches for; the envelope's own
+/// `device` field has been checked to match it.
+pub trait EnvelopeHandler: Send + 'static {
+    /// Handles one envelope from `device`; returns the envelopes to publish, each on the down
+    /// topic of the device it names.
+    fn handle(
+        &mut self,
+        device: DeviceId,
+        envelope: OwnedEnvelope,
+    ) -> impl Future<Output = Vec<OwnedEnvelope>> + Send;
+}
+
+/// Why the bridge could not start or send.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// The shared-subscription group name is invalid.
+    #[error("invalid group: {0}")]
+    Group(#[from] TopicError),
+    /// The MQTT client's request queue is closed or full.
+    #[error("MQTT client request failed: {0}")]
+    Client(Box<rumqttc::v5::ClientError>),
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] TlsError),
+    /// An envelope could not be encoded.
+    #[error("envelope could not be encoded: {0}")]
+    Encode(#[from] iot_core::codec::EncodeError),
+}
+
+impl From<rumqttc::v5::ClientError> for BridgeError {
+    fn from(e: rumqttc::v5::ClientError) -> Self {
+        Self::Client(Box::new(e))
+    }
+}
+
+impl iot_core::error::Error for BridgeError {
+    fn kind(&self) -> iot_core::error::ErrorKind {
+        match self {
+            Self::Group(e) => iot_core::error::Error::kind(e),
+            Self::Client(_) => iot_core::error::ErrorKind::Transport,
+            Self::Tls(e) => iot_core::error::Error::kind(e),
+            Self::Encode(_) => iot_core::error::ErrorKind::Encode,
+        }
+    }
+}
+
+/// How the bridge connects and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id; unique per bridge process.
+    pub client_id: String,
+    /// Shared-subscription group; processes with the same group split the fleet.
+    pub group: String,
+    /// User name and password, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+    /// TLS with a client certificate; `None` for plain TCP (loopback only).
+    pub tls: Option<ClientTls>,
+    /// Largest envelope accepted, in bytes; larger payloads are refused and counted.
+    pub max_envelope: usize,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// How long the broker keeps this bridge's session (its shared subscription and the QoS 1
+    /// messages queued for it) while the bridge is away, in seconds; `None` (the default) for
+    /// a clean session that ends with the connection.
+    ///
+    /// With `None`, a device's message that the broker acknowledged while no member of the
+    /// group was connected is lost. Set it with Mosquitto (tested) or another broker that
+    /// queues for offline shared subscribers. Not with the embedded rumqttd 0.20: its router
+    /// panics when a kept session with a shared subscription disconnects.
+    pub session_expiry: Option<u32>,
+    /// Reconnect delay after a connection error (doubled up to 32 times this).
+    pub reconnect_delay: Duration,
+}
+
+/// Recent message ids remembered per device for deduplication.
+pub const DEDUP_WINDOW: usize = 256;
+
+impl BridgeConfig {
+    /// Defaults for a broker at `host:port`: group `backend`, 4 KiB envelopes, 30 s keepalive.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            group: "backend".to_string(),
+            credentials: None,
+            tls: None,
+            max_envelope: 4096,
+            keepalive: Duration::from_secs(30),
+            session_expiry: None,
+            reconnect_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A snapshot of the bridge's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeCounts {
+    /// Publishes received from the broker.
+    pub received: u64,
+    /// Envelopes handed to the handler.
+    pub delivered: u64,
+    /// Repeats dropped by message id.
+    pub duplicates: u64,
+    /// Envelopes whose device differs from the topic's.
+    pub refused_identity: u64,
+    /// Payloads that are not envelopes.
+    pub refused_garbage: u64,
+    /// Payloads larger than [`BridgeConfig::max_envelope`].
+    pub refused_oversized: u64,
+    /// Publishes on a topic that is not a device's up topic.
+    pub refused_topic: u64,
+    /// Replies published to devices.
+    pub replies: u64,
+    /// Replies the MQTT client could not take (request queue closed or full).
+    pub reply_failures: u64,
+    /// Connections established (CONNACK received).
+    pub connects: u64,
+    /// Connection errors.
+    pub connection_errors: u64,
+}
+
+#[derive(Debug)]
+struct Counters {
+    /// Ticks on every counter change, for [`Bridge::wait_until`].
+    changed: tokio::sync::watch::Sender<()>,
+    received: AtomicU64,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    refused_identity: AtomicU64,
+    refused_garbage: AtomicU64,
+    refused_oversized: AtomicU64,
+    refused_topic: AtomicU64,
+    replies: AtomicU64,
+    reply_failures: AtomicU64,
+    connects: AtomicU64,
+    connection_errors: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            changed: tokio::sync::watch::Sender::new(()),
+            received: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            refused_identity: AtomicU64::default(),
+            refused_garbage: AtomicU64::default(),
+            refused_oversized: AtomicU64::default(),
+            refused_topic: AtomicU64::default(),
+            replies: AtomicU64::default(),
+            reply_failures: AtomicU64::default(),
+            connects: AtomicU64::default(),
+            connection_errors: AtomicU64::default(),
+        }
+    }
+}
+
+impl Counters {
+    fn inc(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> BridgeCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BridgeCounts {
+            received: get(&self.received),
+            delivered: get(&self.delivered),
+            duplicates: get(&self.duplicates),
+            refused_identity: get(&self.refused_identity),
+            refused_garbage: get(&self.refused_garbage),
+            refused_oversized: get(&self.refused_oversized),
+            refused_topic: get(&self.refused_topic),
+            replies: get(&self.replies),
+            reply_failures: get(&self.reply_failures),
+            connects: get(&self.connects),
+            connection_errors: get(&self.connection_errors),
+        }
+    }
+}
+
+/// Sends envelopes to devices on their down topics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Downlink {
+    client: AsyncClient,
+    counters: Arc<Counters>,
+}
+
+impl Downlink {
+    /// Publishes `envelope` on the down topic of the device it names, with MQTT QoS 1 unless
+    /// the envelope asks for at-most-once.
+    pub async fn send(&self, envelope: &OwnedEnvelope) -> Result<(), BridgeError> {
+        let bytes = envelope.to_vec()?;
+        let topic = TopicBuf::new(Topic::down(envelope.device));
+        let qos = match envelope.qos {
+            EnvelopeQoS::AtMostOnce => QoS::AtMostOnce,
+            _ => QoS::AtLeastOnce,
+        };
+        self.client
+            .publish(topic.as_str(), qos, false, bytes)
+            .await?;
+        self.counters.inc(&self.counters.replies);
+        Ok(())
+    }
+}
+
+/// A running bridge: two tokio tasks (the MQTT event loop and the handler).
+#[derive(Debug)]
+pub struct Bridge {
+    client: AsyncClient,
+    counters: Arc<Counters>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Bridge {
+    /// Connects to the broker and starts serving `handler`. Must run inside a tokio runtime.
+    pub fn spawn<H: EnvelopeHandler>(
+        config: BridgeConfig,
+        handler: H,
+    ) -> Result<Self, BridgeError> {
+        let filter = topic::shared_up_filter(&config.group)?.as_str().to_string();
+        let mut options =
+            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        options.set_keep_alive(config.keepalive);
+        // Resume the kept session after a reconnect; the subscription is renewed anyway.
+        options.set_clean_start(config.session_expiry.is_none());
+        options.set_session_expiry_interval(config.session_expiry);
+        options.set_manual_acks(true);
+        // Tell the broker the largest packet we take; it drops larger ones instead of
+        // breaking the connection. Up to that size the bridge counts oversized payloads.
+        let limit = config
+            .max_envelope
+            .saturating_mul(4)
+            .saturating_add(1024)
+            .min(u32::MAX as usize);
+        options.set_max_packet_size(u32::try_from(limit).ok());
+        if let Some((user, password)) = &config.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.rustls_config()?),
+            ));
+        }
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(1024);
+        let event_task = tokio::spawn(run_event_loop(
+            eventloop,
+            client.clone(),
+            filter,
+            tx,
+            counters.clone(),
+            config.reconnect_delay,
+        ));
+        let handler_task = tokio::spawn(run_handler(
+            rx,
+            handler,
+            Downlink {
+                client: client.clone(),
+                counters: counters.clone(),
+            },
+            config.max_envelope,
+        ));
+        Ok(Self {
+            client,
+            counters,
+            tasks: [event_task, handler_task],
+        })
+    }
+
+    /// A handle for sending envelopes to devices.
+    pub fn downlink(&self) -> Downlink {
+        Downlink {
+            client: self.client.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// The counters.
+    pub fn counts(&self) -> BridgeCounts {
+        self.counters.snapshot()
+    }
+
+    /// Waits until the counters satisfy `done` and returns them. Never returns if they never
+    /// do: bound it with a timeout.
+    pub async fn wait_until(&self, mut done: impl FnMut(&BridgeCounts) -> bool) -> BridgeCounts {
+        // Subscribed before reading, so no change between the two is missed.
+        let mut changes = self.counters.changed.subscribe();
+        loop {
+            let counts = self.counts();
+            if done(&counts) {
+                return counts;
+            }
+            if changes.changed().await.is_err() {
+                return self.counts();
+            }
+        }
+    }
+
+    /// Disconnects and stops both tasks.
+    pub async fn shutdown(self) {
+        let _ = self.client.disconnect().await;
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run_event_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    to_handler: mpsc::Sender<Publish>,
+    counters: Arc<Counters>,
+    reconnect_delay: Duration,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                counters.inc(&counters.connects);
+                // Subscribe on every connection: a clean session starts without it.
+                if client
+                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    .is_err()
+                {
+                    counters.inc(&counters.connection_errors);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                counters.inc(&counters.received);
+                if to_handler.send(publish).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                counters.inc(&counters.connection_errors);
+                failures = failures.saturating_add(1);
+                let factor = 1u32.checked_shl(failures.min(5)).unwrap_or(32);
+                tokio::time::sleep(reconnect_delay.saturating_mul(factor)).await;
+            }
+        }
+    }
+}
+
+async fn run_handler<H: EnvelopeHandler>(
+    mut from_loop: mpsc::Receiver<Publish>,
+    mut handler: H,
+    downlink: Downlink,
+    max_envelope: usize,
+) {
+    let counters = downlink.counters.clone();
+    let mut seen: HashMap<DeviceId, RecentIds<DEDUP_WINDOW>> = HashMap::new();
+    while let Some(publish) = from_loop.recv().await {
+        match check(&publish, max_envelope) {
+            Err(refusal) => counters.inc(refusal.counter(&counters)),
+            Ok((device, envelope)) => {
+                let window = seen.entry(device).or_default();
+                if window.first_time(envelope.id) {
+                    counters.inc(&counters.delivered);
+                    for reply in handler.handle(device, envelope).await {
+                        // A reply that cannot be sent now is counted and the handler's to
+                        // retry; the device's message is still acknowledged (the handler
+                        // has it).
+                        if downlink.send(&reply).await.is_err() {
+                            counters.inc(&counters.reply_failures);
+                        }
+                    }
+                } else {
+                    counters.inc(&counters.duplicates);
+                }
+            }
+        }
+        // Acknowledge only now: an unhandled message is redelivered after a crash.
+        let _ = downlink.client.ack(&publish).await;
+    }
+}
+
+/// Why a publish was refused before reaching the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The topic is not a device's up topic.
+    #[error("not a device up topic: {0}")]
+    Topic(TopicError),
+    /// The payload exceeds the envelope limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    Oversized {
+        /// The payload's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not an envelope.
+    #[error("payload is not an envelope")]
+    Garbage,
+    /// The envelope names another device than the topic.
+    #[error("envelope names {envelope}, topic names {topic}")]
+    Identity {
+        /// The device of the topic.
+        topic: DeviceId,
+        /// The device the envelope names.
+        envelope: DeviceId,
+    },
+}
+
+impl iot_core::error::Error for Refusal {
+    fn kind(&self) -> iot_core::error::ErrorKind {
+        use iot_core::error::ErrorKind;
+        match self {
+            Self::Topic(e) => iot_core::error::Error::kind(e),
+            Self::Oversized { .. } => ErrorKind::Capacity,
+            Self::Garbage => ErrorKind::Decode,
+            Self::Identity { .. } => ErrorKind::Unauthorized,
+        }
+    }
+}
+
+impl Refusal {
+    fn counter<'c>(&self, counters: &'c Counters) -> &'c AtomicU64 {
+        match self {
+            Self::Topic(_) => &counters.refused_topic,
+            Self::Oversized { .. } => &counters.refused_oversized,
+            Self::Garbage => &counters.refused_garbage,
+            Self::Identity { .. } => &counters.refused_identity,
+        }
+    }
+}
+
+/// The checks the bridge makes before the handler sees a publish: topic, size, envelope,
+/// identity. Public so other front ends (and tests) apply exactly the same rules.
+pub fn check_up(
+    topic_name: &[u8],
+    payload: &[u8],
+    max_envelope: usize,
+) -> Result<(DeviceId, OwnedEnvelope), Refusal> {
+    let name =
+        core::str::from_utf8(topic_name).map_err(|_| Refusal::Topic(TopicError::WrongPrefix))?;
+    let topic = Topic::parse(name).map_err(Refusal::Topic)?;
+    if topic.direction != Direction::Up {
+        return Err(Refusal::Topic(TopicError::UnknownDirection));
+    }
+    if payload.len() > max_envelope {
+        return Err(Refusal::Oversized {
+            len: payload.len(),
+            max: max_envelope,
+        });
+    }
+    let envelope = OwnedEnvelope::decode(payload).map_err(|_| Refusal::Garbage)?;
+    if envelope.device != topic.device {
+        return Err(Refusal::Identity {
+            topic: topic.device,
+            envelope: envelope.device,
+        });
+    }
+    Ok((topic.device, envelope))
+}
+
+fn check(publish: &Publish, max_envelope: usize) -> Result<(DeviceId, OwnedEnvelope), Refusal> {
+    check_up(&publish.topic, &publish.payload, max_envelope)
+}

@@ -1,0 +1,35 @@
+#![no_std]
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub use embedded_nal_async;
+pub use iot_core;
+pub use minimq;
+
+pub mod dedup;
+pub mod device;
+#[cfg(feature = "tls")]
+pub mod device_tls;
+pub mod topic;
+
+#[cfg(feature = "std")]
+pub mod bridge;
+#[cfg(feature = "std")]
+pub mod broker;
+#[cfg(feature = "std")]
+pub mod std_tcp;
+#[cfg(feature = "std")]
+pub mod tls;
