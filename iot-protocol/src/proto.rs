@@ -231,62 +231,85 @@ pub struct Register {
 
 /// `iot.v1.HealthThresholds`
 #[derive(Clone, Copy, PartialEq, prost::Message)]
-#[allow(missing_docs)] // Each field mirrors the field of the same name in `HealthThresholds`.
 pub struct HealthThresholds {
+    /// [`HealthThresholds::battery_warning_percent`](iot_lifecycle::health::HealthThresholds::battery_warning_percent).
     #[prost(uint32, tag = "1")]
     pub battery_warning_percent: u32,
+    /// [`HealthThresholds::battery_critical_percent`](iot_lifecycle::health::HealthThresholds::battery_critical_percent).
     #[prost(uint32, tag = "2")]
     pub battery_critical_percent: u32,
+    /// [`HealthThresholds::battery_warning_mv`](iot_lifecycle::health::HealthThresholds::battery_warning_mv).
     #[prost(uint32, tag = "3")]
     pub battery_warning_mv: u32,
+    /// [`HealthThresholds::battery_critical_mv`](iot_lifecycle::health::HealthThresholds::battery_critical_mv).
     #[prost(uint32, tag = "4")]
     pub battery_critical_mv: u32,
+    /// [`HealthThresholds::rssi_warning_dbm`](iot_lifecycle::health::HealthThresholds::rssi_warning_dbm).
     #[prost(sint32, tag = "5")]
     pub rssi_warning_dbm: i32,
+    /// [`HealthThresholds::rssi_critical_dbm`](iot_lifecycle::health::HealthThresholds::rssi_critical_dbm).
     #[prost(sint32, tag = "6")]
     pub rssi_critical_dbm: i32,
+    /// [`HealthThresholds::send_failures_warning`](iot_lifecycle::health::HealthThresholds::send_failures_warning).
     #[prost(uint32, tag = "7")]
     pub send_failures_warning: u32,
+    /// [`HealthThresholds::send_failures_critical`](iot_lifecycle::health::HealthThresholds::send_failures_critical).
     #[prost(uint32, tag = "8")]
     pub send_failures_critical: u32,
+    /// [`HealthThresholds::stuck_readings`](iot_lifecycle::health::HealthThresholds::stuck_readings).
     #[prost(uint32, tag = "9")]
     pub stuck_readings: u32,
+    /// [`HealthThresholds::reading_min`](iot_lifecycle::health::HealthThresholds::reading_min).
     #[prost(float, tag = "10")]
     pub reading_min: f32,
+    /// [`HealthThresholds::reading_max`](iot_lifecycle::health::HealthThresholds::reading_max).
     #[prost(float, tag = "11")]
     pub reading_max: f32,
+    /// [`HealthThresholds::free_memory_warning_bytes`](iot_lifecycle::health::HealthThresholds::free_memory_warning_bytes).
     #[prost(uint32, tag = "12")]
     pub free_memory_warning_bytes: u32,
+    /// [`HealthThresholds::free_memory_critical_bytes`](iot_lifecycle::health::HealthThresholds::free_memory_critical_bytes).
     #[prost(uint32, tag = "13")]
     pub free_memory_critical_bytes: u32,
+    /// [`HealthThresholds::errors_warning`](iot_lifecycle::health::HealthThresholds::errors_warning).
     #[prost(uint32, tag = "14")]
     pub errors_warning: u32,
+    /// [`HealthThresholds::errors_critical`](iot_lifecycle::health::HealthThresholds::errors_critical).
     #[prost(uint32, tag = "15")]
     pub errors_critical: u32,
+    /// [`HealthThresholds::recent_reboot_ms`](iot_lifecycle::health::HealthThresholds::recent_reboot_ms).
     #[prost(uint32, tag = "16")]
     pub recent_reboot_ms: u32,
+    /// [`HealthThresholds::recovery_checks`](iot_lifecycle::health::HealthThresholds::recovery_checks).
     #[prost(uint32, tag = "17")]
     pub recovery_checks: u32,
 }
 
 /// `iot.v1.DeviceConfig`
 #[derive(Clone, Copy, PartialEq, prost::Message)]
-#[allow(missing_docs)] // Each field mirrors the field of the same name in `DeviceConfig`.
 pub struct DeviceConfig {
+    /// [`DeviceConfig::version`](iot_lifecycle::config::DeviceConfig::version).
     #[prost(uint32, tag = "1")]
     pub version: u32,
+    /// [`DeviceConfig::heartbeat_interval_ms`](iot_lifecycle::config::DeviceConfig::heartbeat_interval_ms).
     #[prost(uint32, tag = "2")]
     pub heartbeat_interval_ms: u32,
+    /// [`DeviceConfig::telemetry_interval_ms`](iot_lifecycle::config::DeviceConfig::telemetry_interval_ms).
     #[prost(uint32, tag = "3")]
     pub telemetry_interval_ms: u32,
+    /// [`DeviceConfig::health_interval_ms`](iot_lifecycle::config::DeviceConfig::health_interval_ms).
     #[prost(uint32, tag = "4")]
     pub health_interval_ms: u32,
+    /// [`DeviceConfig::sync_interval_ms`](iot_lifecycle::config::DeviceConfig::sync_interval_ms).
     #[prost(uint32, tag = "5")]
     pub sync_interval_ms: u32,
+    /// [`DeviceConfig::telemetry_deadband`](iot_lifecycle::config::DeviceConfig::telemetry_deadband).
     #[prost(float, tag = "6")]
     pub telemetry_deadband: f32,
+    /// [`DeviceConfig::degraded_telemetry_factor`](iot_lifecycle::config::DeviceConfig::degraded_telemetry_factor).
     #[prost(uint32, tag = "7")]
     pub degraded_telemetry_factor: u32,
+    /// [`DeviceConfig::thresholds`](iot_lifecycle::config::DeviceConfig::thresholds).
     #[prost(message, optional, tag = "8")]
     pub thresholds: Option<HealthThresholds>,
 }
