@@ -10,6 +10,7 @@ use iot_core::MessageKind;
 use iot_fleet::{Handled, ServerError};
 use iot_fuzz::{
     FIXED_NONCE, SERVER_STEP_MS, START_MS, control, envelope, kind_of, records, secret, session,
+    snapshot,
 };
 use iot_lifecycle::registration::RegistrationRequest;
 use iot_lifecycle::state::{Event, State, TransitionRecord};
@@ -65,9 +66,9 @@ fuzz_target!(|data: &[u8]| {
         };
         let s = session(&devices, record.control & control::ALTERNATE != 0);
         let env = envelope(device, kind, record.bytes);
-        // The whole fleet is snapshotted (its Debug form: records, shadows, audit chain,
-        // pending challenges) before every message that must be refused: one naming
-        // another device, in its envelope or its payload, or one that does not decode.
+        // The fleet is snapshotted (records, shadows, audit chain: see `snapshot`) before
+        // every message that must be refused: one naming another device, in its envelope
+        // or its payload, or one that does not decode.
         let decoded = Uplink::decode(kind, record.bytes);
         let names_another = match &decoded {
             Ok(Uplink::Register(r)) => r.request.device != me,
@@ -75,11 +76,11 @@ fuzz_target!(|data: &[u8]| {
             _ => false,
         };
         let must_refuse = device != me || names_another || decoded.is_err();
-        let before = must_refuse.then(|| format!("{:?}", server.fleet()));
+        let before = must_refuse.then(|| snapshot(&server, &devices));
         let result = server.handle(&s, &env, now);
         let unchanged = || {
             let before = before.as_ref().expect("a refusal was foreseen");
-            assert_eq!(&format!("{:?}", server.fleet()), before, "{env:?}");
+            assert_eq!(&snapshot(&server, &devices), before, "{env:?}");
         };
         match result {
             Err(ServerError::IdentityMismatch { session, claimed }) => {

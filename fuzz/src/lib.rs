@@ -152,6 +152,28 @@ pub fn server() -> Option<(DeviceServer, Devices)> {
     Some((server, devices))
 }
 
+/// Everything of the fleet a device message could change and a reader can see: the
+/// fleet's own Debug form (audit chain, rollouts, retired devices, shadows), each device's
+/// record as its tenant's administrator sees it (or why it cannot), and its shadow's
+/// canonical bytes. (The registry's Debug form only counts identities, and outstanding
+/// registration challenges have no reader, so they are not part of it.)
+pub fn snapshot(server: &DeviceServer, devices: &Devices) -> String {
+    let fleet = server.fleet();
+    let mut out = format!("{fleet:?}");
+    for (tenant, id) in [
+        ("acme", devices.session),
+        ("globex", devices.other),
+        ("acme", devices.stranger),
+    ] {
+        out.push_str(&format!(
+            "\n{id}: {:?} {:?}",
+            fleet.device(&admin(tenant), &id),
+            fleet.device_shadow(&id).map(|s| s.to_cbor()),
+        ));
+    }
+    out
+}
+
 /// An envelope for `message` from `device`.
 pub fn envelope<'a>(device: DeviceId, kind: MessageKind, payload: &'a [u8]) -> EnvelopeRef<'a> {
     EnvelopeRef {
@@ -724,6 +746,49 @@ mod tests {
         }
         for (kind, payload) in seeds::downlinks() {
             iot_protocol::Downlink::decode(kind, &payload).unwrap();
+        }
+    }
+
+    /// The snapshot `server_handle` compares sees the changes a message makes, so
+    /// "unchanged" there means something.
+    #[test]
+    fn the_fleet_snapshot_sees_changes() {
+        let (mut server, devices) = server().unwrap();
+        let me = devices.session;
+        let s = session(&devices, false);
+        let uplinks = seeds::uplinks(me);
+        let payload = |kind, nth| {
+            uplinks
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .nth(nth)
+                .unwrap()
+                .1
+                .clone()
+        };
+        let mut before = snapshot(&server, &devices);
+        let spoofed = payload(MessageKind::RegistrationRequest, 0);
+        let spoofed = envelope(devices.other, MessageKind::RegistrationRequest, &spoofed);
+        assert!(server.handle(&s, &spoofed, START_MS).is_err());
+        assert_eq!(snapshot(&server, &devices), before);
+        for (step, (kind, nth)) in [
+            (MessageKind::RegistrationRequest, 0),
+            (MessageKind::RegistrationRequest, 1),
+            (MessageKind::LifecycleReport, 0),
+            (MessageKind::ShadowUpdate, 0),
+            (MessageKind::Heartbeat, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes = payload(kind, nth);
+            let now = START_MS + 1_000 * (step as u64 + 1);
+            server.handle(&s, &envelope(me, kind, &bytes), now).unwrap();
+            let after = snapshot(&server, &devices);
+            if kind != MessageKind::RegistrationRequest || nth == 1 {
+                assert_ne!(after, before, "{kind:?} changed nothing visible");
+            }
+            before = after;
         }
     }
 
