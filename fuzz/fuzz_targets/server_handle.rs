@@ -1,9 +1,11 @@
 //! `DeviceServer::handle` driven by a sequence of envelopes (any kind, any payload, naming
 //! the session's device, another tenant's device or an unknown one, in two sessions of the
 //! same identity) against a small fleet, starting with the session's device registered and
-//! active. Never panics; an envelope naming another device than the session's, or a
-//! payload that is not a valid message, is refused and leaves the whole fleet unchanged;
-//! every reply is a valid downlink that round-trips.
+//! active. Never panics; an envelope naming another device than the session's (or a
+//! registration or audit record naming one), or a payload that is not a valid message, is
+//! refused and leaves the fleet unchanged (`iot_fuzz::snapshot`: records, shadows, audit
+//! chain, rollouts); nothing else is refused that way; every reply is a valid downlink that
+//! round-trips.
 #![no_main]
 
 use iot_core::MessageKind;
