@@ -21,6 +21,8 @@ pub use iot_core;
 mod error;
 mod message;
 mod payload;
+#[cfg(feature = "protobuf")]
+pub mod proto;
 
 pub use error::ProtocolError;
 pub use message::{Downlink, Uplink};
