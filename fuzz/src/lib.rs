@@ -348,6 +348,10 @@ pub mod seeds {
                 next_offset: 1_024,
                 rollback: None,
             }),
+            Uplink::OtaBlockRequest(iot_protocol::OtaBlockRequest {
+                version: 2,
+                offset: 256,
+            }),
             Uplink::Decommissioned(AuditRecord {
                 device,
                 at_ms: START_MS,
@@ -395,6 +399,11 @@ pub mod seeds {
                 version: 2,
                 size: 4_096,
                 sha256: [0xAB; 32],
+            }),
+            Downlink::OtaBlock(iot_protocol::OtaBlock {
+                version: 2,
+                offset: 256,
+                data: &[0x5A; 64][..],
             }),
             Downlink::Decommission(DecommissionReason::OperatorRequest),
         ]

@@ -1032,9 +1032,14 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
         match firmware.begin(job) {
             Ok(()) => {
+                // A download a reboot interrupted resumes at the updater's offset (or is
+                // already complete).
                 let progress = firmware.progress();
                 self.ota = Some(job);
                 self.emit(&Uplink::OtaProgress(progress), now_ms, out);
+                if progress.next_offset >= job.size {
+                    return self.finish_download(now_ms, job, board, out);
+                }
                 self.request_block(now_ms, progress.next_offset, out);
                 Ok(())
             }
@@ -1078,6 +1083,20 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             self.request_block(now_ms, next, out);
             return Ok(());
         }
+        self.finish_download(now_ms, job, board, out)
+    }
+
+    /// Verifies and installs the complete image, then restarts into it.
+    fn finish_download<D: Board + ?Sized, O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        job: OtaJob,
+        board: &mut D,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let Some(firmware) = board.firmware() else {
+            return Err(AgentError::Unexpected(self.lifecycle.state()));
+        };
         let finished = firmware.finish();
         let progress = firmware.progress();
         match finished {

@@ -318,6 +318,10 @@ impl DeviceServer {
                         );
                         if matches!(response, RegistrationResponse::Accepted(_)) {
                             self.fleet.set_device_policies(&device, policies);
+                            // A device that registers again restarted: its OTA job (if a
+                            // rollout still asks it to install) is sent again, and it
+                            // resumes the download where its flash says it stopped.
+                            self.dispatch.retain(|(d, _), _| *d != device);
                         }
                         response
                     }

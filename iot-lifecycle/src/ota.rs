@@ -263,6 +263,33 @@ pub struct SlotLayout {
 pub const BOOT_RECORD_LEN: usize = 32;
 const BOOT_MAGIC: [u8; 4] = *b"OTA1";
 const READ_BLOCK: usize = 64;
+const JOB_MAGIC: [u8; 4] = *b"OTAJ";
+
+/// Bytes at the end of each slot that name the job being downloaded into it (magic,
+/// version, size, SHA-256 and a check), written once when a download starts, so that a
+/// download a reboot interrupted resumes where it stopped instead of starting over. An image
+/// may use the rest of the slot.
+pub const JOB_MARKER_LEN: u32 = 48;
+
+/// The job marker of `job`.
+fn job_marker(job: &OtaJob) -> [u8; JOB_MARKER_LEN as usize] {
+    let mut out = [0xFFu8; JOB_MARKER_LEN as usize];
+    let mut body = [0u8; 44];
+    for (dst, src) in body.iter_mut().zip(
+        JOB_MAGIC
+            .iter()
+            .chain(job.version.to_le_bytes().iter())
+            .chain(job.size.to_le_bytes().iter())
+            .chain(job.sha256.iter()),
+    ) {
+        *dst = *src;
+    }
+    let check: [u8; 32] = Sha256::digest(body).into();
+    for (dst, src) in out.iter_mut().zip(body.iter().chain(check.iter().take(4))) {
+        *dst = *src;
+    }
+    out
+}
 
 impl SlotLayout {
     fn start(&self, slot: Slot) -> u32 {
@@ -598,10 +625,11 @@ impl<F: NorFlash> OtaUpdater<F> {
         ) {
             return Err(OtaError::WrongState(self.state));
         }
-        if job.size == 0 || job.size > self.layout.slot_size {
+        let room = self.layout.slot_size.saturating_sub(JOB_MARKER_LEN);
+        if job.size == 0 || job.size > room {
             return Err(OtaError::ImageSize {
                 size: job.size,
-                slot_size: self.layout.slot_size,
+                slot_size: room,
             });
         }
         if job.version <= self.boot.active_version {
@@ -617,13 +645,60 @@ impl<F: NorFlash> OtaUpdater<F> {
         let end = start
             .checked_add(self.layout.slot_size)
             .ok_or(OtaError::InvalidLayout)?;
-        self.flash.erase(start, end).map_err(Self::flash_err)?;
+        let marker_at = end
+            .checked_sub(JOB_MARKER_LEN)
+            .ok_or(OtaError::InvalidLayout)?;
+        let marker = job_marker(&job);
+        let mut stored = [0u8; JOB_MARKER_LEN as usize];
+        self.flash
+            .read(marker_at, &mut stored)
+            .map_err(Self::flash_err)?;
         self.job = Some(job);
-        self.next_offset = 0;
-        self.hasher = Sha256::new();
         self.pending_len = 0;
         self.rollback = None;
+        if stored == marker {
+            return self.resume(job);
+        }
+        self.flash.erase(start, end).map_err(Self::flash_err)?;
+        self.flash
+            .write(marker_at, &marker)
+            .map_err(Self::flash_err)?;
+        self.next_offset = 0;
+        self.hasher = Sha256::new();
         self.state = OtaState::Downloading;
+        Ok(())
+    }
+
+    /// Picks up the download of `job` that the candidate slot already holds part of (its
+    /// marker names `job`): the written prefix runs to the last word holding anything but
+    /// the erased value (words of `0xFF` image data after it are written again, which
+    /// leaves them as they are), and it is hashed again so verification covers every byte.
+    fn resume(&mut self, job: OtaJob) -> Result<(), OtaError> {
+        let slot = self.boot.active.other();
+        let mut written = 0u32;
+        let mut seen = 0u32;
+        self.read_slot(slot, job.size, &mut |chunk| {
+            if let Some(last) = chunk.iter().rposition(|b| *b != 0xFF) {
+                written = seen
+                    .saturating_add(u32::try_from(last).unwrap_or(u32::MAX))
+                    .saturating_add(1);
+            }
+            seen = seen.saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+        })?;
+        let word = u32::try_from(F::WRITE_SIZE).map_err(|_| OtaError::InvalidLayout)?;
+        let resume = written
+            .div_ceil(word.max(1))
+            .saturating_mul(word.max(1))
+            .min(job.size);
+        let mut hasher = Sha256::new();
+        self.read_slot(slot, resume, &mut |chunk| hasher.update(chunk))?;
+        self.hasher = hasher;
+        self.next_offset = resume;
+        self.state = if resume == job.size {
+            OtaState::Downloaded
+        } else {
+            OtaState::Downloading
+        };
         Ok(())
     }
 
@@ -760,6 +835,10 @@ impl<F: NorFlash> OtaUpdater<F> {
         let received: [u8; 32] = core::mem::take(&mut self.hasher).finalize().into();
         let stored = self.hash_slot(self.boot.active.other(), job.size)?;
         if received != job.sha256 || stored != job.sha256 {
+            // The slot's bytes are not the job's: a later offer of the same job starts
+            // over. Clearing bits needs no erase; if even that fails, the next attempt
+            // resumes, fails verification again and clears it then.
+            let _ = self.clear_marker();
             self.state = OtaState::RolledBack;
             self.rollback = Some(RollbackReason::VerificationFailed);
             self.job = None;
@@ -770,6 +849,32 @@ impl<F: NorFlash> OtaUpdater<F> {
 
     fn hash_slot(&mut self, slot: Slot, size: u32) -> Result<[u8; 32], OtaError> {
         let mut hasher = Sha256::new();
+        self.read_slot(slot, size, &mut |chunk| hasher.update(chunk))?;
+        Ok(hasher.finalize().into())
+    }
+
+    /// Overwrites the candidate slot's job marker with zeros, so no job matches it.
+    fn clear_marker(&mut self) -> Result<(), OtaError> {
+        let end = self
+            .layout
+            .start(self.boot.active.other())
+            .checked_add(self.layout.slot_size)
+            .ok_or(OtaError::InvalidLayout)?;
+        let at = end
+            .checked_sub(JOB_MARKER_LEN)
+            .ok_or(OtaError::InvalidLayout)?;
+        self.flash
+            .write(at, &[0u8; JOB_MARKER_LEN as usize])
+            .map_err(Self::flash_err)
+    }
+
+    /// Reads the first `size` bytes of `slot` in blocks, handing each to `each`.
+    fn read_slot(
+        &mut self,
+        slot: Slot,
+        size: u32,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), OtaError> {
         let mut block = [0u8; READ_BLOCK];
         let mut done = 0u32;
         let base = self.layout.start(slot);
@@ -786,10 +891,10 @@ impl<F: NorFlash> OtaUpdater<F> {
             let buf = block.get_mut(..aligned).ok_or(OtaError::InvalidLayout)?;
             let at = base.checked_add(done).ok_or(OtaError::InvalidLayout)?;
             self.flash.read(at, buf).map_err(Self::flash_err)?;
-            hasher.update(buf.get(..want).ok_or(OtaError::InvalidLayout)?);
+            each(buf.get(..want).ok_or(OtaError::InvalidLayout)?);
             done = done.saturating_add(u32::try_from(want).unwrap_or(u32::MAX));
         }
-        Ok(hasher.finalize().into())
+        Ok(())
     }
 
     /// Marks the verified candidate for one trial boot (state `Updating`). Reboot next; the

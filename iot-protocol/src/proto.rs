@@ -444,6 +444,31 @@ pub mod command_ack {
     }
 }
 
+/// `iot.v1.OtaBlockRequest`
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OtaBlockRequest {
+    /// The image version.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The first byte wanted.
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+}
+
+/// `iot.v1.OtaBlock`
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OtaBlock {
+    /// The image version.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Where the data starts in the image.
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+    /// At most 256 bytes of the image.
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
 /// `iot.v1.OtaJob`
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OtaJob {
@@ -832,6 +857,49 @@ impl TryFrom<CommandAck> for command::CommandAck {
         Ok(Self {
             command_id: a.command_id,
             outcome,
+        })
+    }
+}
+
+impl From<&payload::OtaBlockRequest> for OtaBlockRequest {
+    fn from(r: &payload::OtaBlockRequest) -> Self {
+        Self {
+            version: r.version,
+            offset: r.offset,
+        }
+    }
+}
+
+impl TryFrom<OtaBlockRequest> for payload::OtaBlockRequest {
+    type Error = ProtoError;
+    fn try_from(r: OtaBlockRequest) -> Result<Self, ProtoError> {
+        Ok(Self {
+            version: r.version,
+            offset: r.offset,
+        })
+    }
+}
+
+impl<P: AsRef<[u8]>> From<&payload::OtaBlock<P>> for OtaBlock {
+    fn from(b: &payload::OtaBlock<P>) -> Self {
+        Self {
+            version: b.version,
+            offset: b.offset,
+            data: b.data.as_ref().to_vec(),
+        }
+    }
+}
+
+impl TryFrom<OtaBlock> for payload::OtaBlock<Vec<u8>> {
+    type Error = ProtoError;
+    fn try_from(b: OtaBlock) -> Result<Self, ProtoError> {
+        if b.data.len() > payload::OTA_BLOCK_SIZE {
+            return Err(ProtoError::Invalid("OtaBlock.data"));
+        }
+        Ok(Self {
+            version: b.version,
+            offset: b.offset,
+            data: b.data,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Firmware rollouts over the protocol, wire only: the backend publishes an image and
 //! starts a staged rollout; each device's agent receives an `OtaJob`, pulls the image in
-//! blocks over a link that loses a fifth of them (one device's link also goes down in the
-//! middle of its transfer and the transfer resumes), verifies it, restarts into it on
+//! blocks over a link that loses a fifth of them (one device's link goes down in the middle
+//! of its transfer, another loses power in the middle of its transfer; both resume where
+//! they stopped), verifies it, restarts into it on
 //! trial and confirms it; progress flows back into the rollout. A second image fails its
 //! trial boot on the canary: the rollout halts, the canary rolls back, and no other device
 //! is asked to install it.
@@ -38,6 +39,9 @@ const LAYOUT: SlotLayout = SlotLayout {
 const DEVICES: usize = 20;
 const STEP_MS: u64 = 100;
 const GOOD: u32 = 2;
+/// The device whose link goes down mid-transfer, and the one that loses power mid-transfer.
+const LINK_CUT: usize = 3;
+const POWER_CUT: usize = 7;
 const BAD: u32 = 3;
 
 struct Lab {
@@ -86,6 +90,7 @@ struct Device {
     interrupted: bool,
     /// Requests sent before the interruption, and the offset the transfer had reached.
     resume_from: Option<(usize, u32)>,
+    power_cut: bool,
     /// Offsets of every block request that reached the backend.
     requests: Vec<(u32, u32)>,
     jobs: Vec<u32>,
@@ -157,6 +162,7 @@ impl World {
                 down_until: 0,
                 interrupted: false,
                 resume_from: None,
+                power_cut: false,
                 requests: Vec::new(),
                 jobs: Vec::new(),
                 restarts: 0,
@@ -214,6 +220,18 @@ impl World {
     }
 
     fn step(&mut self, now: u64, interrupt: Option<usize>) {
+        if interrupt.is_some() && !self.devices[POWER_CUT].power_cut {
+            let d = &mut self.devices[POWER_CUT];
+            let ota = d.board.ota.as_ref().unwrap();
+            if ota.state() == OtaState::Downloading && ota.next_offset() >= 768 {
+                // Power cut in the middle of the transfer: RAM is lost, flash is kept.
+                let offset = ota.next_offset();
+                d.power_cut = true;
+                d.resume_from = Some((d.requests.len(), offset));
+                self.reboot(POWER_CUT, now);
+                self.devices[POWER_CUT].restarts = 0;
+            }
+        }
         for (id, reply) in self.server.poll_ota(now) {
             let d = self.devices.iter_mut().find(|d| d.id == id).unwrap();
             if let iot_protocol::Downlink::OtaJob(job) = &reply {
@@ -356,14 +374,20 @@ fn a_rollout_delivers_an_image_in_blocks_and_a_bad_image_halts_with_rollbacks() 
         .server
         .start_ota(&w.admin, &site, GOOD, Some(1), stages.clone(), 20_000)
         .unwrap();
-    w.run(20_000, 200_000, Some(3));
+    w.run(20_000, 200_000, Some(LINK_CUT));
     assert!(w.errors.is_empty(), "{:?}", w.errors);
     let rollout = w.server.fleet().rollout(&w.admin, good).unwrap();
     assert_eq!(rollout.rollout.status(), RolloutStatus::Completed);
     for i in 0..DEVICES {
         let d = &w.devices[i];
         assert_eq!(w.active_version(i), GOOD, "{}", d.id);
-        assert_eq!(d.jobs, [GOOD], "{}: one job, sent once", d.id);
+        // One job each; the device that lost power registered again and was sent it again.
+        let expected: &[u32] = if i == POWER_CUT {
+            &[GOOD, GOOD]
+        } else {
+            &[GOOD]
+        };
+        assert_eq!(d.jobs, expected, "{}", d.id);
         assert_eq!(d.restarts, 1, "{}", d.id);
         let record = w.server.fleet().device(&w.admin, &d.id).unwrap();
         assert_eq!(record.firmware.as_deref(), Some("2"), "{}", d.id);
@@ -375,7 +399,7 @@ fn a_rollout_delivers_an_image_in_blocks_and_a_bad_image_halts_with_rollbacks() 
         d.requests.iter().filter(|r| !seen.insert(**r)).count()
     };
     assert!(w.devices.iter().map(repeats).sum::<usize>() > 0);
-    let resumed = &w.devices[3];
+    let resumed = &w.devices[LINK_CUT];
     assert!(resumed.interrupted);
     let (index, offset) = resumed.resume_from.unwrap();
     assert!(offset >= 1_024);
@@ -383,6 +407,17 @@ fn a_rollout_delivers_an_image_in_blocks_and_a_bad_image_halts_with_rollbacks() 
     assert!(
         resumed.requests.len() > index,
         "the resumed device asked again"
+    );
+    // After the power cut the download went on from what its flash held, not from 0.
+    let rebooted = &w.devices[POWER_CUT];
+    assert!(rebooted.power_cut);
+    let (index, offset) = rebooted.resume_from.unwrap();
+    assert!(offset >= 768);
+    let after: Vec<u32> = rebooted.requests[index..].iter().map(|(_, o)| *o).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|o| *o + 4 > offset),
+        "{after:?} after {offset}"
     );
 
     // The bad image fails its trial boot on the canary: the rollout halts and nobody else

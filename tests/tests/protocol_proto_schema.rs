@@ -120,6 +120,21 @@ fn progress() -> OtaProgress {
     }
 }
 
+fn block_request() -> iot_protocol::OtaBlockRequest {
+    iot_protocol::OtaBlockRequest {
+        version: 7,
+        offset: 512,
+    }
+}
+
+fn block() -> iot_protocol::OtaBlock<Vec<u8>> {
+    iot_protocol::OtaBlock {
+        version: 7,
+        offset: 512,
+        data: (0..=255u8).collect(),
+    }
+}
+
 fn job() -> OtaJob {
     OtaJob {
         version: 3,
@@ -227,6 +242,18 @@ fn messages_agree_with_schema() {
         &[],
     );
     rust_matches_schema(&pool, "iot.v1.OtaJob", &proto::OtaJob::from(&job()), &[]);
+    rust_matches_schema(
+        &pool,
+        "iot.v1.OtaBlockRequest",
+        &proto::OtaBlockRequest::from(&block_request()),
+        &[],
+    );
+    rust_matches_schema(
+        &pool,
+        "iot.v1.OtaBlock",
+        &proto::OtaBlock::from(&block()),
+        &[],
+    );
     rust_matches_schema(
         &pool,
         "iot.v1.OtaProgress",
@@ -347,6 +374,8 @@ fn schema_matches_rust_types() {
         "iot.v1.CommandAccepted" => proto::CommandAccepted,
         "iot.v1.CommandAck" => proto::CommandAck,
         "iot.v1.OtaJob" => proto::OtaJob,
+        "iot.v1.OtaBlockRequest" => proto::OtaBlockRequest,
+        "iot.v1.OtaBlock" => proto::OtaBlock,
         "iot.v1.OtaProgress" => proto::OtaProgress,
         "iot.v1.DecommissionRequest" => proto::DecommissionRequest,
         "iot.v1.AuditRecord" => proto::AuditRecord,
@@ -391,6 +420,8 @@ fn schema_has_no_message_without_a_rust_twin() {
         "iot.v1.CommandAccepted",
         "iot.v1.CommandAck",
         "iot.v1.OtaJob",
+        "iot.v1.OtaBlockRequest",
+        "iot.v1.OtaBlock",
         "iot.v1.OtaProgress",
         "iot.v1.DecommissionRequest",
         "iot.v1.AuditRecord",
@@ -648,6 +679,8 @@ fn field_numbers_are_cbor_keys_plus_one() {
         ("iot.v1.ShadowGet", cbor_keys(&ShadowGet { version: 1 })),
         ("iot.v1.ShadowRejection", cbor_keys(&rejection())),
         ("iot.v1.OtaJob", cbor_keys(&job())),
+        ("iot.v1.OtaBlockRequest", cbor_keys(&block_request())),
+        ("iot.v1.OtaBlock", cbor_keys(&block())),
         ("iot.v1.OtaProgress", cbor_keys(&progress())),
         ("iot.v1.AuditRecord", cbor_keys(&audit())),
     ];
@@ -727,6 +760,20 @@ fn protocol_messages_survive_protobuf() {
         );
     }
     assert_eq!(through_protobuf::<_, proto::OtaJob>(&job()), Ok(job()));
+    assert_eq!(
+        through_protobuf::<_, proto::OtaBlockRequest>(&block_request()),
+        Ok(block_request())
+    );
+    assert_eq!(
+        through_protobuf::<_, proto::OtaBlock>(&block()),
+        Ok(block())
+    );
+    // A block longer than the protocol's is refused.
+    let long = proto::OtaBlock {
+        data: vec![0; iot_protocol::OTA_BLOCK_SIZE + 1],
+        ..proto::OtaBlock::from(&block())
+    };
+    assert!(iot_protocol::OtaBlock::<Vec<u8>>::try_from(long).is_err());
     assert_eq!(
         through_protobuf::<_, proto::OtaProgress>(&progress()),
         Ok(progress())
