@@ -675,7 +675,11 @@ impl<V: ProofVerifier> Fleet<V> {
         update: &Update<'_>,
         now_ms: u64,
     ) -> Result<Outcome, FleetError> {
-        self.touch(id, now_ms)?;
+        // Every check before anything changes: registered, device origin, then the
+        // engine's own (limits, drift, version), which change nothing when they refuse.
+        self.registry
+            .device(id)
+            .ok_or(ReportError::NotRegistered)?;
         if update
             .writes
             .iter()
@@ -683,7 +687,18 @@ impl<V: ProofVerifier> Fleet<V> {
         {
             return Err(AccessError::Forbidden.into());
         }
-        let outcome = self.shadow_mut(id).apply(update, now_ms)?;
+        let existed = self.shadows.contains_key(id);
+        let outcome = match self.shadow_mut(id).apply(update, now_ms) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if !existed {
+                    // The refused update leaves no empty document behind either.
+                    self.shadows.remove(id);
+                }
+                return Err(e.into());
+            }
+        };
+        self.touch(id, now_ms)?;
         if outcome.changed
             && let Some(record) = self.registry.device(id)
         {
