@@ -677,9 +677,7 @@ impl<V: ProofVerifier> Fleet<V> {
     ) -> Result<Outcome, FleetError> {
         // Every check before anything changes: registered, device origin, then the
         // engine's own (limits, drift, version), which change nothing when they refuse.
-        self.registry
-            .device(id)
-            .ok_or(ReportError::NotRegistered)?;
+        self.registry.device(id).ok_or(ReportError::NotRegistered)?;
         if update
             .writes
             .iter()

@@ -15,8 +15,8 @@ use iot_shadow::iot_core::NodeId;
 use iot_shadow::iot_core::time::HybridLogicalClock;
 use iot_shadow::typed::{ShadowState, TypedPolicies};
 use iot_shadow::{
-    DeviceShadow, Handled, Limits, MapStore, Origin, Path, Resolver, Section, Shadow, Stamp,
-    Update, Value, Write, shadow_state,
+    DeviceShadow, Handled, Limits, MapStore, Origin, Path, Policy, Resolver, Section, Shadow,
+    Stamp, Update, Value, Write, shadow_state,
 };
 use proptest::prelude::*;
 
@@ -446,4 +446,54 @@ fn device_capacity_overflow_is_an_error_not_a_panic() {
     assert_eq!(small.replica().to_cbor(), before);
     assert_eq!(small.state(), &Shared::default());
     assert_eq!(small.last_version(), 0);
+}
+
+#[test]
+fn both_ends_refuse_writes_stamped_beyond_the_drift_bound() {
+    const HOUR: u64 = 3_600_000;
+    // The device: a delta from a cloud whose clock runs an hour ahead is refused whole.
+    let mut cloud = Cloud::<Shared>::new();
+    let mut d = boot(&mut cloud, 1_000);
+    let before = d.state().clone();
+    let ahead = cloud.desire("led", Value::Bool(true), HOUR + 1_000);
+    let refused = d.handle_cbor::<16>(&ahead[ahead.len() - 1], 1_000);
+    assert_eq!(refused, Err(iot_shadow::ShadowError::ClockDrift));
+    assert_eq!(d.state(), &before);
+    // Within the bound it applies.
+    let mut cloud = Cloud::<Shared>::new();
+    let mut d = boot(&mut cloud, 1_000);
+    let near = cloud.desire("led", Value::Bool(true), 30_000);
+    deliver(&mut d, &near[near.len() - 1..], 1_000);
+    assert!(d.state().led);
+
+    // The backend: an update with one write an hour ahead changes nothing.
+    let mut server: Shadow<MapStore> = Shadow::new(
+        MapStore::new(),
+        Policy::LastWriterWins,
+        Limits::DEFAULT.with_max_drift(60_000),
+    );
+    let write = |at_ms: u64| {
+        Write::new(
+            Section::Reported,
+            Path::new("led").unwrap(),
+            Value::Bool(true),
+            Stamp::new(
+                iot_shadow::iot_core::time::HlcTimestamp::from_parts(at_ms, 0, DEVICE).unwrap(),
+                Policy::LastWriterWins,
+                Origin::Device,
+            ),
+        )
+    };
+    let before = server.to_cbor();
+    assert_eq!(
+        server.apply(&Update::new(&[write(HOUR + 1_000)]), 1_000),
+        Err(iot_shadow::ShadowError::ClockDrift)
+    );
+    assert_eq!((server.to_cbor(), server.version()), (before, 0));
+    assert!(
+        server
+            .apply(&Update::new(&[write(30_000)]), 1_000)
+            .unwrap()
+            .changed
+    );
 }
