@@ -59,7 +59,7 @@
 //!   interval in force, which clears the desired value. The shadow also reports the lifecycle state and the
 //!   configuration version (device-owned) and the LED (last-writer-wins).
 //! - **Decommissioning** (`Decommission` message with a
-//!   [`DecommissionReason`]): user data and the secret are wiped by
+//!   [`DecommissionReason`](iot_lifecycle::registration::DecommissionReason)): user data and the secret are wiped by
 //!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
 //!   sent, and the agent falls silent: [`Agent::poll`] returns `None` and every later message
 //!   is refused.

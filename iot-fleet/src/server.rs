@@ -471,7 +471,7 @@ impl DeviceServer {
     /// The operator `p` starts a staged rollout of published image `version` to the
     /// `Active` devices of `scope` (devices that fail keep `previous`). Returns the
     /// tenant-local rollout id; a scope without an `Active` device is an error
-    /// ([`crate::RolloutError::NoTargets`]).
+    /// ([`crate::rollout::RolloutError::NoTargets`]).
     pub fn start_ota(
         &mut self,
         p: &Principal,
