@@ -100,6 +100,7 @@ pub type ServerShadow = Shadow<MapStore, Policy, 1>;
 
 /// A rollout and the scope it was started for.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ScopedRollout {
     /// The scope whose devices are targets.
     pub scope: Scope,
@@ -1184,3 +1185,5 @@ impl<V: ProofVerifier> Fleet<V> {
         Ok(Decommissioned { previous, forced })
     }
 }
+
+mod persist;

@@ -847,3 +847,6 @@ mod tests {
         assert!(text.contains("redacted"));
     }
 }
+
+mod persist;
+pub use persist::{CredentialStatus, SavedIdentity};
