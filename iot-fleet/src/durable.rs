@@ -199,7 +199,10 @@ const fn status_code(status: RolloutStatus) -> u8 {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DurableError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, DurableError> {
     serde_json::from_slice(bytes).map_err(|e| DurableError::Decode {
         what,
         detail: e.to_string(),
@@ -240,8 +243,7 @@ impl DurableServer {
         mut server: DeviceServer,
         config: GroupCommitConfig,
     ) -> Result<Self, DurableError> {
-        if server.fleet().registered_count() > 0 || server.fleet().all_rollouts().next().is_some()
-        {
+        if server.fleet().registered_count() > 0 || server.fleet().all_rollouts().next().is_some() {
             return Err(DurableError::NotEmpty);
         }
         let fleet = server.fleet_mut();
@@ -249,7 +251,12 @@ impl DurableServer {
         let _ = fleet.take_audit();
         let mut rollout_keys = BTreeMap::new();
         let mut next_rollout_key = 1u64;
-        restore(&mut *store, &mut server, &mut rollout_keys, &mut next_rollout_key)?;
+        restore(
+            &mut *store,
+            &mut server,
+            &mut rollout_keys,
+            &mut next_rollout_key,
+        )?;
         let _ = server.fleet_mut().take_audit();
         let group = GroupCommit::spawn(store, config)?;
         let handle = group.handle();
@@ -292,7 +299,9 @@ impl DurableServer {
             now_ms,
         };
         let ticket = self.submit(core::slice::from_ref(&message));
-        self.wait(ticket).pop().unwrap_or(Err(DurableError::Stopped))
+        self.wait(ticket)
+            .pop()
+            .unwrap_or(Err(DurableError::Stopped))
     }
 
     /// Handles `messages` in order and submits all their changes as one group-commit
@@ -407,7 +416,12 @@ impl DurableServer {
                 rollouts.insert((entry.tenant, rollout));
             }
         }
-        let mut ops = Vec::with_capacity(entries.len().saturating_add(devices.len()).saturating_add(1));
+        let mut ops = Vec::with_capacity(
+            entries
+                .len()
+                .saturating_add(devices.len())
+                .saturating_add(1),
+        );
         for device in &devices {
             if let Some(op) = self.device_op(device, now_ms)? {
                 ops.push(op);
@@ -662,7 +676,11 @@ impl DurableServer {
 
     /// [`DeviceServer::publish_firmware`] (images are kept in memory only: publish them
     /// again after a restart).
-    pub fn publish_firmware(&mut self, version: u32, image: Vec<u8>) -> Result<OtaJob, DurableError> {
+    pub fn publish_firmware(
+        &mut self,
+        version: u32,
+        image: Vec<u8>,
+    ) -> Result<OtaJob, DurableError> {
         Ok(self.server.publish_firmware(version, image)?)
     }
 

@@ -287,9 +287,22 @@ fn a_restarted_backend_loses_nothing_it_acknowledged_and_devices_carry_on() {
             backend.reported(&admin, &d.id, INTERVAL),
             Some(Value::Int(40_000))
         );
-        assert!(backend.server().fleet().device_shadow(&d.id).unwrap().version() > *version);
+        assert!(
+            backend
+                .server()
+                .fleet()
+                .device_shadow(&d.id)
+                .unwrap()
+                .version()
+                > *version
+        );
         assert_eq!(
-            backend.server().fleet().device(&admin, &d.id).unwrap().state,
+            backend
+                .server()
+                .fleet()
+                .device(&admin, &d.id)
+                .unwrap()
+                .state,
             State::Active
         );
     }
@@ -336,17 +349,24 @@ fn a_store_failure_releases_no_reply_and_stops_the_server() {
     let d = &mut devices[0];
     d.agent.start(0, &mut d.wire).unwrap();
     run(&mut backend, &mut devices, 0, MINUTE);
-    let version = backend.server().fleet().device_shadow(&id(1)).unwrap().version();
+    let version = backend
+        .server()
+        .fleet()
+        .device_shadow(&id(1))
+        .unwrap()
+        .version();
     other
-        .apply(iot_store::Batch::independent(vec![iot_store::Op::PutShadow {
-            shadow: iot_store::Shadow {
-                device: id(1),
-                name: String::new(),
-                version: version + 1,
-                document: vec![0xa0],
+        .apply(iot_store::Batch::independent(vec![
+            iot_store::Op::PutShadow {
+                shadow: iot_store::Shadow {
+                    device: id(1),
+                    name: String::new(),
+                    version: version + 1,
+                    document: vec![0xa0],
+                },
+                expected: iot_store::ShadowExpect::Version(version),
             },
-            expected: iot_store::ShadowExpect::Version(version),
-        }]))
+        ]))
         .unwrap();
     let result = backend.set_desired(&admin, &id(1), INTERVAL, Value::Int(30_000), MINUTE);
     assert_eq!(result, Err(DurableError::Stopped));
