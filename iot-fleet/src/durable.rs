@@ -33,8 +33,8 @@
 //!
 //! **Not persisted** (documented limits): outstanding registration challenges (single-use,
 //! 60 s; a device whose challenge was lost asks again), heartbeat times between audited
-//! changes (after a restart a device counts as last seen when its record was last saved,
-//! and its next message brings it back online), the metering totals of decommissioned
+//! changes (after a restart, [`DurableServer::open_at`] and [`DurableServer::restart`] count
+//! devices that were online as seen at the restart), the metering totals of decommissioned
 //! devices, published firmware images (the operator publishes them again at start) and
 //! which OTA jobs went out (jobs are delivered at least once).
 
@@ -217,7 +217,9 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 /// the [module documentation](self).
 pub struct DurableServer {
     server: DeviceServer,
-    group: GroupCommit,
+    /// The writer (`None` only while [`DurableServer::restart`] swaps it).
+    group: Option<GroupCommit>,
+    config: GroupCommitConfig,
     handle: GroupCommitHandle,
     /// Store ids of rollouts, by tenant and tenant-local id.
     rollout_keys: BTreeMap<(TenantId, u32), u64>,
@@ -262,7 +264,8 @@ impl DurableServer {
         let handle = group.handle();
         Ok(Self {
             server,
-            group,
+            group: Some(group),
+            config,
             handle,
             rollout_keys,
             next_rollout_key,
@@ -270,10 +273,62 @@ impl DurableServer {
         })
     }
 
+    /// [`DurableServer::open`], and every device that was online when its record was last
+    /// saved counts as seen at `now_ms`: heartbeat times between saved changes are not
+    /// stored, so a restarted backend gives each device one heartbeat timeout to be heard
+    /// from instead of marking the whole fleet offline.
+    pub fn open_at(
+        store: Box<dyn Store + Send>,
+        server: DeviceServer,
+        config: GroupCommitConfig,
+        now_ms: u64,
+    ) -> Result<Self, DurableError> {
+        let mut opened = Self::open(store, server, config)?;
+        opened.server.fleet_mut().assume_seen(now_ms);
+        Ok(opened)
+    }
+
     /// Commits what is queued, stops the writer and returns the store (to reopen it, or to
     /// read it, for example [`Store::verify_audit`]).
-    pub fn shutdown(self) -> Result<Box<dyn Store + Send>, DurableError> {
-        Ok(self.group.shutdown()?)
+    pub fn shutdown(mut self) -> Result<Box<dyn Store + Send>, DurableError> {
+        self.take_store()
+    }
+
+    fn take_store(&mut self) -> Result<Box<dyn Store + Send>, DurableError> {
+        let group = self.group.take().ok_or(DurableError::Stopped)?;
+        Ok(group.shutdown()?)
+    }
+
+    /// Restarts the backend in place: stops the writer, then rebuilds `server` (whose fleet
+    /// must be empty) from the store, exactly as [`DurableServer::open`] does after a process
+    /// restart. This also recovers a server stopped by a store failure: what the store has
+    /// is what was acknowledged. On error the server is stopped.
+    ///
+    /// Devices that were online count as seen at `now_ms` (see [`DurableServer::open_at`]).
+    pub fn restart(&mut self, server: DeviceServer, now_ms: u64) -> Result<(), DurableError> {
+        let store = self.take_store()?;
+        match Self::open(store, server, self.config) {
+            Ok(mut reopened) => {
+                reopened.server.fleet_mut().assume_seen(now_ms);
+                *self = reopened;
+                Ok(())
+            }
+            Err(e) => {
+                self.stopped = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Walks the stored audit trail and checks its hash chain
+    /// ([`Store::verify_audit`]); the writer pauses meanwhile. Returns the verified head.
+    pub fn verify_audit(&mut self) -> Result<iot_store::AuditHead, DurableError> {
+        let mut store = self.take_store()?;
+        let verified = store.verify_audit();
+        let group = GroupCommit::spawn(store, self.config).inspect_err(|_| self.stopped = true)?;
+        self.handle = group.handle();
+        self.group = Some(group);
+        Ok(verified?)
     }
 
     /// The server, for reads (the fleet, reported values).
@@ -403,6 +458,14 @@ impl DurableServer {
         served: Option<(DeviceId, u64)>,
         now_ms: u64,
     ) -> Result<Batch, DurableError> {
+        self.collect_all(served.as_slice(), now_ms)
+    }
+
+    fn collect_all(
+        &mut self,
+        served: &[(DeviceId, u64)],
+        now_ms: u64,
+    ) -> Result<Batch, DurableError> {
         let entries = self.server.fleet_mut().take_audit();
         let mut devices: BTreeSet<DeviceId> = BTreeSet::new();
         let mut rollouts: BTreeSet<(TenantId, u32)> = BTreeSet::new();
@@ -427,8 +490,8 @@ impl DurableServer {
                 ops.push(op);
             }
         }
-        if let Some((device, before)) = served {
-            self.shadow_op(&device, before, &mut ops);
+        for (device, before) in served {
+            self.shadow_op(device, *before, &mut ops);
         }
         for key in rollouts {
             if let Some(op) = self.rollout_op(key)? {
@@ -722,6 +785,34 @@ impl DurableServer {
         self.running()?;
         let n = self.server.fleet_mut().tick_rollouts(now_ms).len();
         self.commit_action(Ok(n), None, None, now_ms)
+    }
+
+    /// Runs any other operator action `f` on the server and makes what it changed durable
+    /// before returning its result: the records, rollouts and audit entries it changed (found
+    /// through the audit journal, as for device messages), and the shadows of `shadows_of`
+    /// (name every device whose shadow `f` may write). For example
+    /// `server.act(&[], |s| s.fleet_mut().sweep(now))`.
+    pub fn act<T>(
+        &mut self,
+        shadows_of: &[DeviceId],
+        now_ms: u64,
+        f: impl FnOnce(&mut DeviceServer) -> T,
+    ) -> Result<T, DurableError> {
+        self.running()?;
+        let before: Vec<(DeviceId, u64)> = shadows_of
+            .iter()
+            .map(|d| (*d, self.shadow_version(d)))
+            .collect();
+        let value = f(&mut self.server);
+        let batch = match self.collect_all(&before, now_ms) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.stopped = true;
+                return Err(e);
+            }
+        };
+        self.commit_ops(batch.ops)?;
+        Ok(value)
     }
 
     /// The value `device` last reported at `path` (see [`DeviceServer::reported`]).

@@ -102,6 +102,17 @@ impl<V: ProofVerifier> Fleet<V> {
         self.rollouts.insert((tenant, rollout), scoped);
     }
 
+    /// Counts every device that was online when its record was saved as seen at `now_ms`
+    /// (after a restart: heartbeat times between saved changes are not kept, so each device
+    /// gets one heartbeat timeout from the restart to be heard from).
+    pub fn assume_seen(&mut self, now_ms: u64) {
+        for record in self.registry.all_devices_mut() {
+            if record.online {
+                record.last_seen_ms = record.last_seen_ms.max(now_ms);
+            }
+        }
+    }
+
     /// How many shadows the fleet holds (for capacity reports).
     pub fn shadow_count(&self) -> usize {
         self.shadows.len()
