@@ -182,6 +182,10 @@ struct Load {
     now: u64,
     value: i64,
     latencies: Vec<Duration>,
+    /// Time the backend thread spent handling messages (in `submit`) and waiting for
+    /// commits (in `wait`).
+    handling: Duration,
+    waiting: Duration,
 }
 
 impl Load {
@@ -209,6 +213,7 @@ impl Load {
                 .collect();
             let handed_in = Instant::now();
             let ticket = submit(&mut self.server, &burst, now);
+            self.handling += handed_in.elapsed();
             in_flight.push_back((handed_in, ticket));
             if in_flight.len() > 1 {
                 self.release(in_flight.pop_front().unwrap());
@@ -221,7 +226,9 @@ impl Load {
     }
 
     fn release(&mut self, (handed_in, ticket): (Instant, Ticket)) {
+        let waiting = Instant::now();
         let results = self.server.wait(ticket);
+        self.waiting += waiting.elapsed();
         let latency = handed_in.elapsed();
         for r in results {
             assert!(matches!(r, Ok(Handled::Replies(_))), "{r:?}");
@@ -241,6 +248,10 @@ impl Load {
             at(0.99),
             at(1.0)
         );
+        println!(
+            "{label}: backend thread spent {:?} handling messages and {:?} waiting for commits",
+            self.handling, self.waiting
+        );
     }
 }
 
@@ -255,6 +266,8 @@ fn bench_store(
         now: START_MS,
         value: 0,
         latencies: Vec::new(),
+        handling: Duration::ZERO,
+        waiting: Duration::ZERO,
     });
     let mut group = c.benchmark_group("durable_server_shadow_update");
     group.throughput(Throughput::Elements(BURST as u64));
