@@ -4,7 +4,7 @@
 //! The server stays a sans-IO state machine; this binding adds the store around it:
 //!
 //! 1. **Collect.** After each device message or operator action the binding drains the
-//!    fleet's journal of new audit entries ([`Fleet::take_audit`], journal mode keeps no
+//!    fleet's journal of new audit entries ([`crate::Fleet::take_audit`], journal mode keeps no
 //!    other copy) and compares the served device's shadow version before and after. That is
 //!    the whole change journal: every state change worth keeping is either audited (the
 //!    entry names the device, and for rollout decisions the rollout) or moves a shadow
