@@ -359,12 +359,14 @@ impl Sim<'_> {
         dev.ota.installing = None;
         dev.ota.reported |= 1 << rollout;
         let id = dev.id;
-        let result = self
-            .backend
-            .act(&[], now, |s| {
-                s.fleet_mut().report_update(&id, rollout, ok, now)
-            })
-            .unwrap_or(Ok(Progress::Unchanged));
+        let result = self.backend.act(&[], now, |s| {
+            s.fleet_mut().report_update(&id, rollout, ok, now)
+        });
+        let Ok(result) = result else {
+            // The store failed: nothing was acknowledged (the checks count it).
+            self.counters.agent_errors += 1;
+            return;
+        };
         if result.is_err() {
             // The rollout halted (or timed the device out) before this report.
             self.counters.late_reports += 1;
