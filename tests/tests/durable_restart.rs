@@ -18,7 +18,7 @@ use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, NodeId, QoS, Tenan
 use iot_fleet::durable::{DurableError, DurableServer, Message, action_code};
 use iot_fleet::{
     AssignmentRule, AuditAction, DeviceServer, Fleet, Handled, ManufacturingRecord, Matcher,
-    Principal, Role, Scope, Session,
+    Principal, Role, Scope, Session, answer,
 };
 use iot_lifecycle::State;
 use iot_lifecycle::command::CommandHandler;
@@ -377,4 +377,71 @@ fn a_store_failure_releases_no_reply_and_stops_the_server() {
         backend.handle(&d.session, &env, MINUTE + 1),
         Err(DurableError::Stopped)
     );
+}
+
+#[test]
+fn opening_refuses_a_non_empty_fleet_and_an_unreadable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let admin = admin();
+
+    // A server whose fleet already holds devices is refused: the store is the only source.
+    let mut fleet = Fleet::default();
+    fleet
+        .import_manufacturing(
+            &admin,
+            &"intake".parse().unwrap(),
+            vec![ManufacturingRecord {
+                device_id: id(1),
+                secret: secret(1),
+                sku: "X".into(),
+                serial: 1,
+            }],
+            0,
+        )
+        .unwrap();
+    fleet.challenge(&id(1), 0, [1; 16], 0).unwrap();
+    fleet
+        .register(&id(1), 0, &answer(&secret(1), &id(1), &[1; 16]), 0)
+        .unwrap();
+    let server = DeviceServer::with_os_rng(fleet, DeviceConfig::DEFAULT, NodeId(1));
+    let mut durable = open(&path);
+    durable
+        .import_manufacturing(
+            &admin,
+            &"intake".parse().unwrap(),
+            vec![ManufacturingRecord {
+                device_id: id(1),
+                secret: secret(1),
+                sku: "X".into(),
+                serial: 1,
+            }],
+            0,
+        )
+        .unwrap();
+    assert_eq!(server.fleet().registered_count(), 1);
+    let store = durable.shutdown().unwrap();
+    assert!(matches!(
+        DurableServer::open(store, server, GroupCommitConfig::default()),
+        Err(DurableError::NotEmpty)
+    ));
+
+    // A device record whose credential blob this build did not write is a clear error.
+    let mut other = SqliteStore::open(&path).unwrap();
+    let mut record = other.device(&id(1)).unwrap().unwrap();
+    record.credential = b"not a credential".to_vec();
+    other
+        .apply(iot_store::Batch::independent(vec![
+            iot_store::Op::PutDevice(record),
+        ]))
+        .unwrap();
+    let server = DeviceServer::with_os_rng(Fleet::default(), DeviceConfig::DEFAULT, NodeId(1));
+    let result = DurableServer::open(Box::new(other), server, GroupCommitConfig::default());
+    assert!(matches!(
+        result,
+        Err(DurableError::Decode {
+            what: "device record",
+            ..
+        })
+    ));
 }
