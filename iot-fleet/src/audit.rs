@@ -219,9 +219,19 @@ fn chain_digest(previous: &[u8; 32], entry: &AuditEntry) -> [u8; 32] {
 }
 
 /// The append-only audit log.
+///
+/// By default it keeps every entry. In *journal* mode ([`AuditLog::set_journal`]), used when
+/// a durable store keeps the trail (the store chains entries from a fixed binary encoding),
+/// it holds only the entries appended since the last [`AuditLog::drain`], so its memory does
+/// not grow with uptime; sequence numbers still run on without gaps.
 #[derive(Debug, Clone, Default)]
 pub struct AuditLog {
     entries: Vec<AuditEntry>,
+    /// Entries handed out by `drain` (journal mode).
+    drained: u64,
+    /// The digest of the last drained entry.
+    drained_digest: [u8; 32],
+    journal: bool,
 }
 
 /// Where the chain of an audit log breaks.
@@ -243,7 +253,31 @@ impl AuditLog {
     pub const fn new() -> Self {
         Self {
             entries: Vec::new(),
+            drained: 0,
+            drained_digest: [0; 32],
+            journal: false,
         }
+    }
+
+    /// Switches journal mode on or off (see the type's docs). In journal mode entries carry
+    /// an all-zero digest: the store that receives them computes the chain.
+    pub fn set_journal(&mut self, journal: bool) {
+        self.journal = journal;
+    }
+
+    /// Whether the log is in journal mode.
+    pub fn is_journal(&self) -> bool {
+        self.journal
+    }
+
+    /// Removes and returns the entries appended since the last drain, oldest first.
+    pub fn drain(&mut self) -> Vec<AuditEntry> {
+        if let Some(last) = self.entries.last() {
+            self.drained_digest = last.digest;
+        }
+        let n = u64::try_from(self.entries.len()).unwrap_or(u64::MAX);
+        self.drained = self.drained.saturating_add(n);
+        core::mem::take(&mut self.entries)
     }
 
     /// Appends an entry and returns its sequence number.
@@ -256,8 +290,13 @@ impl AuditLog {
         device: Option<DeviceId>,
         action: AuditAction,
     ) -> u64 {
-        let seq = u64::try_from(self.entries.len()).unwrap_or(u64::MAX);
-        let previous = self.entries.last().map_or([0; 32], |e| e.digest);
+        let seq = u64::try_from(self.entries.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.drained);
+        let previous = self
+            .entries
+            .last()
+            .map_or(self.drained_digest, |e| e.digest);
         let mut entry = AuditEntry {
             seq,
             at_ms,
@@ -268,7 +307,9 @@ impl AuditLog {
             action,
             digest: [0; 32],
         };
-        entry.digest = chain_digest(&previous, &entry);
+        if !self.journal {
+            entry.digest = chain_digest(&previous, &entry);
+        }
         self.entries.push(entry);
         seq
     }

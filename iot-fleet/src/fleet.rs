@@ -142,6 +142,7 @@ impl Resolver for ClassPolicies {
 
 /// A rollout and the scope it was started for.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ScopedRollout {
     /// The scope whose devices are targets.
     pub scope: Scope,
@@ -172,8 +173,6 @@ pub struct Fleet<V: ProofVerifier = LifecycleHmac> {
     shadows: BTreeMap<DeviceId, Box<ServerShadow>>,
     /// Field-policy tables of device classes, by fingerprint.
     schemas: BTreeMap<u32, FieldTable>,
-    /// The policies each device's shadow resolves with (absent: the default).
-    device_policies: BTreeMap<DeviceId, ClassPolicies>,
 }
 
 impl Default for Fleet<LifecycleHmac> {
@@ -236,7 +235,6 @@ impl<V: ProofVerifier> Fleet<V> {
             retired: BTreeMap::new(),
             shadows: BTreeMap::new(),
             schemas: BTreeMap::new(),
-            device_policies: BTreeMap::new(),
         }
     }
 
@@ -616,7 +614,11 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     fn shadow_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
-        let policies = self.device_policies.get(id).copied().unwrap_or_default();
+        let policies = self
+            .registry
+            .device(id)
+            .and_then(|r| self.schema_policies(r.schema))
+            .unwrap_or_default();
         self.shadows.entry(*id).or_insert_with(|| {
             Box::new(Shadow::new(
                 MapStore::new(),
@@ -644,13 +646,21 @@ impl<V: ProofVerifier> Fleet<V> {
         self.schemas.get(&schema).map(|t| ClassPolicies::Table(*t))
     }
 
-    /// Makes `id`'s shadow resolve with `policies` from now on (the device registered with
-    /// its class's schema).
-    pub fn set_device_policies(&mut self, id: &DeviceId, policies: ClassPolicies) {
-        self.device_policies.insert(*id, policies);
+    /// Records that `id` registered with shadow schema `schema` (a fingerprint registered
+    /// with [`Fleet::register_schema`], or 0): its shadow resolves with that table from now
+    /// on. `false` (and nothing changes) for an unknown device or schema.
+    pub fn set_device_schema(&mut self, id: &DeviceId, schema: u32) -> bool {
+        let Some(policies) = self.schema_policies(schema) else {
+            return false;
+        };
+        let Some(record) = self.registry.device_mut(id) else {
+            return false;
+        };
+        record.schema = schema;
         if let Some(shadow) = self.shadows.get_mut(id) {
             shadow.set_resolver(policies);
         }
+        true
     }
 
     /// The lifecycle state of a registered device, for answering the device itself.
@@ -1250,7 +1260,6 @@ impl<V: ProofVerifier> Fleet<V> {
         retired.availability.add(availability_of(&record, now_ms));
         // The backend's copy of the device's state is wiped with it.
         self.shadows.remove(id);
-        self.device_policies.remove(id);
         let mut decisions = Vec::new();
         for ((_, rollout), scoped) in self
             .rollouts
@@ -1274,3 +1283,5 @@ impl<V: ProofVerifier> Fleet<V> {
         Ok(Decommissioned { previous, forced })
     }
 }
+
+mod persist;

@@ -19,6 +19,8 @@ pub use iot_core;
 
 pub mod access;
 pub mod audit;
+#[cfg(feature = "durable")]
+pub mod durable;
 pub mod fleet;
 pub mod gateway;
 pub mod health;

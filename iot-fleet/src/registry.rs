@@ -296,6 +296,10 @@ pub struct DeviceRecord {
     pub last_flag: Option<ReportError>,
     /// Messages and bytes metered for it.
     pub usage: Usage,
+    /// The shadow schema it announced at registration (the fingerprint of its class's
+    /// field-policy table; 0: none declared).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub schema: u32,
 }
 
 /// What a successful registration produced.
@@ -501,6 +505,7 @@ impl Registry {
                 illegal_transitions: 0,
                 last_flag: None,
                 usage: Usage::default(),
+                schema: 0,
             },
         );
         Ok(Registration {
@@ -847,3 +852,6 @@ mod tests {
         assert!(text.contains("redacted"));
     }
 }
+
+mod persist;
+pub use persist::{CredentialStatus, SavedIdentity};

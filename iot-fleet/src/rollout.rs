@@ -315,6 +315,7 @@ pub struct Expiry {
 
 /// A staged rollout of one firmware version to a fixed set of targets.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Rollout {
     version: String,
     previous: Option<String>,

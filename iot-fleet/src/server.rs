@@ -301,13 +301,13 @@ impl DeviceServer {
                     // A new registration starts a new epoch of lifecycle reports.
                     self.reported.remove(&device);
                 }
-                let policies = self.fleet.schema_policies(register.schema);
-                let response = match policies {
+                let known = self.fleet.schema_policies(register.schema).is_some();
+                let response = match known {
                     _ if register.protocol != PROTOCOL_VERSION => {
                         RegistrationResponse::Rejected(RegistrationRejection::UnsupportedProtocol)
                     }
-                    None => RegistrationResponse::Rejected(RegistrationRejection::UnknownSchema),
-                    Some(policies) => {
+                    false => RegistrationResponse::Rejected(RegistrationRejection::UnknownSchema),
+                    true => {
                         let nonce = self.nonce();
                         let response = self.fleet.handle_registration(
                             &register.request,
@@ -317,7 +317,7 @@ impl DeviceServer {
                             now_ms,
                         );
                         if matches!(response, RegistrationResponse::Accepted(_)) {
-                            self.fleet.set_device_policies(&device, policies);
+                            self.fleet.set_device_schema(&device, register.schema);
                             // A device that registers again restarted: its OTA job (if a
                             // rollout still asks it to install) is sent again, and it
                             // resumes the download where its flash says it stopped.

@@ -50,8 +50,9 @@ use iot_core::codec;
 use iot_core::flow::{FlowStats, Tier};
 use iot_core::telemetry::{Measurement, Telemetry};
 use iot_core::{DeviceId, ManualClock, MessageKind, NodeId, QoS, TenantId};
-use iot_examples::backend::{envelope, serve};
+use iot_examples::backend::{envelope, serve_durable};
 use iot_examples::{Outcome, check, clock, section};
+use iot_fleet::durable::DurableServer;
 use iot_fleet::gateway::{FogAggregate, FogGateway};
 use iot_fleet::rollout::Progress;
 use iot_fleet::{
@@ -62,6 +63,7 @@ use iot_lifecycle::State;
 use iot_lifecycle::command::CommandHandler;
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::DeviceSecret;
+use iot_store::{GroupCommitConfig, SqliteStore};
 use iot_transport::outbox::OverflowPolicy;
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
@@ -90,6 +92,8 @@ struct Args {
     devices: usize,
     hours: u64,
     seed: u64,
+    /// The SQLite file holding the backend's state (a new file; default: a temporary one).
+    db: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -97,10 +101,15 @@ fn parse_args() -> Result<Args, String> {
         devices: 10_000,
         hours: 2,
         seed: 1,
+        db: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--db" {
+            args.db = Some(value.into());
+            continue;
+        }
         let number: u64 = value
             .parse()
             .map_err(|_| format!("{flag}: not a number: {value}"))?;
@@ -110,7 +119,7 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => args.seed = number,
             _ => {
                 return Err(format!(
-                    "unknown argument {flag} (--devices N, --hours H, --seed S)"
+                    "unknown argument {flag} (--devices N, --hours H, --seed S, --db PATH)"
                 ));
             }
         }
@@ -255,7 +264,7 @@ struct Counters {
 }
 
 struct Sim<'a> {
-    backend: DeviceServer,
+    backend: DurableServer,
     /// The operator, who reads the devices' records in the fleet.
     admin: Principal,
     devices: Vec<Device>,
@@ -264,6 +273,11 @@ struct Sim<'a> {
     bad_rollout: Option<u32>,
     rollouts: u32,
     events: Vec<String>,
+    /// Devices registered and audit entries stored just before the mid-run restart, and
+    /// whether the restarted backend came back with the same registrations.
+    restart: Option<(usize, u64, bool)>,
+    /// The stored audit trail's verified head at the end.
+    audit: Option<iot_store::AuditHead>,
 }
 
 impl Sim<'_> {
@@ -345,10 +359,14 @@ impl Sim<'_> {
         dev.ota.installing = None;
         dev.ota.reported |= 1 << rollout;
         let id = dev.id;
-        let result = self
-            .backend
-            .fleet_mut()
-            .report_update(&id, rollout, ok, now);
+        let result = self.backend.act(&[], now, |s| {
+            s.fleet_mut().report_update(&id, rollout, ok, now)
+        });
+        let Ok(result) = result else {
+            // The store failed: nothing was acknowledged (the checks count it).
+            self.counters.agent_errors += 1;
+            return;
+        };
         if result.is_err() {
             // The rollout halted (or timed the device out) before this report.
             self.counters.late_reports += 1;
@@ -427,7 +445,9 @@ impl Sim<'_> {
             if dev.usage.messages >= USAGE_BATCH {
                 // Metered in batches per device (each call is one audit entry).
                 let usage = std::mem::take(&mut dev.usage);
-                let _ = self.backend.fleet_mut().record_usage(&id, usage, now);
+                let _ = self
+                    .backend
+                    .act(&[], now, |s| s.fleet_mut().record_usage(&id, usage, now));
             }
             match kind {
                 MessageKind::Telemetry => {
@@ -438,7 +458,7 @@ impl Sim<'_> {
                 MessageKind::Heartbeat => self.instructions(i, now),
                 _ => {}
             }
-            match serve(&mut self.backend, id, kind, &payload, now) {
+            match serve_durable(&mut self.backend, id, kind, &payload, now) {
                 Ok(Some(r)) => replies.extend(r),
                 Ok(None) => {}
                 // The fleet flags a transition its lifecycle table does not allow.
@@ -473,7 +493,7 @@ impl Sim<'_> {
         let Some(dev) = self.devices.get_mut(i) else {
             return;
         };
-        let Ok(record) = self.backend.fleet().device(&self.admin, &dev.id) else {
+        let Ok(record) = self.backend.server().fleet().device(&self.admin, &dev.id) else {
             return;
         };
         let state = record.state;
@@ -505,7 +525,9 @@ impl Sim<'_> {
             _ => None,
         });
         if battery.is_some() {
-            let _ = self.backend.fleet_mut().heartbeat(&id, battery, now);
+            let _ = self
+                .backend
+                .act(&[], now, |s| s.fleet_mut().heartbeat(&id, battery, now));
         }
         if let Some(gw) = dev.gateway.and_then(|g| self.gateways.get_mut(g)) {
             for reading in &batch.readings {
@@ -522,7 +544,7 @@ impl Sim<'_> {
         let Some(dev) = self.devices.get_mut(i) else {
             return;
         };
-        for (rollout, instruction) in self.backend.fleet().instructions(&dev.id) {
+        for (rollout, instruction) in self.backend.server().fleet().instructions(&dev.id) {
             let bit = 1u32 << rollout;
             match instruction {
                 Instruction::Install { .. }
@@ -648,9 +670,35 @@ fn main() -> Outcome {
     ));
 
     // Manufacturing import: one secret per device, one SKU per site; rules place them.
-    let mut fleet = Fleet::default();
-    // The lab device class: the backend resolves its shadow with the agent's own table.
-    fleet.register_schema(iot_agent::AGENT_SCHEMA);
+    // The backend keeps its state in SQLite: a new file at `--db`, or a temporary one.
+    let (db, _temp_dir) = match &args.db {
+        Some(path) if path.exists() => {
+            return Err(format!("{} exists: --db names a new file", path.display()).into());
+        }
+        Some(path) => (path.clone(), None),
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("iot-fleet-example-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            (dir.join("fleet.db"), Some(TempDir(dir)))
+        }
+    };
+    let config = DeviceConfig {
+        version: 1,
+        ..DeviceConfig::DEFAULT
+    };
+    let fresh_server = || {
+        let mut fleet = Fleet::default();
+        // The lab device class: the backend resolves its shadow with the agent's own table.
+        fleet.register_schema(iot_agent::AGENT_SCHEMA);
+        DeviceServer::with_os_rng(fleet, config, NodeId(1))
+    };
+    let mut backend = DurableServer::open(
+        Box::new(SqliteStore::open(&db)?),
+        fresh_server(),
+        GroupCommitConfig::default(),
+    )?;
+    println!("state in {}", db.display());
     let secret_of = |i: usize| {
         let mut s = [0u8; 32];
         for (k, b) in s.iter_mut().enumerate() {
@@ -670,9 +718,9 @@ fn main() -> Outcome {
             serial: i as u64,
         })
         .collect();
-    fleet.import_manufacturing(&admin, &intake, records, 0)?;
+    backend.import_manufacturing(&admin, &intake, records, 0)?;
     for site in sites {
-        fleet.add_assignment_rule(
+        backend.add_assignment_rule(
             &admin,
             AssignmentRule {
                 matcher: Matcher::Sku(format!("TH-{site}")),
@@ -681,11 +729,6 @@ fn main() -> Outcome {
             0,
         )?;
     }
-    let config = DeviceConfig {
-        version: 1,
-        ..DeviceConfig::DEFAULT
-    };
-    let backend = DeviceServer::with_os_rng(fleet, config, NodeId(1));
 
     // Devices: battery profiles, link quality, outages.
     let mut devices = Vec::with_capacity(args.devices);
@@ -772,6 +815,8 @@ fn main() -> Outcome {
         bad_rollout: None,
         rollouts: 0,
         events: Vec::new(),
+        restart: None,
+        audit: None,
     };
 
     // Devices power up over the first minute.
@@ -850,20 +895,39 @@ fn main() -> Outcome {
 
         // The backend's periodic work: health sweep, rollout deadlines, metering.
         if now % (10 * SECOND) == 0 {
-            sim.backend.fleet_mut().sweep(now);
-            sim.backend.fleet_mut().tick_rollouts(now);
+            sim.backend.act(&[], now, |s| {
+                s.fleet_mut().sweep(now);
+                s.fleet_mut().tick_rollouts(now);
+            })?;
+        }
+
+        // Halfway through, the backend restarts from its SQLite file; devices carry on.
+        if now == end / 2 {
+            let registered = sim.backend.server().fleet().registered_count();
+            let head = sim.backend.verify_audit()?;
+            sim.backend.restart(fresh_server(), now)?;
+            let back = sim.backend.server().fleet().registered_count() == registered;
+            sim.restart = Some((registered, head.seq, back));
+            dash.event(&format!(
+                "{} backend restarted from {}: {registered} registrations, {} audit entries",
+                clock(now),
+                db.display(),
+                head.seq
+            ));
         }
 
         // The operator: a good image at 10 minutes, then a bad one once it is done.
         if now == 10 * MINUTE {
-            let id = sim.backend.fleet_mut().start_rollout(
-                &admin,
-                &root,
-                GOOD_IMAGE,
-                Some("1.0.0"),
-                rollout_config(0),
-                now,
-            )?;
+            let id = sim.backend.act(&[], now, |s| {
+                s.fleet_mut().start_rollout(
+                    &admin,
+                    &root,
+                    GOOD_IMAGE,
+                    Some("1.0.0"),
+                    rollout_config(0),
+                    now,
+                )
+            })??;
             good_rollout = Some(id);
             sim.rollouts += 1;
             dash.event(&format!(
@@ -875,6 +939,7 @@ fn main() -> Outcome {
             && good_done_at.is_none()
             && sim
                 .backend
+                .server()
                 .fleet()
                 .rollout(&admin, id)
                 .is_ok_and(|r| r.rollout.status() == RolloutStatus::Completed)
@@ -884,14 +949,16 @@ fn main() -> Outcome {
         if sim.bad_rollout.is_none()
             && (good_done_at.is_some_and(|t| now >= t + 5 * MINUTE) || now == end * 3 / 4)
         {
-            let id = sim.backend.fleet_mut().start_rollout(
-                &admin,
-                &root,
-                BAD_IMAGE,
-                Some(GOOD_IMAGE),
-                rollout_config(7),
-                now,
-            )?;
+            let id = sim.backend.act(&[], now, |s| {
+                s.fleet_mut().start_rollout(
+                    &admin,
+                    &root,
+                    BAD_IMAGE,
+                    Some(GOOD_IMAGE),
+                    rollout_config(7),
+                    now,
+                )
+            })??;
             sim.bad_rollout = Some(id);
             sim.rollouts += 1;
             dash.event(&format!(
@@ -903,6 +970,7 @@ fn main() -> Outcome {
         if now > 0 && (now % dash_every == 0 || now == end) {
             let counts = sim
                 .backend
+                .server()
                 .fleet()
                 .health_report(&admin, &root, now)?
                 .counts;
@@ -920,7 +988,7 @@ fn main() -> Outcome {
             }
             flow.record_in(Tier::Cloud, cloud_aggregates);
             flow.record_out(Tier::Cloud, cloud_aggregates);
-            let text = rollout_short(sim.backend.fleet(), &admin, sim.rollouts);
+            let text = rollout_short(sim.backend.server().fleet(), &admin, sim.rollouts);
             dash.line(
                 now,
                 &counts,
@@ -940,10 +1008,14 @@ fn main() -> Outcome {
     for dev in &mut sim.devices {
         if !dev.board.dead && dev.link.up(end_ms) {
             let usage = std::mem::take(&mut dev.usage);
-            let _ = sim.backend.fleet_mut().record_usage(&dev.id, usage, end_ms);
+            let id = dev.id;
+            let _ = sim.backend.act(&[], end_ms, |s| {
+                s.fleet_mut().record_usage(&id, usage, end_ms)
+            });
         }
     }
     let wall = started.elapsed();
+    sim.audit = Some(sim.backend.verify_audit()?);
 
     summary(
         &sim,
@@ -968,7 +1040,7 @@ fn summary(
     wall: std::time::Duration,
     good_rollout: Option<u32>,
 ) -> Outcome {
-    let fleet = sim.backend.fleet();
+    let fleet = sim.backend.server().fleet();
     let c = &sim.counters;
     let report = fleet.health_report(admin, &"plant".parse()?, end)?;
     let metering = fleet.metering(admin, &Scope::root(), end)?;
@@ -1061,15 +1133,31 @@ fn summary(
         "illegal transitions       {} refused, {flagged} flagged in the fleet's records; agent or backend errors {}",
         c.illegal, c.agent_errors
     );
-    println!(
-        "audit trail               {} entries",
-        fleet.audit_log().len()
-    );
+    let audit = sim.audit.map_or(0, |h| h.seq);
+    println!("audit trail               {audit} entries in SQLite, hash chain verified");
+    if let Some((registered, entries, _)) = sim.restart {
+        println!(
+            "restart at half time      {registered} registrations and {entries} audit entries reloaded"
+        );
+    }
 
     section("checks");
     check(
         fleet.registered_count() == sim.devices.len(),
         "every device registered",
+    )?;
+    check(
+        sim.restart.is_some_and(|(n, _, back)| back && n > 0),
+        "the restarted backend reloaded every registration from SQLite",
+    )?;
+    check(
+        sim.audit
+            .is_some_and(|h| sim.restart.is_some_and(|(_, before, _)| h.seq > before)),
+        "the stored audit trail verifies and grew on from the restart",
+    )?;
+    check(
+        fleet.audit_log().is_empty(),
+        "the audit trail is kept in SQLite, not in memory",
     )?;
     check(
         c.illegal == 0 && flagged == 0,
@@ -1127,4 +1215,13 @@ fn summary(
     )?;
     println!("all checks passed");
     Ok(())
+}
+
+/// A temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

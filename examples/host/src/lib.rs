@@ -32,6 +32,7 @@ pub fn clock(ms: u64) -> String {
 /// messages with the fleet's own rules).
 pub mod backend {
     use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
+    use iot_fleet::durable::{DurableError, DurableServer};
     use iot_fleet::{DeviceServer, Handled, ServerError, Session};
 
     /// A reply to a device: its kind and CBOR payload.
@@ -48,6 +49,32 @@ pub mod backend {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Option<Vec<Reply>>, ServerError> {
+        let env = EnvelopeRef {
+            device,
+            seq: 0,
+            id: MessageId(0),
+            qos: QoS::AtLeastOnce,
+            kind,
+            payload,
+        };
+        let session = Session::authenticated(device, 0);
+        Ok(match server.handle(&session, &env, now_ms)? {
+            Handled::Replies(replies) => {
+                Some(replies.iter().map(|r| (r.kind(), r.to_vec())).collect())
+            }
+            Handled::Unhandled => None,
+        })
+    }
+
+    /// [`serve`] through a [`DurableServer`]: the replies come back once what the message
+    /// changed is durable in the store.
+    pub fn serve_durable(
+        server: &mut DurableServer,
+        device: DeviceId,
+        kind: MessageKind,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Vec<Reply>>, DurableError> {
         let env = EnvelopeRef {
             device,
             seq: 0,

@@ -26,6 +26,8 @@ use iot_core::message::{MessageKind, QoS};
 use iot_core::telemetry::Telemetry;
 use iot_core::{DeviceId, NodeId, TenantId, codec};
 use iot_examples::backend;
+use iot_fleet::durable::DurableServer;
+use iot_fleet::registry::CredentialStatus;
 use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Role, Scope};
 use iot_lifecycle::State;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
@@ -33,6 +35,7 @@ use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{AuditRecord, DecommissionReason};
 use iot_protocol::{Downlink, Heartbeat};
 use iot_shadow::Value;
+use iot_store::{GroupCommitConfig, SqliteStore};
 use iot_transport::SplitMix64;
 use iot_transport::framing::FramedLink;
 use iot_transport::outbox::{OverflowPolicy, Priority};
@@ -196,17 +199,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = DeviceId::new(DEVICE)?;
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
-    let mut fleet = Fleet::default();
-    // The lab device class: the backend resolves its shadow with the agent's own table.
-    fleet.register_schema(iot_agent::AGENT_SCHEMA);
+    // The backend's state lives in a SQLite file of its own, removed at the end.
+    let state_dir = std::env::temp_dir().join(format!("iot-qemu-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir)?;
+    let db = state_dir.join("fleet.db");
+    let fresh_server = || {
+        let mut fleet = Fleet::default();
+        // The lab device class: the backend resolves its shadow with the agent's own table.
+        fleet.register_schema(iot_agent::AGENT_SCHEMA);
+        DeviceServer::with_os_rng(fleet, lab_config(), NodeId(1))
+    };
+    let mut server = DurableServer::open(
+        Box::new(SqliteStore::open(&db)?),
+        fresh_server(),
+        GroupCommitConfig::default(),
+    )?;
     let record = ManufacturingRecord {
         device_id: device,
         secret: SECRET,
         sku: "QEMU-LAB".into(),
         serial: 1,
     };
-    fleet.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
-    let mut server = DeviceServer::with_os_rng(fleet, lab_config(), NodeId(1));
+    server.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
 
     let (mut child, port) = start_emulator(&firmware)?;
     let link: FramedLink<EmulatorPort, 640> = FramedLink::new(port, 115_200);
@@ -238,7 +252,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seen.protocol_errors.push(format!("message from {from}"));
                 continue;
             }
-            match backend::serve(&mut server, from, kind, &payload, now()) {
+            match backend::serve_durable(&mut server, from, kind, &payload, now()) {
                 Ok(replies) => {
                     for (kind, body) in replies.into_iter().flatten() {
                         gateway.enqueue(kind, QoS::ExactlyOnce, Priority::High, &body, now())?;
@@ -247,7 +261,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
             }
             // The device's state as the backend knows it: from its lifecycle reports.
-            let state = fleet_state(&server, &admin, &device).unwrap_or(State::Provisioning);
+            let state =
+                fleet_state(server.server(), &admin, &device).unwrap_or(State::Provisioning);
             match kind {
                 MessageKind::Heartbeat => match codec::decode::<Heartbeat>(&payload) {
                     Ok(beat) => seen.heartbeats.push((now(), beat.state)),
@@ -274,7 +289,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let t = now();
         match step {
-            Step::Registering if fleet_state(&server, &admin, &device) == Some(State::Active) => {
+            Step::Registering
+                if fleet_state(server.server(), &admin, &device) == Some(State::Active) =>
+            {
                 println!("[{t:>6} ms] registered, Active, configuration v1 applied");
                 step = Step::Operating;
             }
@@ -328,7 +345,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step = Step::AwaitDegraded;
             }
             Step::AwaitDegraded
-                if fleet_state(&server, &admin, &device) == Some(State::Degraded)
+                if fleet_state(server.server(), &admin, &device) == Some(State::Degraded)
                     && seen.telemetry_spacing(State::Degraded).is_some() =>
             {
                 println!(
@@ -347,7 +364,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step = Step::Decommissioning;
             }
             Step::Decommissioning if seen.audit.is_some() => {
-                server.fleet_mut().decommission(&admin, &device, t)?;
+                server.act(&[device], t, |s| {
+                    s.fleet_mut().decommission(&admin, &device, t)
+                })??;
                 println!("[{t:>6} ms] decommissioned: audit record {:?}", seen.audit);
                 silent_since = t;
                 step = Step::Silent;
@@ -393,6 +412,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if late > 0 {
         failures.push(format!("{late} messages after decommissioning"));
     }
+    // The backend's state is in SQLite: the audit chain verifies, and a backend restarted
+    // from the file still knows the device's identity was revoked.
+    let audit = server.verify_audit()?;
+    server.restart(fresh_server(), now())?;
+    let revoked = server
+        .server()
+        .fleet()
+        .saved_identity(&device)
+        .is_some_and(|i| i.status == CredentialStatus::Revoked);
+    println!(
+        "[{:>6} ms] backend restarted from {}: {} audit entries verified, identity revoked: {revoked}",
+        now(),
+        db.display(),
+        audit.seq
+    );
+    if audit.seq == 0 || !revoked {
+        failures.push("the restarted backend lost the decommissioning".into());
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&state_dir);
     if failures.is_empty() {
         println!("QEMU scenario passed");
         Ok(())
