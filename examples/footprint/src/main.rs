@@ -27,9 +27,9 @@ use core::hint::black_box;
 use core::mem::MaybeUninit;
 use core::ptr::{read_volatile, write_volatile};
 
+use iot_agent::{Agent, Board, Outbound, SensorSample};
 use iot_core::codec::{decode, encode_into, encoded_len};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
-use iot_agent::{Agent, Board, Outbound, SensorSample};
 use iot_lifecycle::command::CommandHandler;
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{DeviceSecret, registration_proof};
