@@ -67,8 +67,9 @@ fn device_config() -> DeviceConfig {
     }
 }
 
-fn device_id(i: usize) -> DeviceId {
-    DeviceId::new(&format!("mq-{i:02}")).unwrap()
+/// Device `i` of a run: `run` keeps runs on a shared broker apart.
+fn device_id(run: &str, i: usize) -> DeviceId {
+    DeviceId::new(&format!("{run}-{i:02}")).unwrap()
 }
 
 /// What the test reads of a device running on its own thread.
@@ -123,6 +124,7 @@ fn running_version(ota: &OtaUpdater<Flash>, decision: BootDecision) -> u32 {
 }
 
 struct SimDevice {
+    id: DeviceId,
     index: usize,
     agent: LabAgent,
     board: Lab,
@@ -130,19 +132,20 @@ struct SimDevice {
 
 impl SimDevice {
     /// Boots from `flash`: the updater decides which image runs, the agent starts fresh.
-    fn boot(index: usize, flash: Flash, probe: Arc<Probe>) -> Self {
+    fn boot(id: DeviceId, index: usize, flash: Flash, probe: Arc<Probe>) -> Self {
         let mut ota = OtaUpdater::new(flash, LAYOUT).unwrap();
         let decision = ota.boot_check().unwrap();
         let version = running_version(&ota, decision);
         probe.running_version.store(version, Ordering::SeqCst);
         let agent = LabAgent::new(
-            device_id(index),
+            id,
             version,
             DeviceSecret::from_bytes(secret(index)),
             device_config(),
         )
         .unwrap();
         Self {
+            id,
             index,
             agent,
             board: Lab {
@@ -168,7 +171,7 @@ impl AgentHost for SimDevice {
         // A restart keeps the flash and loses the RAM.
         let probe = self.board.probe.clone();
         let flash = self.board.ota.take().unwrap().into_flash();
-        *self = Self::boot(self.index, flash, probe.clone());
+        *self = Self::boot(self.id, self.index, flash, probe.clone());
         probe.restarts.fetch_add(1, Ordering::SeqCst);
         outbox.clear();
         self.agent.start(now_ms, outbox).unwrap();
@@ -181,6 +184,7 @@ type DeviceRun = (DriveEnd, DriveStats, DeviceStats);
 /// microcontroller's executor) until `stop` fires.
 fn spawn_device(
     broker: SocketAddr,
+    id: DeviceId,
     index: usize,
     probe: Arc<Probe>,
     stop: oneshot::Receiver<()>,
@@ -191,7 +195,6 @@ fn spawn_device(
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let id = device_id(index);
             let mut rx = vec![0u8; 2_048];
             let mut tx = vec![0u8; 16_384];
             let mut config = device::DeviceConfig::new(broker, id);
@@ -204,7 +207,7 @@ fn spawn_device(
             let mut session =
                 DeviceSession::<8, 1024>::new(config, Buffers::new(&mut rx, &mut tx)).unwrap();
             let mut outbox = AgentOutbox::new(id, 1, 64);
-            let mut device = SimDevice::boot(index, Flash::new(), probe);
+            let mut device = SimDevice::boot(id, index, Flash::new(), probe);
             device.agent.start(unix_ms(), &mut outbox).unwrap();
             let drive = DriveConfig {
                 max_connections: 20,
@@ -229,11 +232,15 @@ fn spawn_device(
 
 /// Waits until the bridge's subscription is in place: a probe that is no fleet device
 /// publishes a heartbeat until the backend refuses one of them (bounded count and time).
-async fn wait_bridge_subscribed(broker: SocketAddr, events: &mut mpsc::Receiver<FleetEvent>) {
+async fn wait_bridge_subscribed(
+    broker: SocketAddr,
+    run: &str,
+    events: &mut mpsc::Receiver<FleetEvent>,
+) {
     use rumqttc::v5::mqttbytes::QoS;
-    let probe = DeviceId::new("probe").unwrap();
+    let probe = DeviceId::new(&format!("{run}-probe")).unwrap();
     let mut options =
-        rumqttc::v5::MqttOptions::new("probe", broker.ip().to_string(), broker.port());
+        rumqttc::v5::MqttOptions::new(probe.as_str(), broker.ip().to_string(), broker.port());
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
     let task = tokio::spawn(async move {
@@ -266,7 +273,7 @@ async fn wait_bridge_subscribed(broker: SocketAddr, events: &mut mpsc::Receiver<
         .to_vec()
         .unwrap();
         client
-            .publish("iot/probe/up", QoS::AtLeastOnce, false, bytes)
+            .publish(format!("iot/{probe}/up"), QoS::AtLeastOnce, false, bytes)
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
@@ -316,7 +323,25 @@ fn command_ack(event: &FleetEvent) -> Option<(DeviceId, CommandAck)> {
 async fn lab_agents_register_sync_take_a_command_and_an_image_over_mqtt() {
     let broker = EmbeddedBroker::start().unwrap();
     assert!(broker.addr().ip().is_loopback());
+    assert_ne!(broker.addr().port(), 1883);
+    lab_scenario(broker.addr(), "mq").await;
+}
 
+/// The same run through the machine's Mosquitto (`.ci/steps/mqtt.sh`); a broker that cannot
+/// be reached fails the test.
+#[cfg(feature = "mosquitto-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_agents_over_the_machines_mosquitto() {
+    let broker: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+    std::net::TcpStream::connect_timeout(&broker, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("the machine's Mosquitto must listen on {broker}: {e}"));
+    // Names of this run only: the machine's broker is shared.
+    lab_scenario(broker, &format!("mq{}", std::process::id())).await;
+}
+
+/// Registration, shadow, command and firmware rollout for [`DEVICES`] agents through the
+/// broker at `broker`; `run` names this run's devices, bridge and group.
+async fn lab_scenario(broker: SocketAddr, run: &str) {
     // The backend: the lab's device class, the devices' manufacturing records, an image.
     let tenant = TenantId::new("lab").unwrap();
     let admin = Principal::new("ops", tenant, Scope::root(), Role::Admin);
@@ -325,7 +350,7 @@ async fn lab_agents_register_sync_take_a_command_and_an_image_over_mqtt() {
     fleet.register_schema(iot_agent::AGENT_SCHEMA);
     let records = (0..DEVICES)
         .map(|i| ManufacturingRecord {
-            device_id: device_id(i),
+            device_id: device_id(run, i),
             secret: secret(i),
             sku: "TH".into(),
             serial: u64::try_from(i).unwrap(),
@@ -341,24 +366,25 @@ async fn lab_agents_register_sync_take_a_command_and_an_image_over_mqtt() {
     let mut backend = FleetBackend::new(server);
     let mut events = backend.events(4_096);
     let mut log = Vec::new();
-    let config = BridgeConfig::new(
-        broker.addr().ip().to_string(),
-        broker.addr().port(),
-        "fleet-backend",
+    let mut config = BridgeConfig::new(
+        broker.ip().to_string(),
+        broker.port(),
+        format!("{run}-backend"),
     );
+    config.group = format!("{run}-fleet");
     let bridge = Bridge::spawn(config, backend.clone()).unwrap();
     let downlink = bridge.downlink();
-    wait_bridge_subscribed(broker.addr(), &mut events).await;
+    wait_bridge_subscribed(broker, run, &mut events).await;
 
     // Devices start, each on its own session.
-    let ids: Vec<DeviceId> = (0..DEVICES).map(device_id).collect();
+    let ids: Vec<DeviceId> = (0..DEVICES).map(|i| device_id(run, i)).collect();
     let probes: Vec<Arc<Probe>> = (0..DEVICES).map(|_| Arc::default()).collect();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
     for (i, probe) in probes.iter().enumerate() {
         let (stop, stopped) = oneshot::channel();
         stops.push(stop);
-        threads.push(spawn_device(broker.addr(), i, probe.clone(), stopped));
+        threads.push(spawn_device(broker, ids[i], i, probe.clone(), stopped));
     }
 
     // 1. Registration: every device reaches Active in the fleet record, learnt from the
