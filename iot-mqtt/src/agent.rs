@@ -300,3 +300,40 @@ where
     }
     (DriveEnd::ConnectionsExhausted, stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::message::OwnedEnvelope;
+
+    #[test]
+    fn the_outbox_numbers_envelopes_of_its_device_and_refuses_past_its_capacity() {
+        let device = DeviceId::new("d").unwrap();
+        let mut outbox = AgentOutbox::new(device, u32::MAX, 2);
+        outbox
+            .send(MessageKind::Heartbeat, QoS::AtMostOnce, &[1], 0)
+            .unwrap();
+        outbox
+            .send(MessageKind::Telemetry, QoS::AtLeastOnce, &[2, 3], 0)
+            .unwrap();
+        assert_eq!(
+            outbox.send(MessageKind::Telemetry, QoS::AtLeastOnce, &[4], 0),
+            Err(OutboxError::Full(2))
+        );
+        let queued: Vec<OwnedEnvelope> = outbox
+            .queue
+            .iter()
+            .map(|bytes| OwnedEnvelope::decode(bytes).unwrap())
+            .collect();
+        assert_eq!(queued[0].id, MessageId(u32::MAX));
+        assert_eq!(queued[1].id, MessageId(0), "numbering wraps");
+        assert_eq!(queued[1].device, device);
+        assert_eq!(queued[1].qos, QoS::AtLeastOnce);
+        assert_eq!(queued[1].kind, MessageKind::Telemetry);
+        assert_eq!(queued[1].payload, [2, 3]);
+        // A restart forgets the queue; numbering goes on.
+        outbox.clear();
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.next_id(), 1);
+    }
+}

@@ -376,3 +376,131 @@ impl EnvelopeHandler for FleetBackend {
         async move { replies }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::id::TenantId;
+    use iot_core::message::QoS;
+    use iot_fleet::{Fleet, ManufacturingRecord, Principal, Role, Scope};
+    use iot_lifecycle::command::{Command, CommandKind};
+
+    fn backend(devices: &[DeviceId]) -> FleetBackend {
+        let admin = Principal::new(
+            "ops",
+            TenantId::new("t").unwrap(),
+            Scope::root(),
+            Role::Admin,
+        );
+        let mut fleet = Fleet::default();
+        let records = devices
+            .iter()
+            .zip(1u64..)
+            .map(|(id, serial)| ManufacturingRecord {
+                device_id: *id,
+                secret: [7; 32],
+                sku: "S".into(),
+                serial,
+            })
+            .collect();
+        fleet
+            .import_manufacturing(&admin, &"site".parse().unwrap(), records, 0)
+            .unwrap();
+        let server = DeviceServer::with_os_rng(
+            fleet,
+            iot_lifecycle::config::DeviceConfig::DEFAULT,
+            iot_core::NodeId(1),
+        );
+        FleetBackend::new(server).with_clock(|| 1_000)
+    }
+
+    fn heartbeat(device: DeviceId, payload: Vec<u8>) -> OwnedEnvelope {
+        Envelope {
+            device,
+            seq: 1,
+            id: MessageId(1),
+            qos: QoS::AtMostOnce,
+            kind: MessageKind::Heartbeat,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_refused_message_is_reported_and_answered_with_nothing() {
+        let known = DeviceId::new("known").unwrap();
+        let stranger = DeviceId::new("stranger").unwrap();
+        let mut backend = backend(&[known]);
+        let mut events = backend.events(8);
+        // An unknown device, and an envelope naming another device than the topic's.
+        assert!(
+            backend
+                .handle_envelope(stranger, &heartbeat(stranger, Vec::new()))
+                .is_empty()
+        );
+        assert!(
+            backend
+                .handle_envelope(known, &heartbeat(stranger, Vec::new()))
+                .is_empty()
+        );
+        let mut refusals = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            refusals.push(event);
+        }
+        assert!(
+            matches!(
+                refusals.as_slice(),
+                [
+                    FleetEvent::Refused { device: a, kind: MessageKind::Heartbeat, .. },
+                    FleetEvent::Refused {
+                        device: b,
+                        error: ServerError::IdentityMismatch { .. },
+                        ..
+                    },
+                ] if *a == stranger && *b == known
+            ),
+            "{refusals:?}"
+        );
+        assert_eq!(backend.counts().refused, 2);
+        assert_eq!(backend.counts().handled, 0);
+    }
+
+    #[test]
+    fn a_full_event_queue_drops_and_counts_instead_of_blocking() {
+        let stranger = DeviceId::new("stranger").unwrap();
+        let mut backend = backend(&[]);
+        let _events = backend.events(1);
+        for _ in 0..3 {
+            backend.handle_envelope(stranger, &heartbeat(stranger, Vec::new()));
+        }
+        assert_eq!(backend.counts().events_dropped, 2);
+    }
+
+    #[test]
+    fn messages_to_a_device_are_numbered_in_sequence_with_the_protocols_qos() {
+        let device = DeviceId::new("d").unwrap();
+        let backend = backend(&[device]);
+        let command = |id| {
+            Reply::Command(Command::new(
+                id,
+                0,
+                Command::NEVER_EXPIRES,
+                CommandKind::Diagnostics,
+            ))
+        };
+        let first = backend.envelopes(device, std::vec![command(1), command(2)]);
+        let second = backend.envelopes(device, std::vec![command(3)]);
+        let ids: Vec<u32> = first.iter().chain(&second).map(|e| e.id.0).collect();
+        assert_eq!(ids, [1_000, 1_001, 1_002]);
+        for envelope in first.iter().chain(&second) {
+            assert_eq!(envelope.device, device);
+            assert_eq!(envelope.kind, MessageKind::Command);
+            assert_eq!(envelope.qos, iot_protocol::qos(MessageKind::Command));
+        }
+        // Another device has its own counter.
+        let other = DeviceId::new("e").unwrap();
+        assert_eq!(
+            backend.envelopes(other, std::vec![command(4)])[0].id.0,
+            1_000
+        );
+    }
+}
