@@ -11,9 +11,10 @@
 //!   next deadline, and reconnects (with the session's backoff) when the connection drops.
 //!
 //! QoS: the session keeps QoS 1 and 2 envelopes until the broker acknowledges them and
-//! republishes them after a reconnect; an envelope it could not take yet (outbox full,
-//! connection down) stays in the [`AgentOutbox`] and is sent after the next acknowledgement
-//! or connection. At-most-once envelopes the connection loses are lost.
+//! republishes them after a reconnect; an envelope it could not take yet (its outbox or
+//! minimq's in-flight slots full, connection down) stays in the [`AgentOutbox`] and is tried
+//! again at the driver's next turn (at most [`DriveConfig::max_wait`] later) or on the next
+//! connection. At-most-once envelopes a dropping connection takes with it are lost.
 
 use core::future::Future;
 use core::pin::pin;

@@ -134,7 +134,8 @@ type Clock = dyn Fn() -> u64 + Send + Sync;
 pub struct FleetBackend {
     inner: Arc<Mutex<Inner>>,
     clock: Arc<Clock>,
-    events: Option<mpsc::Sender<FleetEvent>>,
+    /// Shared by all clones, so a queue set after cloning reaches the bridge's clone too.
+    events: Arc<Mutex<Option<mpsc::Sender<FleetEvent>>>>,
     counters: Arc<Counters>,
     changed: Arc<watch::Sender<()>>,
 }
@@ -157,7 +158,7 @@ impl FleetBackend {
                 next_session: 1,
             })),
             clock: Arc::new(unix_ms),
-            events: None,
+            events: Arc::default(),
             counters: Arc::default(),
             changed: Arc::new(watch::Sender::new(())),
         }
@@ -174,9 +175,13 @@ impl FleetBackend {
     /// Reports [`FleetEvent`]s into a queue of `capacity` events; returns its receiving end.
     /// Events that find the queue full are dropped and counted
     /// ([`FleetCounts::events_dropped`]), so a slow application never stalls the bridge.
-    pub fn events(&mut self, capacity: usize) -> mpsc::Receiver<FleetEvent> {
+    /// Replaces the queue of an earlier call, for every clone of this backend.
+    pub fn events(&self, capacity: usize) -> mpsc::Receiver<FleetEvent> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.events = Some(tx);
+        *self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
         rx
     }
 
@@ -301,6 +306,7 @@ impl FleetBackend {
                 .flat_map(|(device, job)| Self::wrap(&mut inner, device, std::vec![job], now))
                 .collect::<Vec<_>>()
         };
+        self.changed.send_replace(());
         self.bump(&self.counters.downlinks, jobs.len());
         for envelope in &jobs {
             downlink.send(envelope).await?;
@@ -313,7 +319,11 @@ impl FleetBackend {
     }
 
     fn report(&self, event: FleetEvent) {
-        if let Some(events) = &self.events
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(events) = events.as_ref()
             && events.try_send(event).is_err()
         {
             self.bump(&self.counters.events_dropped, 1);
@@ -429,7 +439,7 @@ mod tests {
     fn a_refused_message_is_reported_and_answered_with_nothing() {
         let known = DeviceId::new("known").unwrap();
         let stranger = DeviceId::new("stranger").unwrap();
-        let mut backend = backend(&[known]);
+        let backend = backend(&[known]);
         let mut events = backend.events(8);
         // An unknown device, and an envelope naming another device than the topic's.
         assert!(
@@ -467,7 +477,7 @@ mod tests {
     #[test]
     fn a_full_event_queue_drops_and_counts_instead_of_blocking() {
         let stranger = DeviceId::new("stranger").unwrap();
-        let mut backend = backend(&[]);
+        let backend = backend(&[]);
         let _events = backend.events(1);
         for _ in 0..3 {
             backend.handle_envelope(stranger, &heartbeat(stranger, Vec::new()));

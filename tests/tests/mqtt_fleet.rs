@@ -363,9 +363,7 @@ async fn lab_scenario(broker: SocketAddr, run: &str) {
         DeviceServer::with_os_rng(fleet, device_config(), NodeId(1)).with_ota_jitter(0);
     let image: Vec<u8> = (0..1_500u32).map(|i| (i * 7 % 251) as u8).collect();
     server.publish_firmware(GOOD, image).unwrap();
-    let mut backend = FleetBackend::new(server);
-    let mut events = backend.events(4_096);
-    let mut log = Vec::new();
+    let backend = FleetBackend::new(server);
     let mut config = BridgeConfig::new(
         broker.ip().to_string(),
         broker.port(),
@@ -374,6 +372,9 @@ async fn lab_scenario(broker: SocketAddr, run: &str) {
     config.group = format!("{run}-fleet");
     let bridge = Bridge::spawn(config, backend.clone()).unwrap();
     let downlink = bridge.downlink();
+    // The event queue reaches the bridge's clone of the backend too.
+    let mut events = backend.events(4_096);
+    let mut log = Vec::new();
     wait_bridge_subscribed(broker, run, &mut events).await;
 
     // Devices start, each on its own session.
