@@ -340,11 +340,19 @@ impl FleetBackend {
         let now = self.now_ms();
         let outcome = {
             let mut inner = self.lock();
-            let session =
-                Session::authenticated(device, Self::peer(&mut inner, device, now).session);
+            // A refused message leaves no trace: the device's entry is made only once the
+            // server accepted something from it (with the session id it would get now).
+            let session_id = inner
+                .peers
+                .get(&device)
+                .map_or(inner.next_session, |peer| peer.session);
+            let session = Session::authenticated(device, session_id);
             match inner.server.handle(&session, &envelope.as_ref(), now) {
                 Ok(Handled::Replies(replies)) => Ok(Self::wrap(&mut inner, device, replies, now)),
-                Ok(Handled::Unhandled) => Err(None),
+                Ok(Handled::Unhandled) => {
+                    Self::peer(&mut inner, device, now);
+                    Err(None)
+                }
                 Err(error) => Err(Some(error)),
             }
         };
@@ -472,6 +480,10 @@ mod tests {
         );
         assert_eq!(backend.counts().refused, 2);
         assert_eq!(backend.counts().handled, 0);
+        assert!(
+            backend.lock().peers.is_empty(),
+            "refusals leave no state behind"
+        );
     }
 
     #[test]
