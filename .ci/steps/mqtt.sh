@@ -28,6 +28,8 @@ if ! broker_up; then
 fi
 
 cargo test -p iot-mqtt --features mosquitto-tests --test mosquitto
+# The real agent and backend (registration, shadow, command, OTA) through the machine's broker.
+cargo test -p iot-tests --features mosquitto-tests --test mqtt_fleet
 
 # The device side without std, with and without TLS, on the ESP32-C3 target.
 rustup target add riscv32imc-unknown-none-elf

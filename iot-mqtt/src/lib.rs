@@ -25,10 +25,14 @@ pub mod device;
 pub mod device_tls;
 pub mod topic;
 
+#[cfg(feature = "agent")]
+pub mod agent;
 #[cfg(feature = "std")]
 pub mod bridge;
 #[cfg(feature = "std")]
 pub mod broker;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 #[cfg(feature = "std")]
 pub mod std_tcp;
 #[cfg(feature = "std")]
