@@ -685,6 +685,9 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
         let pending = total.saturating_sub(self.transitions_reported);
         self.transitions_reported = total;
+        if pending == 0 {
+            return;
+        }
         let recorded = self.lifecycle.history().count();
         let first = recorded.saturating_sub(usize::try_from(pending).unwrap_or(usize::MAX));
         for index in first..recorded {

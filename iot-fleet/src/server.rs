@@ -207,6 +207,11 @@ fn encode_shadow(
     Ok(Some(Downlink::Shadow(message)))
 }
 
+/// The refusal of a message from `session`'s device that names `claimed`.
+const fn mismatch(session: DeviceId, claimed: DeviceId) -> ServerError {
+    ServerError::IdentityMismatch { session, claimed }
+}
+
 /// The protocol's reason for a shadow refusal.
 const fn refusal(error: &ShadowError) -> ShadowRefusal {
     match error {
@@ -282,20 +287,14 @@ impl DeviceServer {
     ) -> Result<Handled, ServerError> {
         let device = session.device;
         if env.device != device {
-            return Err(ServerError::IdentityMismatch {
-                session: device,
-                claimed: env.device,
-            });
+            return Err(mismatch(device, env.device));
         }
         let message = Uplink::decode(env.kind, env.payload)?;
         let mut replies = Vec::new();
         match message {
             Uplink::Register(register) => {
                 if register.request.device != device {
-                    return Err(ServerError::IdentityMismatch {
-                        session: device,
-                        claimed: register.request.device,
-                    });
+                    return Err(mismatch(device, register.request.device));
                 }
                 if register.request.answer.is_some() {
                     // A new registration starts a new epoch of lifecycle reports.
@@ -396,10 +395,7 @@ impl DeviceServer {
             }
             Uplink::Decommissioned(record) => {
                 if record.device != device {
-                    return Err(ServerError::IdentityMismatch {
-                        session: device,
-                        claimed: record.device,
-                    });
+                    return Err(mismatch(device, record.device));
                 }
                 return Ok(Handled::Unhandled);
             }

@@ -38,6 +38,29 @@ pub mod backend {
     /// A reply to a device: its kind and CBOR payload.
     pub type Reply = (MessageKind, Vec<u8>);
 
+    /// An envelope from `device` carrying `payload`.
+    fn from_device(device: DeviceId, kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            device,
+            seq: 0,
+            id: MessageId(0),
+            qos: QoS::AtLeastOnce,
+            kind,
+            payload,
+        }
+    }
+
+    /// The replies (kind and payload) of a handled message; `None` when the server left it
+    /// to the application.
+    fn replies_of(handled: Handled) -> Option<Vec<Reply>> {
+        match handled {
+            Handled::Replies(replies) => {
+                Some(replies.iter().map(|r| (r.kind(), r.to_vec())).collect())
+            }
+            Handled::Unhandled => None,
+        }
+    }
+
     /// Hands one message from `device` to `server`; returns the replies, or `None` when the
     /// message is one the server leaves to the application (telemetry, health reports,
     /// acks, decommission records: the caller interprets those). Each simulated link is
@@ -49,21 +72,9 @@ pub mod backend {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Option<Vec<Reply>>, ServerError> {
-        let env = EnvelopeRef {
-            device,
-            seq: 0,
-            id: MessageId(0),
-            qos: QoS::AtLeastOnce,
-            kind,
-            payload,
-        };
         let session = Session::authenticated(device, 0);
-        Ok(match server.handle(&session, &env, now_ms)? {
-            Handled::Replies(replies) => {
-                Some(replies.iter().map(|r| (r.kind(), r.to_vec())).collect())
-            }
-            Handled::Unhandled => None,
-        })
+        let handled = server.handle(&session, &from_device(device, kind, payload), now_ms)?;
+        Ok(replies_of(handled))
     }
 
     /// [`serve`] through a [`DurableServer`]: the replies come back once what the message
@@ -75,32 +86,13 @@ pub mod backend {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Option<Vec<Reply>>, DurableError> {
-        let env = EnvelopeRef {
-            device,
-            seq: 0,
-            id: MessageId(0),
-            qos: QoS::AtLeastOnce,
-            kind,
-            payload,
-        };
         let session = Session::authenticated(device, 0);
-        Ok(match server.handle(&session, &env, now_ms)? {
-            Handled::Replies(replies) => {
-                Some(replies.iter().map(|r| (r.kind(), r.to_vec())).collect())
-            }
-            Handled::Unhandled => None,
-        })
+        let handled = server.handle(&session, &from_device(device, kind, payload), now_ms)?;
+        Ok(replies_of(handled))
     }
 
     /// An envelope from the backend carrying `payload` (the agent reads kind and payload).
     pub fn envelope(kind: MessageKind, payload: &[u8]) -> EnvelopeRef<'_> {
-        EnvelopeRef {
-            device: DeviceId::from_mac([0x02, 0, 0, 0, 0, 1]),
-            seq: 0,
-            id: MessageId(0),
-            qos: QoS::AtLeastOnce,
-            kind,
-            payload,
-        }
+        from_device(DeviceId::from_mac([0x02, 0, 0, 0, 0, 1]), kind, payload)
     }
 }
