@@ -156,7 +156,7 @@ fn fleet_state(server: &DeviceServer, admin: &Principal, device: &DeviceId) -> O
 }
 
 impl Observed {
-    /// Mean spacing of telemetry received while the device was in `state`.
+    /// Typical spacing of telemetry received while the device was in `state`.
     fn telemetry_spacing(&self, state: State) -> Option<f64> {
         let times: Vec<u64> = self
             .telemetry
@@ -164,8 +164,11 @@ impl Observed {
             .filter(|(_, s)| *s == state)
             .map(|(t, _)| *t)
             .collect();
-        (times.len() >= 3)
-            .then(|| (times[times.len() - 1] - times[0]) as f64 / (times.len() - 1) as f64)
+        // The median gap between consecutive samples: a sample sent at once on a change
+        // (report-on-change, or the first one after a transition) must not skew the cadence.
+        let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_unstable();
+        (gaps.len() >= 3).then(|| gaps[gaps.len() / 2] as f64)
     }
 }
 
