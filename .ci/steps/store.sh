@@ -14,3 +14,7 @@ fi
 
 cargo clippy -p iot-store --all-targets --features postgres-tests -- -D warnings
 cargo test -p iot-store --features postgres-tests --test postgres
+
+# The durable fleet backend on PostgreSQL: an outage and the recovery when it returns.
+cargo clippy -p iot-tests --all-targets --features postgres-tests -- -D warnings
+cargo test -p iot-tests --features postgres-tests --test durable_postgres

@@ -217,8 +217,12 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 /// the [module documentation](self).
 pub struct DurableServer {
     server: DeviceServer,
-    /// The writer (`None` only while [`DurableServer::restart`] swaps it).
+    /// The writer (`None` while [`DurableServer::restart`] swaps it, and after a restart
+    /// that could not read the store back).
     group: Option<GroupCommit>,
+    /// The store of a restart that could not read it back (for example, PostgreSQL was
+    /// unreachable): the next [`DurableServer::restart`] tries it again.
+    parked: Option<Box<dyn Store + Send>>,
     config: GroupCommitConfig,
     handle: GroupCommitHandle,
     /// Store ids of rollouts, by tenant and tenant-local id.
@@ -241,30 +245,42 @@ impl DurableServer {
     /// fresh [`crate::Fleet`] with the policy and verifier of the deployment), then starts
     /// the group-commit writer with `config`. A fresh store gives an empty fleet.
     pub fn open(
+        store: Box<dyn Store + Send>,
+        server: DeviceServer,
+        config: GroupCommitConfig,
+    ) -> Result<Self, DurableError> {
+        Self::open_or_return(store, server, config).map_err(|(e, _)| e)
+    }
+
+    /// [`DurableServer::open`], handing the store back when it could not be read.
+    fn open_or_return(
         mut store: Box<dyn Store + Send>,
         mut server: DeviceServer,
         config: GroupCommitConfig,
-    ) -> Result<Self, DurableError> {
+    ) -> Result<Self, (DurableError, Option<Box<dyn Store + Send>>)> {
         if server.fleet().registered_count() > 0 || server.fleet().all_rollouts().next().is_some() {
-            return Err(DurableError::NotEmpty);
+            return Err((DurableError::NotEmpty, Some(store)));
         }
         let fleet = server.fleet_mut();
         fleet.set_audit_journal(true);
         let _ = fleet.take_audit();
         let mut rollout_keys = BTreeMap::new();
         let mut next_rollout_key = 1u64;
-        restore(
+        if let Err(e) = restore(
             &mut *store,
             &mut server,
             &mut rollout_keys,
             &mut next_rollout_key,
-        )?;
+        ) {
+            return Err((e, Some(store)));
+        }
         let _ = server.fleet_mut().take_audit();
-        let group = GroupCommit::spawn(store, config)?;
+        let group = GroupCommit::spawn(store, config).map_err(|e| (e.into(), None))?;
         let handle = group.handle();
         Ok(Self {
             server,
             group: Some(group),
+            parked: None,
             config,
             handle,
             rollout_keys,
@@ -295,6 +311,9 @@ impl DurableServer {
     }
 
     fn take_store(&mut self) -> Result<Box<dyn Store + Send>, DurableError> {
+        if let Some(store) = self.parked.take() {
+            return Ok(store);
+        }
         let group = self.group.take().ok_or(DurableError::Stopped)?;
         Ok(group.shutdown()?)
     }
@@ -302,19 +321,22 @@ impl DurableServer {
     /// Restarts the backend in place: stops the writer, then rebuilds `server` (whose fleet
     /// must be empty) from the store, exactly as [`DurableServer::open`] does after a process
     /// restart. This also recovers a server stopped by a store failure: what the store has
-    /// is what was acknowledged. On error the server is stopped.
+    /// is what was acknowledged. On error the server is stopped; when the store could not
+    /// be read (a lost PostgreSQL connection, say) it is kept, and a later call tries again
+    /// with a fresh `server`: the backend resumes once the database is back.
     ///
     /// Devices that were online count as seen at `now_ms` (see [`DurableServer::open_at`]).
     pub fn restart(&mut self, server: DeviceServer, now_ms: u64) -> Result<(), DurableError> {
         let store = self.take_store()?;
-        match Self::open(store, server, self.config) {
+        match Self::open_or_return(store, server, self.config) {
             Ok(mut reopened) => {
                 reopened.server.fleet_mut().assume_seen(now_ms);
                 *self = reopened;
                 Ok(())
             }
-            Err(e) => {
+            Err((e, store)) => {
                 self.stopped = true;
+                self.parked = store;
                 Err(e)
             }
         }

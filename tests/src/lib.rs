@@ -2,3 +2,4 @@
 //! library holds what several of them share.
 
 pub mod proto_check;
+pub mod wire_devices;
