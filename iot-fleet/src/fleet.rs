@@ -23,7 +23,7 @@
 //! session (for example mutual TLS) is expected to bind later messages to that id.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, btree_map};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -435,9 +435,18 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     fn touch(&mut self, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
+        let tenant = self
+            .registry
+            .identity_tenant(id)
+            .ok_or(ReportError::NotRegistered)?;
+        self.touch_in(tenant, id, now_ms)
+    }
+
+    /// [`Fleet::touch`] of a device whose tenant the caller already looked up.
+    fn touch_in(&mut self, tenant: TenantId, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
         let record = self
             .registry
-            .device_mut(id)
+            .tenant_device_mut(&tenant, id)
             .ok_or(ReportError::NotRegistered)?;
         let came_back = !record.online;
         if came_back {
@@ -614,18 +623,33 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     fn shadow_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
-        let policies = self
-            .registry
-            .device(id)
-            .and_then(|r| self.schema_policies(r.schema))
-            .unwrap_or_default();
-        self.shadows.entry(*id).or_insert_with(|| {
-            Box::new(Shadow::new(
-                MapStore::new(),
-                policies,
-                Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
-            ))
-        })
+        self.shadow_entry(id).0
+    }
+
+    /// The device's shadow, created empty (with its schema's policies) when it has none;
+    /// `true` when it was created. One lookup when the shadow exists.
+    fn shadow_entry(&mut self, id: &DeviceId) -> (&mut ServerShadow, bool) {
+        let Self {
+            shadows,
+            registry,
+            schemas,
+            ..
+        } = self;
+        match shadows.entry(*id) {
+            btree_map::Entry::Occupied(e) => (e.into_mut(), false),
+            btree_map::Entry::Vacant(v) => {
+                let policies = registry
+                    .device(id)
+                    .and_then(|r| policies_of(schemas, r.schema))
+                    .unwrap_or_default();
+                let shadow = v.insert(Box::new(Shadow::new(
+                    MapStore::new(),
+                    policies,
+                    Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
+                )));
+                (shadow, true)
+            }
+        }
     }
 
     /// Registers a device class's field-policy table (its `shadow_state!` struct's
@@ -640,10 +664,7 @@ impl<V: ProofVerifier> Fleet<V> {
     /// The policies of schema `schema` (0: none declared, every field last-writer-wins);
     /// `None` for a schema nobody registered.
     pub fn schema_policies(&self, schema: u32) -> Option<ClassPolicies> {
-        if schema == 0 {
-            return Some(ClassPolicies::default());
-        }
-        self.schemas.get(&schema).map(|t| ClassPolicies::Table(*t))
+        policies_of(&self.schemas, schema)
     }
 
     /// Records that `id` registered with shadow schema `schema` (a fingerprint registered
@@ -687,7 +708,12 @@ impl<V: ProofVerifier> Fleet<V> {
     ) -> Result<Outcome, FleetError> {
         // Every check before anything changes: registered, device origin, then the
         // engine's own (limits, drift, version), which change nothing when they refuse.
-        self.registry.device(id).ok_or(ReportError::NotRegistered)?;
+        // The tenant is looked up once: the record is then found in its tenant's map.
+        let tenant = self
+            .registry
+            .device(id)
+            .ok_or(ReportError::NotRegistered)?
+            .tenant;
         if update
             .writes
             .iter()
@@ -695,20 +721,20 @@ impl<V: ProofVerifier> Fleet<V> {
         {
             return Err(AccessError::Forbidden.into());
         }
-        let existed = self.shadows.contains_key(id);
-        let outcome = match self.shadow_mut(id).apply(update, now_ms) {
+        let (shadow, created) = self.shadow_entry(id);
+        let outcome = match shadow.apply(update, now_ms) {
             Ok(outcome) => outcome,
             Err(e) => {
-                if !existed {
+                if created {
                     // The refused update leaves no empty document behind either.
                     self.shadows.remove(id);
                 }
                 return Err(e.into());
             }
         };
-        self.touch(id, now_ms)?;
+        self.touch_in(tenant, id, now_ms)?;
         if outcome.changed
-            && let Some(record) = self.registry.device(id)
+            && let Some(record) = self.registry.tenant_device(&tenant, id)
         {
             let (tenant, scope) = (record.tenant, record.scope.clone());
             self.log(
@@ -1285,3 +1311,11 @@ impl<V: ProofVerifier> Fleet<V> {
 }
 
 mod persist;
+
+/// The policies of schema `schema` among `schemas` (see [`Fleet::schema_policies`]).
+fn policies_of(schemas: &BTreeMap<u32, FieldTable>, schema: u32) -> Option<ClassPolicies> {
+    if schema == 0 {
+        return Some(ClassPolicies::default());
+    }
+    schemas.get(&schema).map(|t| ClassPolicies::Table(*t))
+}

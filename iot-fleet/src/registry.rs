@@ -533,6 +533,16 @@ impl Registry {
         self.devices.get(tenant)?.get(id)
     }
 
+    /// The device's record if it belongs to `tenant`, mutable (other tenants are not
+    /// searched).
+    pub fn tenant_device_mut(
+        &mut self,
+        tenant: &TenantId,
+        id: &DeviceId,
+    ) -> Option<&mut DeviceRecord> {
+        self.devices.get_mut(tenant)?.get_mut(id)
+    }
+
     /// Every registered device of `tenant`, by id.
     pub fn tenant_devices(&self, tenant: &TenantId) -> impl Iterator<Item = &DeviceRecord> + '_ {
         self.devices
