@@ -54,7 +54,7 @@ use iot_transport::framing::{DELIMITER, FramedLink, encode_frame};
 use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
-use iot_transport::{Rng as _, SplitMix64};
+use iot_transport::{Link, Rng, SplitMix64};
 
 /// The id the firmware derives from its MAC, and the secret provisioned into it.
 const DEVICE: &str = "qemu-525400123456";
@@ -243,9 +243,12 @@ struct EmulatorPort {
     pending: Vec<u8>,
     closed: bool,
     faults: Rc<RefCell<Faults>>,
-    /// Whether the last byte handed to the reader ended a frame: forged frames go in only
-    /// there, so they never cut one of the device's frames.
-    at_boundary: bool,
+    /// Whether the reader is in the middle of one of the device's frames, or of a forged
+    /// one: forged frames go in only between the device's, so they never cut one.
+    in_device_frame: bool,
+    in_forged_frame: bool,
+    /// Forged and real frames take turns, so a flood cannot starve the device's own.
+    forged_turn: bool,
 }
 
 impl EmulatorPort {
@@ -263,6 +266,18 @@ impl EmulatorPort {
     }
 }
 
+impl EmulatorPort {
+    /// Whether the next bytes read come from the forged queue.
+    fn forged_next(&self) -> bool {
+        if self.in_forged_frame {
+            return true;
+        }
+        !self.in_device_frame
+            && (self.forged_turn || self.pending.is_empty())
+            && !self.faults.borrow().forged.is_empty()
+    }
+}
+
 impl embedded_io::ErrorType for EmulatorPort {
     type Error = std::io::Error;
 }
@@ -270,23 +285,29 @@ impl embedded_io::ErrorType for EmulatorPort {
 impl embedded_io::ReadReady for EmulatorPort {
     fn read_ready(&mut self) -> Result<bool, Self::Error> {
         self.fill();
-        let forged = self.at_boundary && !self.faults.borrow().forged.is_empty();
-        Ok(forged || !self.pending.is_empty() || self.closed)
+        Ok(self.forged_next() || !self.pending.is_empty() || self.closed)
     }
 }
 
 impl embedded_io_async::Read for EmulatorPort {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         self.fill();
-        if self.at_boundary {
+        if self.forged_next() {
             let mut faults = self.faults.borrow_mut();
-            if !faults.forged.is_empty() {
-                let n = buf.len().min(faults.forged.len());
-                for (slot, b) in buf.iter_mut().zip(faults.forged.drain(..n)) {
-                    *slot = b;
-                }
-                return Ok(n);
+            let end = faults
+                .forged
+                .iter()
+                .position(|b| *b == DELIMITER)
+                .map_or(faults.forged.len(), |i| i + 1);
+            let n = buf.len().min(end);
+            for (slot, b) in buf.iter_mut().zip(faults.forged.drain(..n)) {
+                *slot = b;
             }
+            self.in_forged_frame = n > 0 && buf[n - 1] != DELIMITER;
+            if !self.in_forged_frame {
+                self.forged_turn = false;
+            }
+            return Ok(n);
         }
         while self.pending.is_empty() && !self.closed {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
@@ -305,7 +326,10 @@ impl embedded_io_async::Read for EmulatorPort {
         buf[..n].copy_from_slice(&self.pending[..n]);
         self.pending.drain(..n);
         if n > 0 {
-            self.at_boundary = buf[n - 1] == DELIMITER;
+            self.in_device_frame = buf[n - 1] != DELIMITER;
+            if !self.in_device_frame {
+                self.forged_turn = true;
+            }
         }
         Ok(n)
     }
@@ -351,7 +375,9 @@ fn start_emulator(
         pending: Vec::new(),
         closed: false,
         faults,
-        at_boundary: true,
+        in_device_frame: false,
+        in_forged_frame: false,
+        forged_turn: true,
     };
     Ok((child, port))
 }
@@ -447,7 +473,11 @@ impl Queues {
 
     /// Moves what fits into the outbox: operator traffic first, into any free slot; device
     /// replies only while the reserve stays free.
-    fn pump(&mut self, gateway: &mut Gateway, now: u64) {
+    fn pump<L: Link, R: Rng, const D: usize>(
+        &mut self,
+        gateway: &mut ReliableEndpoint<L, R, OUTBOX, 512, D>,
+        now: u64,
+    ) {
         while let Some((kind, body)) = self.operator.front() {
             if gateway.outbox().len() >= OUTBOX {
                 break;
@@ -948,5 +978,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     } else {
         Err(failures.join("; ").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::ManualClock;
+    use iot_transport::sim::{SimConfig, SimNetwork};
+
+    /// A flood of device replies, with the device never acknowledging anything, fills the
+    /// outbox only up to the reserve: the operator's commands still get in, every one, and
+    /// the flood's overflow is dropped and counted.
+    #[test]
+    fn a_flood_of_device_replies_never_refuses_operator_traffic() {
+        let clock = ManualClock::new(0);
+        let net: SimNetwork<_, 64, 640> = SimNetwork::new(&clock, SimConfig::ideal(5), 1);
+        let (link, _device_never_answers) = net.endpoints();
+        let mut gateway: ReliableEndpoint<_, _, OUTBOX, 512, 16> = ReliableEndpoint::new(
+            link,
+            DeviceId::new("gateway").unwrap(),
+            OverflowPolicy::RejectNewest,
+            BackoffPolicy::new(200, 2_000),
+            SplitMix64::new(7),
+        );
+        let mut queues = Queues::default();
+        for i in 0..200u32 {
+            queues.bulk(MessageKind::ShadowDocument, i.to_le_bytes().to_vec());
+            queues.pump(&mut gateway, 0);
+        }
+        assert_eq!(gateway.outbox().len(), OUTBOX - OPERATOR_RESERVE);
+        assert_eq!(queues.bulk.len(), BULK_QUEUE);
+        assert_eq!(
+            queues.bulk_dropped,
+            200 - BULK_QUEUE as u64 - (OUTBOX - OPERATOR_RESERVE) as u64
+        );
+        for id in 0..OPERATOR_RESERVE as u32 {
+            queues.operator(MessageKind::Command, blink(id).unwrap());
+            queues.pump(&mut gateway, 0);
+        }
+        assert_eq!(gateway.outbox().len(), OUTBOX);
+        assert!(
+            queues.operator.is_empty(),
+            "every operator message got a slot"
+        );
+        assert_eq!(queues.operator_refused, 0);
+        // Past the reserve an operator message waits in its own queue; it is not refused.
+        queues.operator(MessageKind::Command, blink(99).unwrap());
+        queues.pump(&mut gateway, 0);
+        assert_eq!(queues.operator.len(), 1);
+        assert_eq!(queues.operator_refused, 0);
     }
 }
