@@ -25,7 +25,8 @@
 //! queue with reserved room in the gateway's outbox ([`Queues`]), so no flood can make the
 //! gateway refuse it: the run counts such refusals and requires none.
 //!
-//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf [--faults]`
+//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf [--faults]`;
+//! `FAULT_PHASE_MS=60000` makes each fault phase last a minute instead of 5 s.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -61,15 +62,16 @@ const DEVICE: &str = "qemu-525400123456";
 const SECRET: [u8; 32] = *b"qemu-lab-device-secret-000000001";
 const BLINK: u32 = 1;
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// The run's bound with `--faults` (the fault phases take about a minute more).
-const FAULT_TIMEOUT: Duration = Duration::from_secs(150);
+/// The run's bound with `--faults`, beside its phases' own time.
+const FAULT_TIMEOUT: Duration = Duration::from_secs(115);
 /// The gateway outbox's capacity, and the room in it that only operator traffic may take.
 const OUTBOX: usize = 8;
 const OPERATOR_RESERVE: usize = 3;
 /// Bounds of the gateway's two queues in front of the outbox.
 const BULK_QUEUE: usize = 64;
 const OPERATOR_QUEUE: usize = 32;
-/// How long each fault phase lasts, and how long the link then has to converge.
+/// How long each fault phase lasts (environment `FAULT_PHASE_MS` overrides it, for longer
+/// campaigns), and how long the link then has to converge.
 const PHASE_MS: u64 = 5_000;
 const CONVERGE_MS: u64 = 20_000;
 /// The longest gap between two heartbeats the device may leave (its interval is 500 ms).
@@ -604,7 +606,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .find(|a| !a.starts_with("--"))
         .ok_or("usage: qemu-gateway FIRMWARE.elf [--faults]")?
         .clone();
-    let timeout = if with_faults { FAULT_TIMEOUT } else { TIMEOUT };
+    let phase_ms = std::env::var("FAULT_PHASE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(PHASE_MS)
+        .clamp(1_000, 3_600_000);
+    let timeout = if with_faults {
+        FAULT_TIMEOUT + Duration::from_millis(phase_ms * Fault::PHASES.len() as u64)
+    } else {
+        TIMEOUT
+    };
     let device = DeviceId::new(DEVICE)?;
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
@@ -802,7 +813,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             forge_batch(&mut f, device, &mut campaign.next_forged_id);
                         }
                     }
-                    if !campaign.acted && elapsed >= PHASE_MS / 2 {
+                    if !campaign.acted && elapsed >= phase_ms / 2 {
                         // The operator acts while the fault is on.
                         campaign.acted = true;
                         campaign.desired_led = !campaign.desired_led;
@@ -820,7 +831,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             queues.bulk.len()
                         );
                     }
-                    if elapsed >= PHASE_MS {
+                    if elapsed >= phase_ms {
                         let mut f = faults.borrow_mut();
                         f.fault = Fault::Clean;
                         f.held = None;
