@@ -7,7 +7,7 @@
 # passes -Zsanitizer=address and other unstable flags); nightly is not needed.
 #
 # Knobs (environment):
-#   FUZZ_SECONDS  time per target (default 15; 12 targets two at a time take about 1.5
+#   FUZZ_SECONDS  time per target (default 15; 16 targets two at a time take about 2
 #                 minutes, plus the build: about 10 s when fuzz/target is warm, some
 #                 minutes from nothing on 2 cores, so CI should keep fuzz/target)
 #   FUZZ_JOBS     targets fuzzed at once (default 2: one per core)

@@ -585,7 +585,7 @@ pub mod seeds {
         let ahead = shadow(Kind::Update, None, START_MS + 3_600_000);
         push_record(&mut second, by_kind(MessageKind::ShadowUpdate), 1, &ahead);
         out.push(("server_handle", "02_second_session".into(), second));
-        debug_assert!(SERVER_STEP_MS > 0);
+        const { assert!(SERVER_STEP_MS > 0) };
 
         // Frames of envelopes, back to back, with a corrupted one between.
         let mut stream = Vec::new();
@@ -709,7 +709,186 @@ pub mod seeds {
             out.push(("shadow_cbor", name.clone(), cbor.clone()));
             out.push(("shadow_device", name, cbor));
         }
+        out.extend(mqtt_bridge_seeds(&devices));
+        out.extend(fog_aggregate_seeds(me));
+        out.extend(aws_shadow_seeds());
+        out.extend(core_proto_seeds(me));
         out
+    }
+
+    /// `core_proto`: protobuf envelopes (selector 0) and readings (selector 1).
+    fn core_proto_seeds(me: DeviceId) -> Vec<Seed> {
+        use iot_core::telemetry::{Measurement, Reading};
+        use prost::Message;
+        let mut out = Vec::new();
+        for (i, (kind, payload)) in uplinks(me).into_iter().take(4).enumerate() {
+            let id = u32::try_from(i).unwrap_or(0);
+            let envelope = Envelope {
+                device: me,
+                seq: id,
+                id: MessageId(id),
+                qos: QoS::AtLeastOnce,
+                kind,
+                payload: payload.as_slice(),
+            };
+            let mut seed = vec![0u8];
+            seed.extend_from_slice(&iot_core::proto::Envelope::from(&envelope).encode_to_vec());
+            out.push(("core_proto", format!("{i:02}_envelope"), seed));
+        }
+        for (i, measurement) in [
+            Measurement::Temperature { celsius: 21.5 },
+            Measurement::BatteryPercent { percent: 80 },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reading = Reading::new(START_MS, measurement);
+            let mut seed = vec![1u8];
+            seed.extend_from_slice(&iot_core::proto::Reading::from(&reading).encode_to_vec());
+            out.push(("core_proto", format!("{:02}_reading", i + 10), seed));
+        }
+        out
+    }
+
+    /// `mqtt_bridge`: `[topic length (top bit: small limit), topic, payload]`.
+    fn mqtt_bridge_seeds(devices: &super::Devices) -> Vec<Seed> {
+        let me = devices.session;
+        let heartbeat = uplinks(me)
+            .into_iter()
+            .find(|(k, _)| *k == MessageKind::Heartbeat)
+            .map(|(_, p)| p)
+            .unwrap_or_default();
+        let env = envelope_bytes(me, 1, QoS::AtLeastOnce, MessageKind::Heartbeat, &heartbeat);
+        let publish = |topic: &str, small: bool, payload: &[u8]| {
+            let len = u8::try_from(topic.len()).unwrap_or(0x7F) & 0x7F;
+            let mut bytes = vec![len | if small { 0x80 } else { 0 }];
+            bytes.extend_from_slice(topic.as_bytes());
+            bytes.extend_from_slice(payload);
+            bytes
+        };
+        let up = |d: DeviceId| format!("iot/{d}/up");
+        vec![
+            (
+                "mqtt_bridge",
+                "00_valid".into(),
+                publish(&up(me), false, &env),
+            ),
+            (
+                "mqtt_bridge",
+                "01_identity".into(),
+                publish(&up(devices.other), false, &env),
+            ),
+            (
+                "mqtt_bridge",
+                "02_down".into(),
+                publish(&format!("iot/{me}/down"), false, &env),
+            ),
+            (
+                "mqtt_bridge",
+                "03_aws".into(),
+                publish("$aws/things/dev-a/shadow/update", false, b"{}"),
+            ),
+            (
+                "mqtt_bridge",
+                "04_oversized".into(),
+                publish(&up(me), true, &[0xA5; 80]),
+            ),
+            (
+                "mqtt_bridge",
+                "05_garbage".into(),
+                publish(&up(me), false, b"\xff\x00garbage"),
+            ),
+        ]
+    }
+
+    /// `fog_aggregate`: records of encoded aggregates, then a bad one.
+    fn fog_aggregate_seeds(me: DeviceId) -> Vec<Seed> {
+        use iot_core::flow::{Aggregate, Quantity, WindowSummary};
+        use iot_fleet::gateway::FogAggregate;
+        let mut stream = Vec::new();
+        for (i, (count, min, max, sum)) in [
+            (2u64, 20.0f32, 22.0f32, 42.0f64),
+            (0, 0.0, 0.0, 0.0),
+            (3, -5.5, 40.25, 60.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Ok(aggregate) = Aggregate::from_parts(count, min, max, sum) else {
+                continue;
+            };
+            let start = u64::try_from(i).unwrap_or(0).saturating_mul(60_000);
+            let fog = FogAggregate {
+                source: me,
+                summary: WindowSummary {
+                    start_ms: START_MS.saturating_add(start),
+                    window_ms: 60_000,
+                    quantity: Quantity {
+                        code: u8::try_from(i).unwrap_or(0),
+                        custom_id: 0,
+                    },
+                    aggregate,
+                },
+            };
+            let mut buf = [0u8; 128];
+            if let Ok(n) = fog.encode_into(&mut buf) {
+                push_record(
+                    &mut stream,
+                    u8::try_from(i).unwrap_or(0),
+                    1,
+                    buf.get(..n).unwrap_or_default(),
+                );
+            }
+        }
+        push_record(&mut stream, 0, 0, &[0x89, 0x00]);
+        vec![("fog_aggregate", "00_stream".into(), stream)]
+    }
+
+    /// `aws_shadow`: a thing's life over the `$aws` surface, and raw topics.
+    fn aws_shadow_seeds() -> Vec<Seed> {
+        const GET: u8 = 0;
+        const UPDATE: u8 = 1;
+        const DELETE: u8 = 2;
+        const RAW: u8 = 3;
+        const NAMED: u8 = 4;
+        let mut life = Vec::new();
+        let requests: [(u8, &str); 9] = [
+            (GET, r#"{"clientToken":"t0"}"#),
+            (
+                UPDATE,
+                r#"{"state":{"desired":{"led":true,"color":{"r":1}}},"clientToken":"t1"}"#,
+            ),
+            (
+                UPDATE,
+                r#"{"state":{"reported":{"led":false,"temp":21.5}},"version":1}"#,
+            ),
+            (UPDATE | NAMED, r#"{"state":{"desired":{"rate":30}}}"#),
+            (
+                UPDATE,
+                r#"{"state":{"desired":{"color":null}},"version":99}"#,
+            ),
+            (GET, ""),
+            (DELETE, r#"{"version":2}"#),
+            (DELETE, "{}"),
+            (UPDATE, r#"{"state":{"reported":null}}"#),
+        ];
+        for (control, body) in requests {
+            push_record(&mut life, control, 1, body.as_bytes());
+        }
+        let mut raw = Vec::new();
+        for line in [
+            "$aws/things/lamp-9/shadow/update {\"state\":{\"desired\":{\"a\":1}}}",
+            "$aws/things/lamp-9/shadow/update/accepted {}",
+            "$aws/things/lamp-9/shadow/name/cfg/get {}",
+            "$aws/things/lamp-9/shadow/name/cfg/delete/rejected {}",
+            "iot/dev-a/up {}",
+        ] {
+            push_record(&mut raw, RAW, 1, line.as_bytes());
+        }
+        vec![
+            ("aws_shadow", "00_life".into(), life),
+            ("aws_shadow", "01_raw_topics".into(), raw),
+        ]
     }
 }
 

@@ -53,9 +53,10 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use crate::check::{Refusal, check_up};
 use crate::dedup::RecentIds;
 use crate::tls::{ClientTls, TlsError};
-use crate::topic::{self, Direction, Topic, TopicBuf, TopicError};
+use crate::topic::{self, Topic, TopicBuf, TopicError};
 
 /// Receives the envelopes devices send, and answers with envelopes to send back.
 ///
@@ -449,46 +450,6 @@ async fn run_handler<H: EnvelopeHandler>(
     }
 }
 
-/// Why a publish was refused before reaching the handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The topic is not a device's up topic.
-    #[error("not a device up topic: {0}")]
-    Topic(TopicError),
-    /// The payload exceeds the envelope limit.
-    #[error("payload of {len} bytes exceeds the limit of {max}")]
-    Oversized {
-        /// The payload's length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The payload is not an envelope.
-    #[error("payload is not an envelope")]
-    Garbage,
-    /// The envelope names another device than the topic.
-    #[error("envelope names {envelope}, topic names {topic}")]
-    Identity {
-        /// The device of the topic.
-        topic: DeviceId,
-        /// The device the envelope names.
-        envelope: DeviceId,
-    },
-}
-
-impl iot_core::error::Error for Refusal {
-    fn kind(&self) -> iot_core::error::ErrorKind {
-        use iot_core::error::ErrorKind;
-        match self {
-            Self::Topic(e) => iot_core::error::Error::kind(e),
-            Self::Oversized { .. } => ErrorKind::Capacity,
-            Self::Garbage => ErrorKind::Decode,
-            Self::Identity { .. } => ErrorKind::Unauthorized,
-        }
-    }
-}
-
 impl Refusal {
     fn counter<'c>(&self, counters: &'c Counters) -> &'c AtomicU64 {
         match self {
@@ -498,35 +459,6 @@ impl Refusal {
             Self::Identity { .. } => &counters.refused_identity,
         }
     }
-}
-
-/// The checks the bridge makes before the handler sees a publish: topic, size, envelope,
-/// identity. Public so other front ends (and tests) apply exactly the same rules.
-pub fn check_up(
-    topic_name: &[u8],
-    payload: &[u8],
-    max_envelope: usize,
-) -> Result<(DeviceId, OwnedEnvelope), Refusal> {
-    let name =
-        core::str::from_utf8(topic_name).map_err(|_| Refusal::Topic(TopicError::WrongPrefix))?;
-    let topic = Topic::parse(name).map_err(Refusal::Topic)?;
-    if topic.direction != Direction::Up {
-        return Err(Refusal::Topic(TopicError::UnknownDirection));
-    }
-    if payload.len() > max_envelope {
-        return Err(Refusal::Oversized {
-            len: payload.len(),
-            max: max_envelope,
-        });
-    }
-    let envelope = OwnedEnvelope::decode(payload).map_err(|_| Refusal::Garbage)?;
-    if envelope.device != topic.device {
-        return Err(Refusal::Identity {
-            topic: topic.device,
-            envelope: envelope.device,
-        });
-    }
-    Ok((topic.device, envelope))
 }
 
 fn check(publish: &Publish, max_envelope: usize) -> Result<(DeviceId, OwnedEnvelope), Refusal> {

@@ -12,6 +12,8 @@
     )
 )]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
@@ -19,6 +21,8 @@ pub use embedded_nal_async;
 pub use iot_core;
 pub use minimq;
 
+#[cfg(feature = "alloc")]
+pub mod check;
 pub mod dedup;
 pub mod device;
 #[cfg(feature = "tls")]

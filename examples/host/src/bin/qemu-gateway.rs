@@ -14,17 +14,32 @@
 //!
 //! The run passes only if every step holds within a bounded time.
 //!
-//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf`
+//! With `--faults`, between steps 5 and 6 the gateway runs fault phases on the serial link,
+//! injected on the host side ([`Faults`]): garbage bursts, bit flips, truncated, duplicated
+//! and reordered frames and a long silence toward the device, then a flood of forged traffic
+//! from the device side (spoofed identities, unsolicited acks, shadow requests that make the
+//! backend answer). In each phase the operator changes the desired LED state and sends a
+//! command; after each phase the link is clean again and the run asserts that the shadow
+//! converged, that every command was acknowledged exactly once and no command that was never
+//! sent was, and that the device kept its heartbeat throughout. Operator traffic has its own
+//! queue with reserved room in the gateway's outbox ([`Queues`]), so no flood can make the
+//! gateway refuse it: the run counts such refusals and requires none.
+//!
+//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf [--faults]`;
+//! `FAULT_PHASE_MS=60000` makes each fault phase last a minute instead of 5 s.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read as _, Write as _};
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use embassy_futures::block_on;
 use iot_core::message::{MessageKind, QoS};
 use iot_core::telemetry::Telemetry;
-use iot_core::{DeviceId, NodeId, TenantId, codec};
+use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId, codec};
 use iot_examples::backend;
 use iot_fleet::durable::DurableServer;
 use iot_fleet::registry::CredentialStatus;
@@ -36,17 +51,192 @@ use iot_lifecycle::registration::{AuditRecord, DecommissionReason};
 use iot_protocol::{Downlink, Heartbeat};
 use iot_shadow::Value;
 use iot_store::{GroupCommitConfig, SqliteStore};
-use iot_transport::SplitMix64;
-use iot_transport::framing::FramedLink;
+use iot_transport::framing::{DELIMITER, FramedLink, encode_frame};
 use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
+use iot_transport::{Link, Rng, SplitMix64};
 
 /// The id the firmware derives from its MAC, and the secret provisioned into it.
 const DEVICE: &str = "qemu-525400123456";
 const SECRET: [u8; 32] = *b"qemu-lab-device-secret-000000001";
 const BLINK: u32 = 1;
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The run's bound with `--faults`, beside its phases' own time.
+const FAULT_TIMEOUT: Duration = Duration::from_secs(115);
+/// The gateway outbox's capacity, and the room in it that only operator traffic may take.
+const OUTBOX: usize = 8;
+const OPERATOR_RESERVE: usize = 3;
+/// Bounds of the gateway's two queues in front of the outbox.
+const BULK_QUEUE: usize = 64;
+const OPERATOR_QUEUE: usize = 32;
+/// How long each fault phase lasts (environment `FAULT_PHASE_MS` overrides it, for longer
+/// campaigns), and how long the link then has to converge.
+const PHASE_MS: u64 = 5_000;
+const CONVERGE_MS: u64 = 20_000;
+/// The longest gap between two heartbeats the device may leave (its interval is 500 ms).
+const MAX_HEARTBEAT_GAP_MS: u64 = 3_000;
+/// Message ids of forged envelopes: far above anything the device reaches in a run, so the
+/// gateway's duplicate filter never mistakes the device's own messages for them.
+const FORGED_ID_BASE: u32 = 0x8000_0000;
+/// Command ids the gateway never sends; forged acks name them.
+const NEVER_SENT: u32 = 9_000;
+
+/// A fault the gateway injects on the serial link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Nothing: frames pass unchanged.
+    Clean,
+    /// Random bytes (delimiters included) between the frames toward the device.
+    Garbage,
+    /// One random bit flipped in most frames toward the device.
+    BitFlips,
+    /// Frames toward the device cut short.
+    Truncated,
+    /// Every frame toward the device sent twice.
+    Duplicated,
+    /// Frames toward the device held back and sent after the next one.
+    Reordered,
+    /// Nothing reaches the device.
+    Silence,
+    /// Forged frames from the device side: spoofed devices, unsolicited acks, a flood of
+    /// shadow requests that the backend answers.
+    Forged,
+}
+
+impl Fault {
+    const PHASES: [Self; 7] = [
+        Self::Garbage,
+        Self::BitFlips,
+        Self::Truncated,
+        Self::Duplicated,
+        Self::Reordered,
+        Self::Silence,
+        Self::Forged,
+    ];
+}
+
+/// Fault injection between the gateway's framed link and the emulator's stdio, shared by
+/// the port (which applies it) and the scenario (which picks the phase).
+#[derive(Debug)]
+struct Faults {
+    fault: Fault,
+    rng: SplitMix64,
+    /// Bytes toward the device of a frame not yet complete.
+    partial: Vec<u8>,
+    /// A frame held back to be sent after the next one.
+    held: Option<Vec<u8>>,
+    /// Forged bytes waiting to be read as if the device had sent them.
+    forged: VecDeque<u8>,
+    /// Frames toward the device that were changed, dropped or added.
+    mangled: u64,
+    garbage_bytes: u64,
+    forged_frames: u64,
+}
+
+impl Faults {
+    fn new() -> Self {
+        Self {
+            fault: Fault::Clean,
+            rng: SplitMix64::new(0x5EED),
+            partial: Vec::new(),
+            held: None,
+            forged: VecDeque::new(),
+            mangled: 0,
+            garbage_bytes: 0,
+            forged_frames: 0,
+        }
+    }
+
+    fn below(&mut self, n: u32) -> u32 {
+        self.rng.next_u32() % n.max(1)
+    }
+
+    /// What goes on the wire for `frame` (delimiter included) under the current fault.
+    fn outgoing(&mut self, frame: Vec<u8>, wire: &mut Vec<u8>) {
+        if let Some(held) = self.held.take() {
+            wire.extend_from_slice(&frame);
+            wire.extend_from_slice(&held);
+            self.mangled += 1;
+            return;
+        }
+        match self.fault {
+            Fault::Clean | Fault::Forged => wire.extend_from_slice(&frame),
+            Fault::Garbage => {
+                let n = 8 + self.below(56);
+                for _ in 0..n {
+                    wire.push(self.rng.next_u32() as u8);
+                }
+                if self.below(2) == 0 {
+                    wire.push(DELIMITER);
+                }
+                self.garbage_bytes += u64::from(n);
+                wire.extend_from_slice(&frame);
+            }
+            Fault::BitFlips => {
+                let mut frame = frame;
+                if self.below(4) != 0 && frame.len() > 1 {
+                    let at = self.below(frame.len() as u32 - 1) as usize;
+                    frame[at] ^= 1 << self.below(8);
+                    self.mangled += 1;
+                }
+                wire.extend_from_slice(&frame);
+            }
+            Fault::Truncated => {
+                if self.below(2) == 0 && frame.len() > 2 {
+                    let keep = 1 + self.below(frame.len() as u32 - 2) as usize;
+                    wire.extend_from_slice(&frame[..keep]);
+                    wire.push(DELIMITER);
+                    self.mangled += 1;
+                } else {
+                    wire.extend_from_slice(&frame);
+                }
+            }
+            Fault::Duplicated => {
+                wire.extend_from_slice(&frame);
+                wire.extend_from_slice(&frame);
+                self.mangled += 1;
+            }
+            Fault::Reordered => {
+                if self.below(2) == 0 {
+                    self.held = Some(frame);
+                } else {
+                    wire.extend_from_slice(&frame);
+                }
+            }
+            Fault::Silence => self.mangled += 1,
+        }
+    }
+
+    /// Takes the bytes the gateway writes toward the device; returns what reaches it.
+    fn toward_device(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        if self.fault == Fault::Clean && self.partial.is_empty() && self.held.is_none() {
+            wire.extend_from_slice(bytes);
+            return wire;
+        }
+        for &b in bytes {
+            self.partial.push(b);
+            if b == DELIMITER {
+                let frame = std::mem::take(&mut self.partial);
+                self.outgoing(frame, &mut wire);
+            }
+        }
+        wire
+    }
+
+    /// Queues `envelope` as a frame read from the device's side of the link.
+    fn forge(&mut self, envelope: &EnvelopeRef<'_>) {
+        let (mut body, mut frame) = ([0u8; 512], [0u8; 640]);
+        let Ok(n) = envelope.encode_into(&mut body) else {
+            return;
+        };
+        if let Ok(m) = encode_frame(&body[..n], &mut frame) {
+            self.forged.extend(&frame[..m]);
+            self.forged_frames += 1;
+        }
+    }
+}
 
 /// QEMU's stdio as an embedded-io port: stdout bytes arrive through a reader thread.
 struct EmulatorPort {
@@ -54,6 +244,13 @@ struct EmulatorPort {
     rx: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     closed: bool,
+    faults: Rc<RefCell<Faults>>,
+    /// Whether the reader is in the middle of one of the device's frames, or of a forged
+    /// one: forged frames go in only between the device's, so they never cut one.
+    in_device_frame: bool,
+    in_forged_frame: bool,
+    /// Forged and real frames take turns, so a flood cannot starve the device's own.
+    forged_turn: bool,
 }
 
 impl EmulatorPort {
@@ -71,6 +268,18 @@ impl EmulatorPort {
     }
 }
 
+impl EmulatorPort {
+    /// Whether the next bytes read come from the forged queue.
+    fn forged_next(&self) -> bool {
+        if self.in_forged_frame {
+            return true;
+        }
+        !self.in_device_frame
+            && (self.forged_turn || self.pending.is_empty())
+            && !self.faults.borrow().forged.is_empty()
+    }
+}
+
 impl embedded_io::ErrorType for EmulatorPort {
     type Error = std::io::Error;
 }
@@ -78,13 +287,30 @@ impl embedded_io::ErrorType for EmulatorPort {
 impl embedded_io::ReadReady for EmulatorPort {
     fn read_ready(&mut self) -> Result<bool, Self::Error> {
         self.fill();
-        Ok(!self.pending.is_empty() || self.closed)
+        Ok(self.forged_next() || !self.pending.is_empty() || self.closed)
     }
 }
 
 impl embedded_io_async::Read for EmulatorPort {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         self.fill();
+        if self.forged_next() {
+            let mut faults = self.faults.borrow_mut();
+            let end = faults
+                .forged
+                .iter()
+                .position(|b| *b == DELIMITER)
+                .map_or(faults.forged.len(), |i| i + 1);
+            let n = buf.len().min(end);
+            for (slot, b) in buf.iter_mut().zip(faults.forged.drain(..n)) {
+                *slot = b;
+            }
+            self.in_forged_frame = n > 0 && buf[n - 1] != DELIMITER;
+            if !self.in_forged_frame {
+                self.forged_turn = false;
+            }
+            return Ok(n);
+        }
         while self.pending.is_empty() && !self.closed {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(chunk) => self.pending.extend_from_slice(&chunk),
@@ -92,16 +318,29 @@ impl embedded_io_async::Read for EmulatorPort {
                 Err(mpsc::RecvTimeoutError::Disconnected) => self.closed = true,
             }
         }
-        let n = buf.len().min(self.pending.len());
+        // Up to the end of the next frame, so forged frames can go in after it.
+        let end = self
+            .pending
+            .iter()
+            .position(|b| *b == DELIMITER)
+            .map_or(self.pending.len(), |i| i + 1);
+        let n = buf.len().min(end);
         buf[..n].copy_from_slice(&self.pending[..n]);
         self.pending.drain(..n);
+        if n > 0 {
+            self.in_device_frame = buf[n - 1] != DELIMITER;
+            if !self.in_device_frame {
+                self.forged_turn = true;
+            }
+        }
         Ok(n)
     }
 }
 
 impl embedded_io_async::Write for EmulatorPort {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        self.stdin.write_all(buf)?;
+        let wire = self.faults.borrow_mut().toward_device(buf);
+        self.stdin.write_all(&wire)?;
         Ok(buf.len())
     }
 
@@ -110,7 +349,10 @@ impl embedded_io_async::Write for EmulatorPort {
     }
 }
 
-fn start_emulator(firmware: &str) -> Result<(Child, EmulatorPort), Box<dyn std::error::Error>> {
+fn start_emulator(
+    firmware: &str,
+    faults: Rc<RefCell<Faults>>,
+) -> Result<(Child, EmulatorPort), Box<dyn std::error::Error>> {
     let mut child = Process::new("qemu-system-riscv32")
         .args(["-machine", "virt", "-display", "none", "-monitor", "none"])
         .args(["-serial", "stdio", "-bios", "none", "-kernel", firmware])
@@ -134,6 +376,10 @@ fn start_emulator(firmware: &str) -> Result<(Child, EmulatorPort), Box<dyn std::
         rx,
         pending: Vec::new(),
         closed: false,
+        faults,
+        in_device_frame: false,
+        in_forged_frame: false,
+        forged_turn: true,
     };
     Ok((child, port))
 }
@@ -145,7 +391,22 @@ struct Observed {
     heartbeats: Vec<(u64, State)>,
     /// (arrival ms, lifecycle state at the time) of every telemetry batch.
     telemetry: Vec<(u64, State)>,
-    blink_acks: Vec<AckOutcome>,
+    /// Acks of commands the gateway sent, by command id.
+    acks: BTreeMap<u32, Vec<AckOutcome>>,
+    /// Acks naming a command the gateway never sent: refused, never counted as acks.
+    unsolicited_acks: u64,
+    /// Messages naming another device than the one on the link: refused.
+    spoofed: u64,
+    /// Message ids of the device's messages observed so far, and how many came again.
+    ids: BTreeSet<u32>,
+    redelivered: u64,
+    /// The message id of the device's audit record, messages it sent after that, and
+    /// messages it sent before that arrived after it and were refused.
+    audit_id: Option<u32>,
+    after_audit: u64,
+    late_refused: u64,
+    /// When the fault phases began (telemetry cadence is judged on the clean run before).
+    faults_began: Option<u64>,
     audit: Option<AuditRecord>,
     protocol_errors: Vec<String>,
 }
@@ -158,10 +419,11 @@ fn fleet_state(server: &DeviceServer, admin: &Principal, device: &DeviceId) -> O
 impl Observed {
     /// Typical spacing of telemetry received while the device was in `state`.
     fn telemetry_spacing(&self, state: State) -> Option<f64> {
+        let before = self.faults_began.unwrap_or(u64::MAX);
         let times: Vec<u64> = self
             .telemetry
             .iter()
-            .filter(|(_, s)| *s == state)
+            .filter(|(t, s)| *s == state && *t <= before)
             .map(|(t, _)| *t)
             .collect();
         // The median gap between consecutive samples: a sample sent at once on a change
@@ -179,8 +441,149 @@ enum Step {
     Converging,
     Commanded,
     AwaitDegraded,
+    Faults,
     Decommissioning,
     Silent,
+}
+
+type Gateway = ReliableEndpoint<FramedLink<EmulatorPort, 640>, SplitMix64, OUTBOX, 512, 16>;
+
+/// Two queues in front of the gateway's outbox. Operator and control traffic (shadow deltas,
+/// commands, decommissioning) may take every slot; replies to what the device side sent
+/// (which a forged flood controls) may not take the last [`OPERATOR_RESERVE`] slots, and wait
+/// in a bounded queue of their own whose overflow drops the oldest, counted. So no flood can
+/// make the gateway refuse the operator's next command.
+#[derive(Debug, Default)]
+struct Queues {
+    operator: VecDeque<(MessageKind, Vec<u8>)>,
+    bulk: VecDeque<(MessageKind, Vec<u8>)>,
+    operator_refused: u64,
+    bulk_dropped: u64,
+}
+
+impl Queues {
+    fn operator(&mut self, kind: MessageKind, body: Vec<u8>) {
+        if self.operator.len() >= OPERATOR_QUEUE {
+            self.operator_refused += 1;
+        } else {
+            self.operator.push_back((kind, body));
+        }
+    }
+
+    fn bulk(&mut self, kind: MessageKind, body: Vec<u8>) {
+        if self.bulk.len() >= BULK_QUEUE {
+            self.bulk.pop_front();
+            self.bulk_dropped += 1;
+        }
+        self.bulk.push_back((kind, body));
+    }
+
+    /// Moves what fits into the outbox: operator traffic first, into any free slot; device
+    /// replies only while the reserve stays free.
+    fn pump<L: Link, R: Rng, const D: usize>(
+        &mut self,
+        gateway: &mut ReliableEndpoint<L, R, OUTBOX, 512, D>,
+        now: u64,
+    ) {
+        while let Some((kind, body)) = self.operator.front() {
+            if gateway.outbox().len() >= OUTBOX {
+                break;
+            }
+            if gateway
+                .enqueue(*kind, QoS::ExactlyOnce, Priority::High, body, now)
+                .is_err()
+            {
+                self.operator_refused += 1;
+            }
+            self.operator.pop_front();
+        }
+        while gateway.outbox().len() + OPERATOR_RESERVE < OUTBOX {
+            let Some((kind, body)) = self.bulk.pop_front() else {
+                break;
+            };
+            if gateway
+                .enqueue(kind, QoS::ExactlyOnce, Priority::Normal, &body, now)
+                .is_err()
+            {
+                self.bulk_dropped += 1;
+            }
+        }
+    }
+}
+
+/// The fault phases' progress.
+#[derive(Debug, Default)]
+struct Campaign {
+    phase: usize,
+    started: u64,
+    /// When the operator acted in this phase (halfway through the fault).
+    acted: bool,
+    /// When the link became clean again.
+    cleaned: Option<u64>,
+    desired_led: bool,
+    /// Every command the gateway sent.
+    issued: BTreeSet<u32>,
+    /// Heartbeats received before the phases began.
+    heartbeats_before: usize,
+    next_forged_id: u32,
+    /// Per phase: (fault, ms to converge after the link was clean again).
+    report: Vec<(Fault, u64)>,
+}
+
+fn blink(id: u32) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let command = Command::new(
+        id,
+        0,
+        Command::NEVER_EXPIRES,
+        CommandKind::BlinkLed {
+            times: 3,
+            period_ms: 200,
+        },
+    );
+    Ok(codec::encode_to_vec(&command)?)
+}
+
+/// A batch of forged traffic from the device side: a shadow request in the device's name
+/// (the backend answers it), a heartbeat from a device that is not on this link, an ack of a
+/// command never sent, and line noise.
+fn forge_batch(faults: &mut Faults, device: DeviceId, next_id: &mut u32) {
+    let spoofed = DeviceId::new("qemu-spoofed").unwrap_or(device);
+    let get = iot_protocol::ShadowGet { version: 0 };
+    let get = codec::encode_to_vec(&get).unwrap_or_default();
+    let beat = Heartbeat {
+        seq: 1,
+        uptime_ms: 1,
+        state: State::Active,
+        config_version: 1,
+        health: iot_lifecycle::health::HealthStatus::Healthy,
+    };
+    let beat = codec::encode_to_vec(&beat).unwrap_or_default();
+    let ack = CommandAck {
+        command_id: NEVER_SENT + (*next_id % 16),
+        outcome: AckOutcome::Accepted,
+    };
+    let ack = codec::encode_to_vec(&ack).unwrap_or_default();
+    for (from, kind, payload) in [
+        (device, MessageKind::ShadowGet, get.as_slice()),
+        (spoofed, MessageKind::Heartbeat, beat.as_slice()),
+        (device, MessageKind::CommandAck, ack.as_slice()),
+    ] {
+        let id = *next_id;
+        *next_id = next_id.wrapping_add(1);
+        faults.forge(&EnvelopeRef {
+            device: from,
+            seq: id,
+            id: MessageId(id),
+            qos: QoS::AtLeastOnce,
+            kind,
+            payload,
+        });
+    }
+    for _ in 0..16 {
+        let b = faults.rng.next_u32() as u8;
+        faults.forged.push_back(b);
+    }
+    faults.forged.push_back(DELIMITER);
 }
 
 fn lab_config() -> DeviceConfig {
@@ -196,9 +599,23 @@ fn lab_config() -> DeviceConfig {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let firmware = std::env::args()
-        .nth(1)
-        .ok_or("usage: qemu-gateway FIRMWARE.elf")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let with_faults = args.iter().any(|a| a == "--faults");
+    let firmware = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .ok_or("usage: qemu-gateway FIRMWARE.elf [--faults]")?
+        .clone();
+    let phase_ms = std::env::var("FAULT_PHASE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(PHASE_MS)
+        .clamp(1_000, 3_600_000);
+    let timeout = if with_faults {
+        FAULT_TIMEOUT + Duration::from_millis(phase_ms * Fault::PHASES.len() as u64)
+    } else {
+        TIMEOUT
+    };
     let device = DeviceId::new(DEVICE)?;
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
@@ -225,9 +642,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     server.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
 
-    let (mut child, port) = start_emulator(&firmware)?;
+    let faults = Rc::new(RefCell::new(Faults::new()));
+    let (mut child, port) = start_emulator(&firmware, faults.clone())?;
     let link: FramedLink<EmulatorPort, 640> = FramedLink::new(port, 115_200);
-    let mut gateway: ReliableEndpoint<_, _, 8, 512, 16> = ReliableEndpoint::new(
+    let mut queues = Queues::default();
+    let mut campaign = Campaign {
+        next_forged_id: FORGED_ID_BASE,
+        ..Campaign::default()
+    };
+    let mut gateway: Gateway = ReliableEndpoint::new(
         link,
         DeviceId::new("gateway")?,
         OverflowPolicy::RejectNewest,
@@ -243,23 +666,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(status) = child.try_wait()? {
             break Err(format!("firmware stopped with {status} at {step:?}"));
         }
-        if started.elapsed() > TIMEOUT {
-            break Err(format!("stuck at {step:?} after {TIMEOUT:?}"));
+        if started.elapsed() > timeout {
+            break Err(format!("stuck at {step:?} after {timeout:?}"));
         }
         let mut inbound = Vec::new();
         block_on(gateway.poll(now(), |env| {
-            inbound.push((env.device, env.kind, env.payload.to_vec()));
+            inbound.push((env.device, env.id, env.kind, env.payload.to_vec()));
         }))?;
-        for (from, kind, payload) in inbound {
+        for (from, id, kind, payload) in inbound {
             if from != device {
-                seen.protocol_errors.push(format!("message from {from}"));
+                // The link is wired to one device: anything naming another is forged.
+                if !with_faults {
+                    seen.protocol_errors.push(format!("message from {from}"));
+                }
+                seen.spoofed += 1;
                 continue;
+            }
+            // At-least-once: a message the device sent again because our ack was lost was
+            // served the first time (its replies are in the outbox, retried until acked).
+            if !seen.ids.insert(id.0) {
+                seen.redelivered += 1;
+                continue;
+            }
+            // The device's message ids rise with every message it sends: one above its audit
+            // record's was sent after it decommissioned itself (forged ones excepted).
+            let sent_before_audit = seen.audit_id.is_none_or(|a| id.0 < a);
+            if !sent_before_audit && id.0 < FORGED_ID_BASE {
+                seen.after_audit += 1;
             }
             match backend::serve_durable(&mut server, from, kind, &payload, now()) {
                 Ok(replies) => {
                     for (kind, body) in replies.into_iter().flatten() {
-                        gateway.enqueue(kind, QoS::ExactlyOnce, Priority::High, &body, now())?;
+                        queues.bulk(kind, body);
                     }
+                }
+                // Under faults a message the device sent before its audit record can arrive
+                // after it (its first copies were lost): the backend refuses it, as it must.
+                Err(_) if with_faults && seen.audit_id.is_some() && sent_before_audit => {
+                    seen.late_refused += 1;
                 }
                 Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
             }
@@ -276,11 +720,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     other => seen.protocol_errors.push(format!("telemetry: {other:?}")),
                 },
                 MessageKind::CommandAck => match codec::decode::<CommandAck>(&payload) {
-                    Ok(ack) if ack.command_id == BLINK => seen.blink_acks.push(ack.outcome),
+                    Ok(ack) if campaign.issued.contains(&ack.command_id) => seen
+                        .acks
+                        .entry(ack.command_id)
+                        .or_default()
+                        .push(ack.outcome),
+                    Ok(_) if with_faults => seen.unsolicited_acks += 1,
                     other => seen.protocol_errors.push(format!("ack: {other:?}")),
                 },
                 MessageKind::Decommission => match codec::decode::<AuditRecord>(&payload) {
-                    Ok(record) => seen.audit = Some(record),
+                    Ok(record) => {
+                        seen.audit = Some(record);
+                        seen.audit_id = Some(id.0);
+                    }
                     Err(e) => seen.protocol_errors.push(format!("audit record: {e}")),
                 },
                 _ => {}
@@ -307,14 +759,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let Some(delta) =
                     server.set_desired(&admin, &device, "led", Value::Bool(true), t)?
                 {
-                    gateway.enqueue(
-                        delta.kind(),
-                        QoS::ExactlyOnce,
-                        Priority::High,
-                        &delta.to_vec(),
-                        t,
-                    )?;
+                    queues.operator(delta.kind(), delta.to_vec());
                 }
+                campaign.desired_led = true;
                 println!("[{t:>6} ms] operator sets desired led = true");
                 step = Step::Converging;
             }
@@ -322,28 +769,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if server.reported(&admin, &device, "led") == Some(Value::Bool(true)) =>
             {
                 println!("[{t:>6} ms] device reports led = true: converged");
-                let blink = Command::new(
-                    BLINK,
-                    0,
-                    Command::NEVER_EXPIRES,
-                    CommandKind::BlinkLed {
-                        times: 3,
-                        period_ms: 200,
-                    },
-                );
-                gateway.enqueue(
-                    MessageKind::Command,
-                    QoS::ExactlyOnce,
-                    Priority::High,
-                    &codec::encode_to_vec(&blink)?,
-                    t,
-                )?;
+                campaign.issued.insert(BLINK);
+                queues.operator(MessageKind::Command, blink(BLINK)?);
                 step = Step::Commanded;
             }
-            Step::Commanded if !seen.blink_acks.is_empty() => {
+            Step::Commanded if seen.acks.contains_key(&BLINK) => {
                 println!(
                     "[{t:>6} ms] blink command acknowledged: {:?}",
-                    seen.blink_acks
+                    seen.acks.get(&BLINK)
                 );
                 step = Step::AwaitDegraded;
             }
@@ -356,15 +789,91 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     seen.telemetry_spacing(State::Degraded).unwrap_or_default(),
                     seen.telemetry_spacing(State::Active).unwrap_or_default()
                 );
-                let order = Downlink::<Vec<u8>>::Decommission(DecommissionReason::OperatorRequest);
-                gateway.enqueue(
-                    order.kind(),
-                    QoS::ExactlyOnce,
-                    Priority::High,
-                    &order.to_vec(),
-                    t,
-                )?;
-                step = Step::Decommissioning;
+                if with_faults {
+                    campaign.started = t;
+                    campaign.heartbeats_before = seen.heartbeats.len();
+                    seen.faults_began = Some(t);
+                    faults.borrow_mut().fault = Fault::PHASES[0];
+                    println!("[{t:>6} ms] fault phase {:?}", Fault::PHASES[0]);
+                    step = Step::Faults;
+                } else {
+                    let order =
+                        Downlink::<Vec<u8>>::Decommission(DecommissionReason::OperatorRequest);
+                    queues.operator(order.kind(), order.to_vec());
+                    step = Step::Decommissioning;
+                }
+            }
+            Step::Faults => {
+                let fault = Fault::PHASES[campaign.phase];
+                let elapsed = t.saturating_sub(campaign.started);
+                if campaign.cleaned.is_none() {
+                    if fault == Fault::Forged {
+                        let mut f = faults.borrow_mut();
+                        if f.forged.len() < 2_048 {
+                            forge_batch(&mut f, device, &mut campaign.next_forged_id);
+                        }
+                    }
+                    if !campaign.acted && elapsed >= phase_ms / 2 {
+                        // The operator acts while the fault is on.
+                        campaign.acted = true;
+                        campaign.desired_led = !campaign.desired_led;
+                        let led = Value::Bool(campaign.desired_led);
+                        if let Some(delta) = server.set_desired(&admin, &device, "led", led, t)? {
+                            queues.operator(delta.kind(), delta.to_vec());
+                        }
+                        let id = 100 + campaign.phase as u32;
+                        campaign.issued.insert(id);
+                        queues.operator(MessageKind::Command, blink(id)?);
+                        println!(
+                            "[{t:>6} ms]   operator: led = {}, command {id} (outbox {}/{OUTBOX}, {} device replies waiting)",
+                            campaign.desired_led,
+                            gateway.outbox().len(),
+                            queues.bulk.len()
+                        );
+                    }
+                    if elapsed >= phase_ms {
+                        let mut f = faults.borrow_mut();
+                        f.fault = Fault::Clean;
+                        f.held = None;
+                        campaign.cleaned = Some(t);
+                    }
+                } else if let Some(cleaned) = campaign.cleaned {
+                    let converged = server.reported(&admin, &device, "led")
+                        == Some(Value::Bool(campaign.desired_led))
+                        && campaign.issued.iter().all(|id| seen.acks.contains_key(id))
+                        && queues.operator.is_empty();
+                    if converged {
+                        let took = t.saturating_sub(cleaned);
+                        println!(
+                            "[{t:>6} ms]   converged {took} ms after the link was clean: led = {}, {} commands acknowledged",
+                            campaign.desired_led,
+                            seen.acks.len()
+                        );
+                        campaign.report.push((fault, took));
+                        campaign.phase += 1;
+                        campaign.acted = false;
+                        campaign.cleaned = None;
+                        campaign.started = t;
+                        if let Some(next) = Fault::PHASES.get(campaign.phase) {
+                            faults.borrow_mut().fault = *next;
+                            println!("[{t:>6} ms] fault phase {next:?}");
+                        } else {
+                            let order = Downlink::<Vec<u8>>::Decommission(
+                                DecommissionReason::OperatorRequest,
+                            );
+                            queues.operator(order.kind(), order.to_vec());
+                            step = Step::Decommissioning;
+                        }
+                    } else if t.saturating_sub(cleaned) > CONVERGE_MS {
+                        break Err(format!(
+                            "no convergence {CONVERGE_MS} ms after fault phase {fault:?}: desired led {}, reported {:?}, acks {:?} of {:?}",
+                            campaign.desired_led,
+                            server.reported(&admin, &device, "led"),
+                            seen.acks,
+                            campaign.issued
+                        ));
+                    }
+                }
             }
             Step::Decommissioning if seen.audit.is_some() => {
                 server.act(&[device], t, |s| {
@@ -377,6 +886,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Step::Silent if t.saturating_sub(silent_since) > 2_000 => break Ok(()),
             _ => {}
         }
+        queues.pump(&mut gateway, now());
         std::thread::sleep(Duration::from_millis(1));
     };
     let _ = child.kill();
@@ -385,11 +895,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The whole run, judged from what arrived.
     let mut failures = Vec::new();
-    if seen.blink_acks != [AckOutcome::Accepted] {
+    // Every command sent was acknowledged exactly once, and nothing else was.
+    for id in &campaign.issued {
+        if seen.acks.get(id).map(Vec::as_slice) != Some(&[AckOutcome::Accepted][..]) {
+            failures.push(format!(
+                "expected one Accepted ack for command {id}, got {:?}",
+                seen.acks.get(id)
+            ));
+        }
+    }
+    if seen.acks.keys().any(|id| !campaign.issued.contains(id)) {
+        failures.push(format!("acks of commands never sent: {:?}", seen.acks));
+    }
+    if queues.operator_refused > 0 {
         failures.push(format!(
-            "expected one Accepted ack for the blink, got {:?}",
-            seen.blink_acks
+            "{} operator messages refused by the gateway",
+            queues.operator_refused
         ));
+    }
+    if with_faults {
+        let f = faults.borrow();
+        println!(
+            "faults: {} frames toward the device mangled, {} garbage bytes, {} forged frames; \
+             {} spoofed messages and {} unsolicited acks refused; {} device messages \
+             redelivered (observed once); {} sent before the audit record refused after it; \
+             {} device replies dropped from the bulk queue; operator refusals: {}",
+            f.mangled,
+            f.garbage_bytes,
+            f.forged_frames,
+            seen.spoofed,
+            seen.unsolicited_acks,
+            seen.redelivered,
+            seen.late_refused,
+            queues.bulk_dropped,
+            queues.operator_refused
+        );
+        for (fault, took) in &campaign.report {
+            println!("  {fault:?}: converged {took} ms after the fault ended");
+        }
+        // The device kept its heartbeat through every phase.
+        let beats: Vec<u64> = seen
+            .heartbeats
+            .iter()
+            .skip(campaign.heartbeats_before.saturating_sub(1))
+            .map(|(t, _)| *t)
+            .filter(|t| *t <= silent_since)
+            .collect();
+        let gap = beats
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(u64::MAX);
+        println!(
+            "  heartbeats during the phases: {}, longest gap {gap} ms (limit {MAX_HEARTBEAT_GAP_MS} ms)",
+            beats.len()
+        );
+        if gap > MAX_HEARTBEAT_GAP_MS {
+            failures.push(format!("heartbeat gap of {gap} ms during the fault phases"));
+        }
+        if campaign.report.len() != Fault::PHASES.len() {
+            failures.push("not every fault phase ran".into());
+        }
+        if f.forged_frames == 0 || seen.spoofed == 0 || seen.unsolicited_acks == 0 {
+            failures.push("the forged traffic did not reach the gateway".into());
+        }
     }
     match (
         seen.telemetry_spacing(State::Active),
@@ -402,18 +971,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(record) if record.device == device && record.from == State::Degraded => {}
         other => failures.push(format!("unexpected audit record {other:?}")),
     }
-    let late = seen
-        .heartbeats
-        .iter()
-        .filter(|(t, _)| *t > silent_since + 100)
-        .count()
-        + seen
-            .telemetry
-            .iter()
-            .filter(|(t, _)| *t > silent_since + 100)
-            .count();
-    if late > 0 {
-        failures.push(format!("{late} messages after decommissioning"));
+    if seen.after_audit > 0 {
+        failures.push(format!(
+            "{} messages sent after decommissioning",
+            seen.after_audit
+        ));
     }
     // The backend's state is in SQLite: the audit chain verifies, and a backend restarted
     // from the file still knows the device's identity was revoked.
@@ -440,5 +1002,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     } else {
         Err(failures.join("; ").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::ManualClock;
+    use iot_transport::sim::{SimConfig, SimNetwork};
+
+    /// A flood of device replies, with the device never acknowledging anything, fills the
+    /// outbox only up to the reserve: the operator's commands still get in, every one, and
+    /// the flood's overflow is dropped and counted.
+    #[test]
+    fn a_flood_of_device_replies_never_refuses_operator_traffic() {
+        let clock = ManualClock::new(0);
+        let net: SimNetwork<_, 64, 640> = SimNetwork::new(&clock, SimConfig::ideal(5), 1);
+        let (link, _device_never_answers) = net.endpoints();
+        let mut gateway: ReliableEndpoint<_, _, OUTBOX, 512, 16> = ReliableEndpoint::new(
+            link,
+            DeviceId::new("gateway").unwrap(),
+            OverflowPolicy::RejectNewest,
+            BackoffPolicy::new(200, 2_000),
+            SplitMix64::new(7),
+        );
+        let mut queues = Queues::default();
+        for i in 0..200u32 {
+            queues.bulk(MessageKind::ShadowDocument, i.to_le_bytes().to_vec());
+            queues.pump(&mut gateway, 0);
+        }
+        assert_eq!(gateway.outbox().len(), OUTBOX - OPERATOR_RESERVE);
+        assert_eq!(queues.bulk.len(), BULK_QUEUE);
+        assert_eq!(
+            queues.bulk_dropped,
+            200 - BULK_QUEUE as u64 - (OUTBOX - OPERATOR_RESERVE) as u64
+        );
+        for id in 0..OPERATOR_RESERVE as u32 {
+            queues.operator(MessageKind::Command, blink(id).unwrap());
+            queues.pump(&mut gateway, 0);
+        }
+        assert_eq!(gateway.outbox().len(), OUTBOX);
+        assert!(
+            queues.operator.is_empty(),
+            "every operator message got a slot"
+        );
+        assert_eq!(queues.operator_refused, 0);
+        // Past the reserve an operator message waits in its own queue; it is not refused.
+        queues.operator(MessageKind::Command, blink(99).unwrap());
+        queues.pump(&mut gateway, 0);
+        assert_eq!(queues.operator.len(), 1);
+        assert_eq!(queues.operator_refused, 0);
     }
 }
