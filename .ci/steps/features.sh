@@ -17,7 +17,7 @@ declare -A no_std_features=(
   [iot-lifecycle]="alloc serde defmt"
   [iot-protocol]="alloc defmt protobuf"
   [iot-agent]="alloc defmt"
-  [iot-mqtt]="tls"
+  [iot-mqtt]="alloc tls"
 )
 
 check() {
