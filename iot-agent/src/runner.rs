@@ -1,4 +1,4 @@
-//! The async driver that connects an [`Agent`] to a [`ReliableEndpoint`] on a device.
+//! The async driver that connects any [`Agent`] (whatever its [`App`]) to a [`ReliableEndpoint`] on a device.
 //!
 //! One [`Runner::step`] receives what the link holds (acking and deduplicating), hands each
 //! message to [`Agent::handle`], runs the due duties with [`Agent::poll`], transmits what
@@ -18,7 +18,9 @@ use iot_transport::outbox::Priority;
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::rng::Rng;
 
-use crate::{Agent, Board, Outbound};
+use iot_shadow::typed::ShadowState;
+
+use crate::{Agent, App, Outbound};
 
 /// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
 #[allow(async_fn_in_trait)] // Single-threaded device executors, as `iot_transport::Link`.
@@ -144,17 +146,19 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         const N: usize,
         const M: usize,
         const D: usize,
-        B: Board + ?Sized,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
         const H: usize,
         const C: usize,
         const S: usize,
         const BUF: usize,
+        const RD: usize,
     >(
         &mut self,
         now_ms: u64,
-        agent: &mut Agent<H, C, S, BUF>,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
         endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
-        board: &mut B,
+        board: &mut A,
     ) -> Result<Option<u64>, EndpointError<L::Error>> {
         self.receive(now_ms, endpoint).await?;
         while let Some(env) = self.inbox.pop_front() {
@@ -184,17 +188,19 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         const N: usize,
         const M: usize,
         const D: usize,
-        B: Board + ?Sized,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
         W: Waiter + ?Sized,
         const H: usize,
         const C: usize,
         const S: usize,
         const BUF: usize,
+        const RD: usize,
     >(
         &mut self,
-        agent: &mut Agent<H, C, S, BUF>,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
         endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
-        board: &mut B,
+        board: &mut A,
         waiter: &mut W,
         until_ms: u64,
     ) -> Result<(), EndpointError<L::Error>> {

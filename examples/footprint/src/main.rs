@@ -27,7 +27,7 @@ use core::hint::black_box;
 use core::mem::MaybeUninit;
 use core::ptr::{read_volatile, write_volatile};
 
-use iot_agent::{Agent, Board, Outbound, SensorSample};
+use iot_agent::{Agent, AgentState, Board, Outbound, SensorSample};
 use iot_core::codec::{decode, encode_into, encoded_len};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
 use iot_lifecycle::command::CommandHandler;
@@ -125,7 +125,7 @@ type DeviceOutbox = Outbox<8, MESSAGE>;
 /// encode buffer of `PAYLOAD` bytes instead of `LabAgent`'s 512: on this device every payload
 /// goes into an outbox slot of `MESSAGE` bytes, so a longer one could never be sent anyway
 /// (the agent counts it in `AgentStats::encode_errors` instead of failing at the outbox).
-type DeviceAgent = Agent<8, 16, 8, PAYLOAD>;
+type DeviceAgent = Agent<AgentState, 8, 16, 8, PAYLOAD>;
 
 static mut AGENT: MaybeUninit<DeviceAgent> = MaybeUninit::uninit();
 static mut SHADOW: MaybeUninit<Shadow10> = MaybeUninit::uninit();
