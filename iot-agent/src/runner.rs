@@ -9,7 +9,8 @@
 //!
 //! The runner owns an inbox of `K` envelopes of up to `P` payload bytes, so the agent can
 //! answer messages through the same endpoint that received them. A message that does not
-//! fit is dropped and counted ([`Runner::dropped`]); a QoS 1 sender retransmits it.
+//! fit is refused before it is acknowledged and counted ([`Runner::dropped`]): its QoS 1/2
+//! sender retransmits it, so no message the sender believes delivered is lost.
 
 use heapless::Deque;
 use iot_core::{EnvelopeBuf, MessageKind, QoS};
@@ -101,7 +102,8 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         }
     }
 
-    /// Inbound messages dropped because the inbox was full or the payload too large.
+    /// Inbound messages not taken (and not acknowledged) because the inbox was full or the
+    /// payload too large.
     pub const fn dropped(&self) -> u32 {
         self.dropped
     }
@@ -119,7 +121,7 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         let inbox = &mut self.inbox;
         let dropped = &mut self.dropped;
         let report = endpoint
-            .poll(now_ms, |env| {
+            .poll_taking(now_ms, |env| {
                 let copy = heapless::Vec::from_slice(env.payload)
                     .ok()
                     .map(|payload| EnvelopeBuf {
@@ -130,9 +132,12 @@ impl<const K: usize, const P: usize> Runner<K, P> {
                         kind: env.kind,
                         payload,
                     });
-                if copy.is_none_or(|c| inbox.push_back(c).is_err()) {
+                // Not taken: not acked either, so a QoS 1/2 sender sends it again.
+                let taken = copy.is_some_and(|c| inbox.push_back(c).is_ok());
+                if !taken {
                     *dropped = dropped.saturating_add(1);
                 }
+                taken
             })
             .await?;
         Ok(report.next_wakeup_ms)

@@ -133,6 +133,9 @@ pub struct EndpointStats {
     pub send_errors: u32,
     /// Fragments sent for messages larger than the link's MTU.
     pub fragments_sent: u32,
+    /// Messages the application could not take (see [`ReliableEndpoint::poll_taking`]):
+    /// not acked, so a QoS 1/2 sender retransmits them.
+    pub refused: u32,
 }
 
 /// What one [`ReliableEndpoint::poll`] did.
@@ -249,6 +252,7 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                 decode_errors: 0,
                 send_errors: 0,
                 fragments_sent: 0,
+                refused: 0,
             },
             monitor: LinkMonitor::new(),
             reassembler: endpoint_reassembler(DEFAULT_REASSEMBLY_TIMEOUT_MS),
@@ -372,6 +376,25 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     where
         F: FnMut(EnvelopeRef<'_>),
     {
+        self.poll_taking(now_ms, |env| {
+            deliver(env);
+            true
+        })
+        .await
+    }
+
+    /// As [`ReliableEndpoint::poll`], but `deliver` says whether it took the message
+    /// (`false`: no room). A QoS 1/2 message is acknowledged, and remembered as seen, only
+    /// once it was taken; one that was not is left to the sender's retransmission, so a
+    /// receiver with a full inbox never loses a message its sender believes delivered.
+    pub async fn poll_taking<F>(
+        &mut self,
+        now_ms: u64,
+        mut deliver: F,
+    ) -> Result<PollReport, EndpointError<L::Error>>
+    where
+        F: FnMut(EnvelopeRef<'_>) -> bool,
+    {
         let mut report = PollReport::default();
         let up = self.link.info().is_up();
         if up && !self.was_up {
@@ -402,7 +425,7 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
 
     async fn receive_all<F>(&mut self, now_ms: u64, deliver: &mut F, report: &mut PollReport)
     where
-        F: FnMut(EnvelopeRef<'_>),
+        F: FnMut(EnvelopeRef<'_>) -> bool,
     {
         for _ in 0..MAX_RECEIVE_PER_POLL {
             let mut n = match self.link.try_receive(&mut self.rx) {
@@ -447,44 +470,58 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                 }
                 continue;
             }
-            if env.qos != QoS::AtMostOnce {
-                let ack = Envelope {
-                    device: self.device,
-                    seq: self.seq,
-                    id: env.id,
-                    qos: QoS::AtMostOnce,
-                    kind: MessageKind::Ack,
-                    payload: &[][..],
-                };
-                self.seq = self.seq.wrapping_add(1);
-                if let Ok(len) = ack.encode_into(&mut self.tx)
-                    && let Some(frame) = self.tx.get(..len)
-                {
-                    // A lost ack is repaired by the sender's retransmission.
-                    match self.link.send(frame).await {
-                        Ok(()) => {
-                            self.stats.acks_sent = self.stats.acks_sent.saturating_add(1);
-                            report.sent = report.sent.saturating_add(1);
-                        }
-                        Err(_) => {
-                            self.stats.send_errors = self.stats.send_errors.saturating_add(1);
-                        }
-                    }
-                }
-            }
-            let fresh = match env.qos {
-                QoS::ExactlyOnce => self.dedup.observe(DedupKey {
-                    node: NodeId::from_device_id(&env.device),
-                    id: env.id,
-                }),
-                QoS::AtMostOnce | QoS::AtLeastOnce => true,
+            let key = DedupKey {
+                node: NodeId::from_device_id(&env.device),
+                id: env.id,
             };
-            if fresh {
-                self.stats.delivered = self.stats.delivered.saturating_add(1);
-                report.delivered = report.delivered.saturating_add(1);
-                deliver(env);
-            } else {
+            let reliable = env.qos != QoS::AtMostOnce;
+            let duplicate = env.qos == QoS::ExactlyOnce && self.dedup.contains(key);
+            let taken = if duplicate {
                 self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+                // Taken before: its ack was lost, so ack again.
+                true
+            } else {
+                let qos = env.qos;
+                if deliver(env) {
+                    self.stats.delivered = self.stats.delivered.saturating_add(1);
+                    report.delivered = report.delivered.saturating_add(1);
+                    if qos == QoS::ExactlyOnce {
+                        self.dedup.observe(key);
+                    }
+                    true
+                } else {
+                    self.stats.refused = self.stats.refused.saturating_add(1);
+                    false
+                }
+            };
+            if taken && reliable {
+                self.send_ack(key.id, report).await;
+            }
+        }
+    }
+
+    /// Acknowledges message `id` (a lost ack is repaired by the sender's retransmission).
+    async fn send_ack(&mut self, id: MessageId, report: &mut PollReport) {
+        let ack = Envelope {
+            device: self.device,
+            seq: self.seq,
+            id,
+            qos: QoS::AtMostOnce,
+            kind: MessageKind::Ack,
+            payload: &[][..],
+        };
+        self.seq = self.seq.wrapping_add(1);
+        if let Ok(len) = ack.encode_into(&mut self.tx)
+            && let Some(frame) = self.tx.get(..len)
+        {
+            match self.link.send(frame).await {
+                Ok(()) => {
+                    self.stats.acks_sent = self.stats.acks_sent.saturating_add(1);
+                    report.sent = report.sent.saturating_add(1);
+                }
+                Err(_) => {
+                    self.stats.send_errors = self.stats.send_errors.saturating_add(1);
+                }
             }
         }
     }
@@ -632,6 +669,43 @@ mod tests {
         assert_eq!(dev.stats().transmissions, 1);
         assert_eq!(dev.outbox().stats().sent_unacked, 1);
         assert!(dev.outbox().is_empty());
+    }
+
+    /// A receiver with no room refuses a message: it is not acked, the sender keeps it and
+    /// retransmits, and it is taken (once) when room frees up.
+    #[test]
+    fn a_message_is_acked_only_once_the_receiver_took_it() {
+        let clock = ManualClock::new(0);
+        let net = SimNetwork::new(&clock, SimConfig::ideal(5), 3);
+        let (mut dev, mut gw) = pair(&net);
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            dev.enqueue(MessageKind::Command, qos, Priority::High, b"c", 0)
+                .unwrap();
+        }
+        let mut taken = std::vec::Vec::new();
+        for round in 0..60 {
+            block_on(dev.poll(clock.now_ms(), |_| {})).unwrap();
+            // The receiver is full for the first 300 ms.
+            let room = round >= 30;
+            block_on(gw.poll_taking(clock.now_ms(), |e| {
+                if room {
+                    taken.push(e.qos);
+                }
+                room
+            }))
+            .unwrap();
+            if round == 29 {
+                assert_eq!(dev.outbox().len(), 2, "nothing was acked while refused");
+                assert_eq!(gw.stats().acks_sent, 0);
+                assert!(gw.stats().refused >= 2);
+            }
+            clock.advance(10);
+        }
+        // Each taken once (retransmissions may reorder them).
+        assert_eq!(taken.len(), 2);
+        assert!(taken.contains(&QoS::AtLeastOnce) && taken.contains(&QoS::ExactlyOnce));
+        assert!(dev.outbox().is_empty());
+        assert_eq!(gw.stats().delivered, 2);
     }
 
     #[test]
