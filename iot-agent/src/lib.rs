@@ -100,7 +100,7 @@ use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
 use iot_core::telemetry::{Measurement, Reading, Telemetry};
 use iot_core::{DeviceId, EnvelopeRef, Error, ErrorKind, MessageKind, NodeId, QoS};
 use iot_shadow::typed::{FieldTable, ShadowState};
-use iot_shadow::{DeviceShadow, Handled, Limits, ShadowError, Value};
+use iot_shadow::{DeviceShadow, Handled, Limits, Path, Section, ShadowError, Value};
 use iot_transport::SplitMix64;
 use iot_transport::retry::{Backoff, BackoffPolicy, Jitter};
 
@@ -343,7 +343,8 @@ pub struct AgentStats {
     pub registration_requests: u32,
     /// Readings held back by report-on-change.
     pub readings_suppressed: u32,
-    /// Desired values the device refused (an invalid telemetry interval).
+    /// Desired values the device refused and cleared: an invalid telemetry interval, a
+    /// value of the wrong type or an inexact `f32`, or one [`App::check`] refused.
     pub desired_refused: u32,
     /// Initial configurations (in a registration acceptance) that were stale or invalid;
     /// the configuration in force was kept.
@@ -405,6 +406,7 @@ pub struct Agent<
     transitions_reported: u32,
     schema: u32,
     send_failures: u16,
+    last_refusal: Option<(&'static str, Refusal)>,
     stats: AgentStats,
 }
 
@@ -512,6 +514,7 @@ where
             transitions_reported: 0,
             schema: FieldTable::of::<T>().fingerprint(),
             send_failures: 0,
+            last_refusal: None,
             stats: AgentStats::default(),
         })
     }
@@ -1009,6 +1012,74 @@ where
         }
     }
 
+    /// Refuses the desired values the device cannot take, visibly: the device reports the
+    /// value it keeps with a fresh stamp, which clears the desired value under
+    /// last-writer-wins (the backend sees its desired value removed by the device and the
+    /// reported value unchanged), counts it in [`AgentStats::desired_refused`] and keeps
+    /// it in [`Agent::last_refusal`].
+    ///
+    /// - **Type**: a value the field's type cannot hold. An `f32` field takes a number only
+    ///   if `f32` holds it *exactly* (21.5 yes, 21.3 no): the device then reports back the
+    ///   very number the backend asked for, so desired and reported can agree. A backend
+    ///   that wants 21.3 on an `f32` field sends `21.3f32 as f64` (21.299999237060547).
+    /// - **Range**: [`App::check`] refuses the state the desired values would make; every
+    ///   field the backend changed since the state last applied goes back.
+    fn refuse_untakeable<D: App<State = T> + ?Sized>(&mut self, now_ms: u64, app: &mut D) {
+        for (id, spec) in T::FIELDS.iter().enumerate() {
+            let Ok(path) = Path::new(spec.path) else {
+                continue;
+            };
+            let replica = self.shadow.replica();
+            let Some(desired) = replica
+                .value(Section::Desired, &path)
+                .filter(|v| !v.is_null())
+            else {
+                continue;
+            };
+            if replica.value(Section::Reported, &path) == Some(desired) {
+                continue;
+            }
+            let mut probe = self.shadow.state().clone();
+            if probe.set_field(id, desired).is_err()
+                && let Some(kept) = self.shadow.state().get_field(id)
+            {
+                let _ = self.shadow.set(id, kept, now_ms);
+                self.note_refusal(spec.path, Refusal::Type, now_ms);
+            }
+        }
+        let state = self.shadow.state();
+        if *state != self.applied
+            && let Err(refusal) = app.check(state)
+        {
+            for (id, spec) in T::FIELDS.iter().enumerate() {
+                let Some(kept) = self.applied.get_field(id) else {
+                    continue;
+                };
+                let now = self.shadow.state().get_field(id);
+                // Only what the backend asked for goes back (not the agent's own fields).
+                let asked = Path::new(spec.path).ok().is_some_and(|path| {
+                    self.shadow.replica().value(Section::Desired, &path) == now.as_ref()
+                });
+                if now.as_ref() != Some(&kept) && asked {
+                    let _ = self.shadow.set(id, kept, now_ms);
+                    self.note_refusal(spec.path, refusal, now_ms);
+                }
+            }
+        }
+    }
+
+    fn note_refusal(&mut self, path: &'static str, refusal: Refusal, now_ms: u64) {
+        self.stats.desired_refused = self.stats.desired_refused.saturating_add(1);
+        self.last_refusal = Some((path, refusal));
+        self.schedule.run_now(Duty::ShadowSync, now_ms);
+    }
+
+    /// The last desired value refused: its shadow path and why. See
+    /// [`AgentStats::desired_refused`].
+    pub const fn last_refusal(&self) -> Option<(&'static str, Refusal)> {
+        self.last_refusal
+    }
+
     /// Lets the application carry out the shadow's state if it changed since last time.
     fn apply_state<D: App<State = T> + ?Sized>(&mut self, app: &mut D) {
         if *self.shadow.state() != self.applied {
@@ -1029,6 +1100,7 @@ where
             self.request_document(now_ms, out);
         }
         self.refresh_cadence(now_ms);
+        self.refuse_untakeable(now_ms, board);
         self.apply_state(board);
         if self.shadow.has_pending() && handled != Handled::Ignored {
             self.schedule.run_now(Duty::ShadowSync, now_ms);
