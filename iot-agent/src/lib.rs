@@ -94,6 +94,7 @@ pub use iot_shadow;
 pub mod lab;
 pub mod ota;
 pub mod runner;
+pub mod storage;
 
 use iot_core::codec::DecodeError;
 use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
@@ -125,6 +126,7 @@ use iot_protocol::{
 
 pub use lab::{AGENT_SCHEMA, AgentState, Board, LabAgent, SensorSample, TELEMETRY_READINGS};
 pub use ota::Firmware;
+pub use storage::Storage;
 
 pub use iot_protocol::Heartbeat;
 
@@ -407,6 +409,10 @@ pub struct Agent<
     schema: u32,
     send_failures: u16,
     last_refusal: Option<(&'static str, Refusal)>,
+    /// Boots since the first record (the high half of message ids).
+    epoch: u16,
+    /// The digest of the record last saved.
+    saved: Option<u32>,
     stats: AgentStats,
 }
 
@@ -515,6 +521,8 @@ where
             schema: FieldTable::of::<T>().fingerprint(),
             send_failures: 0,
             last_refusal: None,
+            epoch: 0,
+            saved: None,
             stats: AgentStats::default(),
         })
     }
@@ -610,6 +618,134 @@ where
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The first message id for the endpoint after this boot: the boot epoch (counted by
+    /// [`Agent::restore`] and saved with the record) in the high 16 bits, so ids never
+    /// repeat across reboots and a peer's duplicate filter never drops a new message.
+    /// Give it to `ReliableEndpoint::with_next_id` once the record is saved.
+    pub const fn first_message_id(&self) -> u32 {
+        ((self.epoch as u32) << 16) | 1
+    }
+
+    /// Writes the agent's record to `storage` if it changed since the last save: lifecycle
+    /// state and registration, configuration, the shadow's typed state, the boot epoch,
+    /// the heartbeat sequence and the remembered command acks. Call it after each round
+    /// (and before sending the answers it made); `Ok(true)` if it wrote.
+    pub fn save<St: Storage + ?Sized>(&mut self, storage: &mut St) -> Result<bool, St::Error> {
+        let mut buf = [0u8; B];
+        let Some(n) = self.encode_record(&mut buf) else {
+            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
+            return Ok(false);
+        };
+        let record = buf.get(..n).unwrap_or_default();
+        let digest = record_digest(record);
+        if self.saved == Some(digest) {
+            return Ok(false);
+        }
+        storage.save(record)?;
+        self.saved = Some(digest);
+        Ok(true)
+    }
+
+    /// At boot, before [`Agent::start`]: reads the record [`Agent::save`] wrote and
+    /// resumes from it. A registered device resumes its lifecycle state without
+    /// registering again, carries out the restored state on the hardware at once
+    /// ([`App::apply`]) and asks the backend for the full shadow document, whose desired
+    /// values it then applies. `Ok(false)`: no record (a fresh device: call
+    /// [`Agent::start`]). A record that does not decode is treated as none.
+    pub fn restore<St, D, O>(
+        &mut self,
+        storage: &mut St,
+        now_ms: u64,
+        app: &mut D,
+        out: &mut O,
+    ) -> Result<bool, St::Error>
+    where
+        St: Storage + ?Sized,
+        D: App<State = T> + ?Sized,
+        O: Outbound + ?Sized,
+    {
+        let mut buf = [0u8; B];
+        let Some(record) = storage.load(&mut buf)? else {
+            return Ok(false);
+        };
+        let Some(restored) = decode_record::<T, C>(record, self.shadow.state().clone()) else {
+            return Ok(false);
+        };
+        self.epoch = restored.epoch.wrapping_add(1);
+        self.heartbeat_seq = restored.heartbeat_seq;
+        for ack in restored.acks {
+            self.commands.remember(ack);
+        }
+        if let Ok(store) = ConfigStore::with_config(restored.config) {
+            self.config = store;
+            self.health.set_thresholds(restored.config.thresholds);
+        }
+        let node = NodeId::from_device_id(&self.device);
+        self.shadow = DeviceShadow::new(
+            restored.state.clone(),
+            node,
+            Limits::DEFAULT,
+            MAX_CLOCK_DRIFT_MS,
+        );
+        self.refresh_cadence(now_ms);
+        self.apply_state(app);
+        self.lifecycle = Lifecycle::resume(restored.lifecycle);
+        if restored.lifecycle == State::Decommissioned {
+            self.secret.wipe();
+        }
+        if restored.registered && mode_for(restored.lifecycle) != Mode::Suspended {
+            self.registration = RegistrationPhase::Registered;
+            self.started_ms = Some(now_ms);
+            self.transitions_reported = self.transition_count();
+            self.sync_mode(now_ms);
+            self.emit(&Uplink::ShadowGet(ShadowGet { version: 0 }), now_ms, out);
+        }
+        Ok(true)
+    }
+
+    fn encode_record(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Cursor { buf, at: 0 };
+        let registered = self.registration == RegistrationPhase::Registered;
+        w.put(&[
+            RECORD_VERSION,
+            u8::from(registered),
+            self.lifecycle.state().code(),
+        ])?;
+        w.put(&self.epoch.to_le_bytes())?;
+        w.put(&self.heartbeat_seq.to_le_bytes())?;
+        let mut config = [0u8; 96];
+        let n = iot_core::codec::encode_into(self.config.current(), &mut config).ok()?;
+        w.put(&u16::try_from(n).ok()?.to_le_bytes())?;
+        w.put(config.get(..n)?)?;
+        let state = self.shadow.state();
+        w.put(&[u8::try_from(T::FIELDS.len()).ok()?])?;
+        for id in 0..T::FIELDS.len() {
+            match state.get_field(id) {
+                Some(Value::Bool(b)) => w.put(&[1, u8::from(b)])?,
+                Some(Value::Int(i)) => {
+                    w.put(&[2])?;
+                    w.put(&i.to_le_bytes())?
+                }
+                Some(Value::Float(f)) => {
+                    w.put(&[3])?;
+                    w.put(&f.get().to_le_bytes())?
+                }
+                // Text and arrays come back with the shadow document.
+                _ => w.put(&[0])?,
+            }
+        }
+        let acks = self.commands.acks();
+        let mut ack_buf = [0u8; 64];
+        let count = self.commands.acks().count();
+        w.put(&[u8::try_from(count).ok()?])?;
+        for ack in acks {
+            let n = iot_core::codec::encode_into(ack, &mut ack_buf).ok()?;
+            w.put(&[u8::try_from(n).ok()?])?;
+            w.put(ack_buf.get(..n)?)?;
+        }
+        Some(w.at)
     }
 
     /// Starts (or restarts) registration at `now_ms`: `Unprovisioned -> Provisioning` and
@@ -1491,6 +1627,103 @@ where
         )
         .unwrap_or(false)
     }
+}
+
+/// The format of the record [`Agent::save`] writes.
+const RECORD_VERSION: u8 = 1;
+
+fn record_digest(record: &[u8]) -> u32 {
+    crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(record)
+}
+
+/// Writes pieces into a buffer; `None` once one does not fit.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(bytes.len())?;
+        self.buf.get_mut(self.at..end)?.copy_from_slice(bytes);
+        self.at = end;
+        Some(())
+    }
+}
+
+/// Reads pieces from a record; `None` past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.bytes.split_at_checked(n)?;
+        self.bytes = rest;
+        Some(head)
+    }
+    fn array<const K: usize>(&mut self) -> Option<[u8; K]> {
+        self.take(K)?.try_into().ok()
+    }
+    fn byte(&mut self) -> Option<u8> {
+        self.array::<1>().map(|[b]| b)
+    }
+}
+
+/// What a record holds.
+struct Restored<T, const C: usize> {
+    registered: bool,
+    lifecycle: State,
+    epoch: u16,
+    heartbeat_seq: u32,
+    config: DeviceConfig,
+    state: T,
+    acks: heapless::Vec<CommandAck, C>,
+}
+
+fn decode_record<T: ShadowState, const C: usize>(
+    record: &[u8],
+    mut state: T,
+) -> Option<Restored<T, C>> {
+    let mut r = Reader { bytes: record };
+    if r.byte()? != RECORD_VERSION {
+        return None;
+    }
+    let registered = r.byte()? == 1;
+    let lifecycle = *State::ALL.get(usize::from(r.byte()?))?;
+    let epoch = u16::from_le_bytes(r.array()?);
+    let heartbeat_seq = u32::from_le_bytes(r.array()?);
+    let n = usize::from(u16::from_le_bytes(r.array()?));
+    let config: DeviceConfig = iot_core::codec::decode(r.take(n)?).ok()?;
+    let fields = usize::from(r.byte()?);
+    for id in 0..fields {
+        let value = match r.byte()? {
+            1 => Value::Bool(r.byte()? == 1),
+            2 => Value::Int(i64::from_le_bytes(r.array()?)),
+            3 => Value::from(f64::from_le_bytes(r.array()?)),
+            _ => continue,
+        };
+        state.set_field(id, &value).ok()?;
+    }
+    let mut acks = heapless::Vec::new();
+    for _ in 0..r.byte()? {
+        let n = usize::from(r.byte()?);
+        let ack: CommandAck = iot_core::codec::decode(r.take(n)?).ok()?;
+        // More acks than this agent remembers: keep the newest.
+        if acks.is_full() {
+            acks.remove(0);
+        }
+        let _ = acks.push(ack);
+    }
+    Some(Restored {
+        registered,
+        lifecycle,
+        epoch,
+        heartbeat_seq,
+        config,
+        state,
+        acks,
+    })
 }
 
 /// What an encoder wrote into the send buffer.

@@ -92,6 +92,7 @@ impl App for Thermostat {
 
 use embassy_futures::block_on;
 use iot_agent::runner::Runner;
+use iot_agent::storage::FlashStorage;
 use iot_agent::{Agent, RegistrationPhase};
 use iot_core::telemetry::Telemetry;
 use iot_core::time::{Clock, ManualClock};
@@ -102,6 +103,7 @@ use iot_fleet::{
 use iot_lifecycle::State;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
+use iot_lifecycle::mem_flash::MemFlash;
 use iot_lifecycle::registration::DeviceSecret;
 use iot_shadow::Value;
 use iot_transport::SplitMix64;
@@ -109,6 +111,9 @@ use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::sim::{SimConfig, SimLink, SimNetwork};
+
+/// Two 1 KiB slots on a 4 KiB in-memory flash; records up to 512 bytes.
+type Flash = FlashStorage<MemFlash<4096, 1024, 4>, 512>;
 
 const SECRET: [u8; 32] = [0x77; 32];
 
@@ -126,7 +131,8 @@ fn initial() -> Thermo {
 }
 
 #[test]
-fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_a_bad_link() {
+fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboots_over_a_bad_link()
+{
     let clock = ManualClock::new(0);
     let config = SimConfig::ideal(20)
         .with_loss(150, 3)
@@ -179,6 +185,11 @@ fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_
         SplitMix64::new(3),
     );
     let mut runner: Runner<4, 512> = Runner::new();
+    let mut flash = Flash::new(MemFlash::new(), 1024).unwrap();
+    let mut boosts_before_reboot = Vec::new();
+    let mut rebooted = false;
+    let mut refusals = (0, None);
+    let mut inbox = (0, 0);
     let mut gateway: ReliableEndpoint<Link<'_>, _, 64, 512, 64> = ReliableEndpoint::new(
         gateway_link,
         DeviceId::new("gw").unwrap(),
@@ -207,6 +218,43 @@ fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_
     for _ in 0..40_000 {
         let now = clock.now_ms();
         block_on(runner.step(now, &mut agent, &mut endpoint, &mut app)).unwrap();
+        agent.save(&mut flash).unwrap();
+        if !rebooted && now >= 200_000 {
+            // Power off and on: RAM, the endpoint and the hardware start over; only the
+            // flash survives.
+            boosts_before_reboot = std::mem::take(&mut app.boosts);
+            refusals = (agent.stats().desired_refused, agent.last_refusal());
+            inbox = (runner.dropped(), endpoint.stats().refused);
+            app = Thermostat {
+                room_c: 19.0,
+                ..Thermostat::default()
+            };
+            agent = ThermoAgent::with_state(
+                device,
+                1,
+                DeviceSecret::from_bytes(SECRET),
+                DeviceConfig::DEFAULT,
+                initial(),
+            )
+            .unwrap();
+            let (link, _) = net.endpoints();
+            endpoint = ReliableEndpoint::new(
+                link,
+                device,
+                OverflowPolicy::RejectNewest,
+                BackoffPolicy::new(150, 2_000),
+                SplitMix64::new(5),
+            );
+            runner = Runner::new();
+            let mut out = iot_agent::runner::EndpointOutbound::new(&mut endpoint);
+            assert!(agent.restore(&mut flash, now, &mut app, &mut out).unwrap());
+            // The desired setpoint is back on the hardware at once, before any message.
+            assert_eq!(app.setpoints, [21.5]);
+            assert_eq!(agent.state(), State::Active);
+            agent.save(&mut flash).unwrap();
+            endpoint = endpoint.with_next_id(agent.first_message_id());
+            rebooted = true;
+        }
         let mut inbound = Vec::new();
         block_on(gateway.poll(now, |env| inbound.push((env.kind, env.payload.to_vec())))).unwrap();
         for (kind, payload) in inbound {
@@ -279,9 +327,16 @@ fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_
         }
         clock.advance(10);
     }
-    assert!(desired_sent && refused_sent == 70_000 && burst_sent);
+    assert!(desired_sent && refused_sent == 70_000 && burst_sent && rebooted);
+    // Resumed without registering again, its message ids in a new epoch.
+    assert_eq!(agent.stats().registration_requests, 0);
+    assert!(agent.first_message_id() > 1 << 16);
     assert_eq!(agent.registration(), RegistrationPhase::Registered);
     assert_eq!(agent.state(), State::Active);
+    assert_eq!(
+        server.fleet().device(&admin, &device).map(|r| r.state),
+        Ok(State::Active)
+    );
     // The desired setpoint reached the hardware once and came back as reported.
     assert_eq!(app.setpoints, [21.5]);
     assert_eq!(agent.shadow().state().setpoint, 21.5);
@@ -291,17 +346,15 @@ fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_
     );
     // Both refusals were visible: counted, and the backend's desired value cleared by the
     // device (no delta left), its reported value the one in force.
-    assert!(agent.stats().desired_refused >= 2, "{:?}", agent.stats());
-    assert_eq!(
-        agent.last_refusal(),
-        Some(("setpoint", iot_agent::Refusal::Range))
-    );
+    assert!(refusals.0 >= 2, "{refusals:?}");
+    assert_eq!(refusals.1, Some(("setpoint", iot_agent::Refusal::Range)));
     let shadow = server.fleet().shadow(&admin, &device).unwrap().unwrap();
     let path = iot_shadow::Path::new("setpoint").unwrap();
     let desired = shadow.value(iot_shadow::Section::Desired, &path);
     assert!(desired.is_none_or(Value::is_null), "{desired:?}");
     // 32 boosts under loss, duplication and reordering: each executed once, acked once.
-    let mut boosts = app.boosts.clone();
+    let mut boosts = boosts_before_reboot.clone();
+    boosts.extend(&app.boosts);
     boosts.sort_unstable();
     assert_eq!(boosts, (0..32).collect::<Vec<u8>>());
     let mut acked: Vec<u32> = acks.iter().map(|a| a.command_id).collect();
@@ -313,6 +366,142 @@ fn a_thermostat_registers_takes_its_setpoint_and_runs_a_burst_exactly_once_over_
     assert!(duties.iter().any(|(id, _)| *id == DUTY));
     // The burst overflowed the runner's 4-message inbox: what it could not take was
     // refused unacknowledged and sent again, not lost.
-    assert!(runner.dropped() > 0);
-    assert_eq!(endpoint.stats().refused, runner.dropped());
+    assert!(inbox.0 > 0);
+    assert_eq!(inbox.1, inbox.0);
+}
+
+/// A flash that loses power at its `cut`-th erase or write: that operation is left half
+/// done (half the bytes written, half the range erased) and everything after fails.
+struct CutFlash {
+    inner: MemFlash<4096, 1024, 4>,
+    ops: u32,
+    cut: u32,
+}
+
+#[derive(Debug)]
+struct PowerCut;
+
+impl embedded_storage::nor_flash::NorFlashError for PowerCut {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        embedded_storage::nor_flash::NorFlashErrorKind::Other
+    }
+}
+
+impl embedded_storage::nor_flash::ErrorType for CutFlash {
+    type Error = PowerCut;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for CutFlash {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), PowerCut> {
+        self.inner.read(offset, bytes).map_err(|_| PowerCut)
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+}
+
+impl embedded_storage::nor_flash::NorFlash for CutFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 1024;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerCut> {
+        self.ops += 1;
+        if self.ops == self.cut {
+            // Half erased: the start of the range is blank, the rest still old data.
+            let half = from + (to - from) / 2;
+            self.inner.bytes_mut()[from as usize..half as usize].fill(0xFF);
+        }
+        if self.ops >= self.cut {
+            return Err(PowerCut);
+        }
+        self.inner.erase(from, to).map_err(|_| PowerCut)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), PowerCut> {
+        self.ops += 1;
+        if self.ops == self.cut {
+            let half = bytes.len() / 2 / 4 * 4;
+            self.inner.write(offset, &bytes[..half]).unwrap();
+        }
+        if self.ops >= self.cut {
+            return Err(PowerCut);
+        }
+        self.inner.write(offset, bytes).map_err(|_| PowerCut)
+    }
+}
+
+fn fresh_agent() -> ThermoAgent {
+    ThermoAgent::with_state(
+        DeviceId::new("thermo-cut").unwrap(),
+        1,
+        DeviceSecret::from_bytes(SECRET),
+        DeviceConfig::DEFAULT,
+        initial(),
+    )
+    .unwrap()
+}
+
+/// Power fails at every possible flash operation of a run of saves: each time, the
+/// device boots from what the flash holds and restores either the last record saved
+/// completely or the one being saved, never a torn or older one.
+#[test]
+fn a_power_cut_at_any_flash_operation_leaves_a_record_the_agent_restores() {
+    let setpoints: Vec<f32> = (0..12).map(|i| 10.0 + i as f32 * 0.5).collect();
+    let run = |cut: u32| {
+        let flash = CutFlash {
+            inner: MemFlash::new(),
+            ops: 0,
+            cut,
+        };
+        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 1024).unwrap();
+        let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
+        let mut saved = None;
+        for (i, setpoint) in setpoints.iter().enumerate() {
+            agent
+                .update(i as u64, &mut app, |s| s.setpoint = *setpoint)
+                .unwrap();
+            match agent.save(&mut storage) {
+                Ok(_) => saved = Some(*setpoint),
+                Err(_) => return (storage.into_inner(), saved, Some(*setpoint)),
+            }
+        }
+        (storage.into_inner(), saved, None)
+    };
+    // The number of operations of an uninterrupted run (one erase and one write a save).
+    let (full, _, _) = run(u32::MAX);
+    let total = full.ops;
+    assert_eq!(total, 2 * setpoints.len() as u32);
+    for cut in 1..=total {
+        let (mut flash, saved, interrupted) = run(cut);
+        flash.cut = u32::MAX;
+        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 1024).unwrap();
+        let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
+        let mut out = Vec::<u8>::new();
+        let restored = agent
+            .restore(&mut storage, 0, &mut app, &mut Sink(&mut out))
+            .unwrap();
+        let got = agent.shadow().state().setpoint;
+        match saved {
+            None => assert!(!restored || Some(got) == interrupted, "cut {cut}"),
+            Some(saved) => {
+                assert!(restored, "cut {cut}");
+                assert!(
+                    got == saved || Some(got) == interrupted,
+                    "cut {cut}: restored {got}, saved {saved}, interrupted {interrupted:?}"
+                );
+            }
+        }
+        // The restored state is on the hardware.
+        if restored {
+            assert_eq!(app.setpoints.last(), Some(&got));
+        }
+    }
+}
+
+struct Sink<'a>(&'a mut Vec<u8>);
+impl iot_agent::Outbound for Sink<'_> {
+    type Error = ();
+    fn send(&mut self, _: MessageKind, _: QoS, payload: &[u8], _: u64) -> Result<(), ()> {
+        self.0.extend_from_slice(payload);
+        Ok(())
+    }
 }
