@@ -52,7 +52,7 @@ use iot_core::{DeviceId, Envelope, EnvelopeRef, MessageId, MessageKind, NodeId, 
 use crate::fragment::{Feed, Fragmenter, Reassembler, ReassemblyStats};
 use crate::link::Link;
 use crate::monitor::LinkMonitor;
-use crate::outbox::{Outbox, OutboxError, OverflowPolicy, Priority};
+use crate::outbox::{Outbox, OutboxError, OverflowPolicy, Priority, PushOutcome};
 use crate::retry::BackoffPolicy;
 use crate::rng::Rng;
 
@@ -208,6 +208,34 @@ pub struct ReliableEndpoint<L, R, const N: usize, const M: usize, const D: usize
     monitor: LinkMonitor<MONITOR_WINDOW>,
     reassembler: Reassembler<N, M>,
     was_up: bool,
+    /// Queued messages that will not be delivered, until the caller takes them.
+    lost: heapless::Deque<Lost, N>,
+    /// Losses that did not fit `lost` (the oldest were dropped from it).
+    lost_overflow: u32,
+}
+
+/// Why a queued message will not be delivered.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LossReason {
+    /// Evicted from a full outbox to make room (`OverflowPolicy::DropOldest`).
+    Evicted,
+    /// Its last attempt's ack deadline passed without an ack.
+    Expired,
+}
+
+/// A queued message that will not be delivered, for the caller to act on
+/// ([`ReliableEndpoint::take_lost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Lost {
+    /// The message's id, as [`ReliableEndpoint::enqueue`] returned it.
+    pub id: MessageId,
+    /// Its kind, if its envelope still decodes.
+    pub kind: Option<MessageKind>,
+    /// Why it is lost.
+    pub reason: LossReason,
 }
 
 /// First byte of a datagram carrying a fragment rather than a whole envelope. `0x1F` is a
@@ -257,7 +285,41 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
             monitor: LinkMonitor::new(),
             reassembler: endpoint_reassembler(DEFAULT_REASSEMBLY_TIMEOUT_MS),
             was_up: true,
+            lost: heapless::Deque::new(),
+            lost_overflow: 0,
         }
+    }
+
+    /// Keeps `slots` of the outbox for control messages (`Priority::High` and above):
+    /// telemetry and replies can never fill the room commands, configuration, OTA and
+    /// operator shadow changes need (see `Outbox::with_reserved`).
+    #[must_use]
+    pub fn with_reserved_control(mut self, slots: usize) -> Self {
+        self.outbox = self.outbox.with_reserved(slots);
+        self
+    }
+
+    /// The next queued message that will not be delivered (evicted or expired), oldest
+    /// first. Every eviction and expiry is reported here once, with its id; call it after
+    /// [`ReliableEndpoint::enqueue`] and [`ReliableEndpoint::poll`].
+    pub fn take_lost(&mut self) -> Option<Lost> {
+        self.lost.pop_front()
+    }
+
+    /// Losses dropped from the [`ReliableEndpoint::take_lost`] queue because the caller
+    /// did not take them in time (only counted).
+    pub const fn lost_overflow(&self) -> u32 {
+        self.lost_overflow
+    }
+
+    fn note_lost(&mut self, id: MessageId, data: &[u8], reason: LossReason) {
+        let kind = EnvelopeRef::decode(data).ok().map(|e| e.kind);
+        let lost = Lost { id, kind, reason };
+        if self.lost.is_full() {
+            let _ = self.lost.pop_front();
+            self.lost_overflow = self.lost_overflow.saturating_add(1);
+        }
+        let _ = self.lost.push_back(lost);
     }
 
     /// Starts message ids at `next_id` (for example restored from flash after a reboot, so
@@ -345,7 +407,9 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         // id is never reused for another message.
         self.next_id = self.next_id.wrapping_add(1);
         self.seq = self.seq.wrapping_add(1);
-        self.outbox.push(id, priority, qos, bytes, now_ms)?;
+        if let PushOutcome::Evicted(victim) = self.outbox.push(id, priority, qos, bytes, now_ms)? {
+            self.note_lost(victim, &[], LossReason::Evicted);
+        }
         Ok(id)
     }
 
@@ -361,7 +425,11 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
             .encode_into(&mut self.tx)
             .map_err(|_| EndpointError::Encode)?;
         let bytes = self.tx.get(..n).ok_or(EndpointError::Encode)?;
-        self.outbox.push(env.id, priority, env.qos, bytes, now_ms)?;
+        if let PushOutcome::Evicted(victim) =
+            self.outbox.push(env.id, priority, env.qos, bytes, now_ms)?
+        {
+            self.note_lost(victim, &[], LossReason::Evicted);
+        }
         Ok(())
     }
 
@@ -418,8 +486,9 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     /// Removes the messages whose last attempt's ack deadline has passed, recording each
     /// as a loss.
     fn expire(&mut self, now_ms: u64) {
-        while self.outbox.take_expired(now_ms).is_some() {
+        while let Some(entry) = self.outbox.take_expired(now_ms) {
             self.monitor.record_loss();
+            self.note_lost(entry.id, &entry.data, LossReason::Expired);
         }
     }
 
@@ -669,6 +738,70 @@ mod tests {
         assert_eq!(dev.stats().transmissions, 1);
         assert_eq!(dev.outbox().stats().sent_unacked, 1);
         assert!(dev.outbox().is_empty());
+    }
+
+    /// Evictions and expiries come back to the caller with the message id.
+    #[test]
+    fn evictions_and_expiries_are_returned_with_their_ids() {
+        let clock = ManualClock::new(0);
+        let net: SimNetwork<_, 32, 96> =
+            SimNetwork::new(&clock, SimConfig::ideal(5).with_loss(1000, u32::MAX), 3);
+        let (a, _b) = net.endpoints();
+        let mut dev: ReliableEndpoint<_, _, 2, 96, 4> = ReliableEndpoint::new(
+            a,
+            DeviceId::new("dev").unwrap(),
+            OverflowPolicy::DropOldest,
+            BackoffPolicy::new(10, 20).with_max_attempts(2),
+            SplitMix64::new(1),
+        );
+        let first = dev
+            .enqueue(
+                MessageKind::Telemetry,
+                QoS::AtLeastOnce,
+                Priority::Normal,
+                b"1",
+                0,
+            )
+            .unwrap();
+        let second = dev
+            .enqueue(
+                MessageKind::Telemetry,
+                QoS::AtLeastOnce,
+                Priority::Normal,
+                b"2",
+                0,
+            )
+            .unwrap();
+        dev.enqueue(
+            MessageKind::Telemetry,
+            QoS::AtLeastOnce,
+            Priority::Normal,
+            b"3",
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            dev.take_lost(),
+            Some(Lost {
+                id: first,
+                kind: None,
+                reason: LossReason::Evicted
+            })
+        );
+        assert_eq!(dev.take_lost(), None);
+        // Every datagram is lost: both queued messages run out of attempts.
+        for _ in 0..200 {
+            block_on(dev.poll(clock.now_ms(), |_| {})).unwrap();
+            clock.advance(10);
+        }
+        let expired: std::vec::Vec<Lost> = core::iter::from_fn(|| dev.take_lost()).collect();
+        assert_eq!(expired.len(), 2, "{expired:?}");
+        assert_eq!(expired[0].id, second);
+        assert!(
+            expired
+                .iter()
+                .all(|l| l.reason == LossReason::Expired && l.kind == Some(MessageKind::Telemetry))
+        );
     }
 
     /// A receiver with no room refuses a message: it is not acked, the sender keeps it and

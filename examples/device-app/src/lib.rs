@@ -71,6 +71,8 @@ pub mod sensor {
 pub const MESSAGE_CAPACITY: usize = 512;
 /// Messages the outbox holds while unacknowledged (store-and-forward during outages).
 pub const OUTBOX_CAPACITY: usize = 8;
+/// Outbox slots kept for control messages (command acks, lifecycle, registration).
+pub const CONTROL_RESERVED: usize = 2;
 /// Message ids remembered for duplicate suppression.
 pub const DEDUP_WINDOW: usize = 16;
 /// Inbound messages buffered between link and agent in one step.
@@ -251,7 +253,9 @@ impl<L: Link, R: Rng> App<L, R> {
             OverflowPolicy::DropOldest,
             BackoffPolicy::new(200, 5_000),
             rng,
-        );
+        )
+        // Command acks, lifecycle reports and registration always find room.
+        .with_reserved_control(CONTROL_RESERVED);
         Ok(Self {
             agent,
             endpoint,
