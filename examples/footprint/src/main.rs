@@ -131,6 +131,13 @@ static mut AGENT: MaybeUninit<DeviceAgent> = MaybeUninit::uninit();
 static mut SHADOW: MaybeUninit<Shadow10> = MaybeUninit::uninit();
 static mut OUTBOX: MaybeUninit<DeviceOutbox> = MaybeUninit::uninit();
 static mut DECODER: MaybeUninit<FrameDecoder<FRAME>> = MaybeUninit::uninit();
+/// With `--features storage`: the agent's record store on a 2 KiB in-memory flash (two
+/// 1 KiB slots), to measure what persistence costs (BENCHMARKS.md).
+#[cfg(feature = "storage")]
+type Store =
+    iot_agent::storage::FlashStorage<iot_lifecycle::mem_flash::MemFlash<2048, 1024, 4>, 256>;
+#[cfg(feature = "storage")]
+static mut STORE: MaybeUninit<Store> = MaybeUninit::uninit();
 
 fn uart_write(bytes: &[u8]) {
     for &b in bytes {
@@ -455,6 +462,25 @@ fn run() -> u32 {
     // Feed the bytes back through the device's decoder (an update is not a notification the
     // device acts on; whatever it answers, it must not fail hard).
     let _ = black_box(shadow.handle_cbor::<20>(black_box(&doc[..n]), 3_000));
+
+    #[cfg(feature = "storage")]
+    {
+        // Save the agent's record, then restore the agent from it, as after a reboot.
+        let Ok(store) = Store::new(iot_lifecycle::mem_flash::MemFlash::new(), 1024) else {
+            return 17;
+        };
+        // SAFETY: as above; initialised once, here.
+        let store = unsafe { init(&raw mut STORE, store) };
+        if agent.save(store) != Ok(true) {
+            return 17;
+        }
+        if agent.restore(store, now, &mut board, &mut wire) != Ok(true)
+            || agent.state() != State::Active
+        {
+            return 18;
+        }
+        delivered += drain(wire.outbox, decoder, &mut rng, now);
+    }
 
     uart_write(b"delivered=");
     uart_number(delivered);
