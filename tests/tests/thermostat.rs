@@ -348,6 +348,13 @@ fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboo
     // device (no delta left), its reported value the one in force.
     assert!(refusals.0 >= 2, "{refusals:?}");
     assert_eq!(refusals.1, Some(("setpoint", iot_agent::Refusal::Range)));
+    // The backend recorded the refusal: the value declined (the last one, 40) and the
+    // value the device kept.
+    let declined = server.declined(&admin, &device);
+    assert_eq!(declined.len(), 1, "{declined:?}");
+    assert_eq!(declined[0].0.as_str(), "setpoint");
+    assert_eq!(declined[0].1.value, Value::from(40.0f64));
+    assert_eq!(declined[0].1.reported, Some(Value::from(21.5f64)));
     let shadow = server.fleet().shadow(&admin, &device).unwrap().unwrap();
     let path = iot_shadow::Path::new("setpoint").unwrap();
     let desired = shadow.value(iot_shadow::Section::Desired, &path);
