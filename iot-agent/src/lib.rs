@@ -64,6 +64,19 @@
 //!   configuration rules refuse (0, or above one day) is overwritten by the device with the
 //!   interval in force, which clears the desired value. The shadow also reports the lifecycle state and the
 //!   configuration version (device-owned) and the LED (last-writer-wins).
+//! - **Desired values the device cannot take are refused visibly, never dropped.** A
+//!   value of the wrong type, an `f32` field's value that `f32` does not hold *exactly*
+//!   (21.5 is taken; 21.3 is refused: the device reports back exactly what it holds, so a
+//!   rounded value would leave desired and reported apart forever; a backend that wants
+//!   21.3 sends `f64::from(21.3f32)`), or a state [`App::check`] refuses (a range): the
+//!   device keeps its value and reports it with a fresh stamp, which clears the desired
+//!   value under last-writer-wins; the refusal is counted
+//!   ([`AgentStats::desired_refused`]) and kept ([`Agent::last_refusal`]), and the
+//!   backend records it (`iot_fleet::DeviceServer::declined`).
+//! - **Restart.** [`Agent::save`] writes the agent's record to a [`Storage`] (on a device
+//!   [`storage::FlashStorage`] on the chip's `NorFlash`) whenever it changed;
+//!   [`Agent::restore`] at boot resumes a registered device without registering again,
+//!   re-applies its state to the hardware and fetches the shadow document.
 //! - **Decommissioning** (`Decommission` message with a
 //!   [`DecommissionReason`](iot_lifecycle::registration::DecommissionReason)): user data and the secret are wiped by
 //!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
