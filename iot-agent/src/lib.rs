@@ -3,16 +3,22 @@
 //! # The agent
 //!
 //! The device agent: registration, then heartbeats, telemetry, health checks and shadow
-//! syncs on the device lab's cadence, driven by health and by the backend's commands.
+//! syncs, driven by health and by the backend's commands, for any product.
 //!
 //! [`Agent`] is *sans-IO*: it never sleeps, never reads a clock and never touches a link.
 //! The caller feeds it the time and every inbound message, and it answers through two small
 //! traits the caller implements:
 //!
-//! - [`Board`]: the sensors ([`Board::sample`]), the LED, wiping user data, and the
-//!   board-level commands (it is a [`CommandHandler`]);
+//! - [`App`]: the product. Its shadow state ([`App::State`], a
+//!   [`shadow_state!`](iot_shadow::shadow_state) struct changed with [`Agent::update`]),
+//!   its readings for telemetry, its commands (it is a [`CommandHandler`]), its hardware
+//!   actions ([`App::apply`]) and which desired values it can take ([`App::check`]). The
+//!   device lab is one such product ([`lab`]; any [`Board`] is an [`App`]).
 //! - [`Outbound`]: [`Outbound::send`] one message (on a device: enqueue it into an
 //!   `iot_transport::qos::ReliableEndpoint`; in tests: record it).
+//!
+//! `Agent<T, ..>` is generic over the state type `T`; each call takes the application
+//! `&mut A` with `A: App<State = T>`, so the agent holds no borrow of the hardware.
 //!
 //! The loop around it is always the same (the async [`runner`] does exactly this):
 //!
@@ -29,7 +35,7 @@
 //! | every `health_interval_ms` (5 s) | health check, report sent every time; drives `Degraded` and `AutoRecovery` | `HealthReport` (0) |
 //! | every `heartbeat_interval_ms` (10 s) | [`Heartbeat`] | `Heartbeat` (0) |
 //! | every `sync_interval_ms` (15 s), at once on a change | pending shadow changes, or a `ShadowGet` with the last version when nothing is pending | `ShadowUpdate` (1) / `ShadowGet` (0) |
-//! | every `telemetry_interval_ms` (30 s; x3 in `Degraded`; paused in `Maintenance`) | temperature, humidity, battery, report-on-change | `Telemetry` (1) |
+//! | every `telemetry_interval_ms` (30 s; x3 in `Degraded`; paused in `Maintenance`) | the application's [`App::readings`], report-on-change | `Telemetry` (1) |
 //! | each new command | exactly one ack | `CommandAck` (1) |
 //! | decommissioning | the [`AuditRecord`](iot_lifecycle::registration::AuditRecord), then silence | `Decommission` (1) |
 //!
@@ -58,6 +64,19 @@
 //!   configuration rules refuse (0, or above one day) is overwritten by the device with the
 //!   interval in force, which clears the desired value. The shadow also reports the lifecycle state and the
 //!   configuration version (device-owned) and the LED (last-writer-wins).
+//! - **Desired values the device cannot take are refused visibly, never dropped.** A
+//!   value of the wrong type, an `f32` field's value that `f32` does not hold *exactly*
+//!   (21.5 is taken; 21.3 is refused: the device reports back exactly what it holds, so a
+//!   rounded value would leave desired and reported apart forever; a backend that wants
+//!   21.3 sends `f64::from(21.3f32)`), or a state [`App::check`] refuses (a range): the
+//!   device keeps its value and reports it with a fresh stamp, which clears the desired
+//!   value under last-writer-wins; the refusal is counted
+//!   ([`AgentStats::desired_refused`]) and kept ([`Agent::last_refusal`]), and the
+//!   backend records it (`iot_fleet::DeviceServer::declined`).
+//! - **Restart.** [`Agent::save`] writes the agent's record to a [`Storage`] (on a device
+//!   [`storage::FlashStorage`] on the chip's `NorFlash`) whenever it changed;
+//!   [`Agent::restore`] at boot resumes a registered device without registering again,
+//!   re-applies its state to the hardware and fetches the shadow document.
 //! - **Decommissioning** (`Decommission` message with a
 //!   [`DecommissionReason`](iot_lifecycle::registration::DecommissionReason)): user data and the secret are wiped by
 //!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
@@ -83,15 +102,19 @@ extern crate std;
 
 pub use iot_lifecycle;
 pub use iot_protocol;
+pub use iot_shadow;
 
+pub mod lab;
 pub mod ota;
 pub mod runner;
+pub mod storage;
 
 use iot_core::codec::DecodeError;
 use iot_core::flow::{Decision, FlowError, ReportOnChange, ReportReason};
 use iot_core::telemetry::{Measurement, Reading, Telemetry};
 use iot_core::{DeviceId, EnvelopeRef, Error, ErrorKind, MessageKind, NodeId, QoS};
-use iot_shadow::{DeviceShadow, Handled, Limits, ShadowError, Value};
+use iot_shadow::typed::{FieldTable, ShadowState};
+use iot_shadow::{DeviceShadow, Handled, Limits, Path, Section, ShadowError, Value};
 use iot_transport::SplitMix64;
 use iot_transport::retry::{Backoff, BackoffPolicy, Jitter};
 
@@ -114,35 +137,14 @@ use iot_protocol::{
     Uplink,
 };
 
+pub use lab::{AGENT_SCHEMA, AgentState, Board, LabAgent, SensorSample, TELEMETRY_READINGS};
 pub use ota::Firmware;
+pub use storage::Storage;
 
 pub use iot_protocol::Heartbeat;
 
-iot_shadow::shadow_state! {
-    /// The part of the device's state it keeps in its shadow.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct AgentState {
-        /// Telemetry interval in force, in milliseconds (the operator may change it).
-        pub telemetry_interval_ms: u32 => TELEMETRY_INTERVAL, "config.telemetry_interval_ms", LastWriterWins;
-        /// Status LED.
-        pub led: bool => LED, "led", LastWriterWins;
-        /// Lifecycle state (wire code of [`State`]); device-owned.
-        pub lifecycle: u8 => LIFECYCLE, "lifecycle", DeviceWins;
-        /// Configuration version in force; device-owned.
-        pub config_version: u32 => CONFIG_VERSION, "config.version", DeviceWins;
-    }
-}
-
-/// The field policies of [`AgentState`]. The agent announces its fingerprint at
-/// registration; a backend registers the same table (`Fleet::register_schema` in
-/// `iot-fleet`) so both ends resolve the shadow with the same policies.
-pub const AGENT_SCHEMA: iot_shadow::typed::FieldTable =
-    iot_shadow::typed::FieldTable::of::<AgentState>();
-
 /// A steady reading is still reported after this many normal telemetry periods.
 pub const SILENT_TELEMETRY_PERIODS: u64 = 4;
-/// Readings per telemetry message: temperature, humidity, battery.
-pub const TELEMETRY_READINGS: usize = 3;
 /// Remote shadow stamps further ahead than this are not adopted by the device clock.
 pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 /// Duties run by one [`Agent::poll`] at most (a bound, never reached in practice: four
@@ -160,15 +162,10 @@ pub const fn qos_for(kind: MessageKind) -> QoS {
     iot_protocol::qos(kind)
 }
 
-/// One reading of the board's sensors and vital signs. Absent values are neither sent nor
-/// checked.
+/// Vital signs the agent's health checks judge. Absent values are not checked.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct SensorSample {
-    /// Temperature in degrees Celsius.
-    pub temperature_c: Option<f32>,
-    /// Relative humidity in percent.
-    pub humidity_percent: Option<f32>,
+pub struct Vitals {
     /// Battery charge in percent.
     pub battery_percent: Option<u8>,
     /// Battery voltage in millivolts.
@@ -177,33 +174,89 @@ pub struct SensorSample {
     pub rssi_dbm: Option<i16>,
     /// Free memory in bytes.
     pub free_memory_bytes: Option<u32>,
+    /// The application's main reading, checked for plausibility (finite).
+    pub reading: Option<f32>,
     /// Sends that failed in a row, as the transport counts them.
     pub consecutive_send_failures: u16,
     /// Errors counted since boot (wrapping).
     pub error_count: u32,
 }
 
-/// The board the agent runs on: sensors, LED, storage to wipe, and board-level commands.
-pub trait Board: CommandHandler {
-    /// Reads the sensors now.
-    fn sample(&mut self, now_ms: u64) -> SensorSample;
-    /// Switches the status LED (a shadow change). Does nothing by default.
-    fn set_led(&mut self, on: bool) {
-        let _ = on;
+/// The product the agent runs: its shadow state, its readings, its commands and the
+/// hardware actions that carry out its state. Everything else (registration, lifecycle,
+/// configuration, health, heartbeats, OTA, delivery) is the agent's.
+///
+/// The agent finds the fields it maintains in [`App::State`] by path, so an application
+/// includes only those it wants in its shadow: [`paths::TELEMETRY_INTERVAL`] (`u32`, the
+/// telemetry interval in force; the operator may change it through the desired state),
+/// [`paths::LIFECYCLE`] (`u8`, device-owned) and [`paths::CONFIG_VERSION`] (`u32`,
+/// device-owned). The application changes its own fields with [`Agent::update`] (typed:
+/// a closure over the state struct).
+pub trait App: CommandHandler {
+    /// The shadow state, declared with [`iot_shadow::shadow_state!`].
+    type State: ShadowState + Clone + PartialEq;
+
+    /// Pushes this telemetry run's readings into `readings` (at most its capacity; the
+    /// rest is dropped). Each quantity (a [`Measurement`] kind, a custom id) has its own
+    /// report-on-change filter.
+    fn readings(&mut self, now_ms: u64, readings: &mut heapless::VecView<Measurement>);
+
+    /// The vital signs for a health check. All absent by default.
+    fn vitals(&mut self, now_ms: u64) -> Vitals {
+        let _ = now_ms;
+        Vitals::default()
     }
+
+    /// Carries out `state` on the hardware: called whenever the shadow's state changed
+    /// from `previous` (a desired value adopted, a local update, a restore after reboot).
+    fn apply(&mut self, state: &Self::State, previous: &Self::State) {
+        let _ = (state, previous);
+    }
+
+    /// Whether the device can take `state` (ranges, combinations); called before a
+    /// desired value is adopted. A refused value is reported, never silently dropped.
+    fn check(&self, state: &Self::State) -> Result<(), Refusal> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Erases user data and logs when the device is decommissioned; `false` if it failed
     /// (then nothing else is wiped and decommissioning can be retried).
     fn wipe_user_data(&mut self) -> bool {
         true
     }
-    /// The firmware updater, if the board updates itself over the air. `None` (the
+
+    /// The firmware updater, if the device updates itself over the air. `None` (the
     /// default): an `OtaJob` is answered with a rolled-back progress report.
     fn firmware(&mut self) -> Option<&mut dyn Firmware> {
         None
     }
+
     /// Restarts the device into the image just installed for its trial boot. Does nothing
     /// by default.
     fn restart(&mut self) {}
+}
+
+/// Why the application refuses a desired value ([`App::check`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Refusal {
+    /// The value has the wrong type for the field (or is an `f32` that does not hold it
+    /// exactly).
+    Type,
+    /// The value is outside the range the device can take.
+    Range,
+}
+
+/// The shadow paths of the fields the agent maintains when an [`App::State`] has them.
+pub mod paths {
+    /// Telemetry interval in force, in milliseconds (`u32`, last-writer-wins).
+    pub const TELEMETRY_INTERVAL: &str = "config.telemetry_interval_ms";
+    /// Lifecycle state, the wire code of `State` (`u8`, device-owned).
+    pub const LIFECYCLE: &str = "lifecycle";
+    /// Configuration version in force (`u32`, device-owned).
+    pub const CONFIG_VERSION: &str = "config.version";
 }
 
 /// Where the agent's messages go.
@@ -305,7 +358,8 @@ pub struct AgentStats {
     pub registration_requests: u32,
     /// Readings held back by report-on-change.
     pub readings_suppressed: u32,
-    /// Desired values the device refused (an invalid telemetry interval).
+    /// Desired values the device refused and cleared: an invalid telemetry interval, a
+    /// value of the wrong type or an inexact `f32`, or one [`App::check`] refused.
     pub desired_refused: u32,
     /// Initial configurations (in a registration acceptance) that were stale or invalid;
     /// the configuration in force was kept.
@@ -314,7 +368,7 @@ pub struct AgentStats {
 
 struct BoardWipe<'a, B: ?Sized>(&'a mut B);
 
-impl<B: Board + ?Sized> Wipe for BoardWipe<'_, B> {
+impl<B: App + ?Sized> Wipe for BoardWipe<'_, B> {
     type Error = ();
     fn wipe(&mut self) -> Result<(), ()> {
         if self.0.wipe_user_data() {
@@ -330,7 +384,14 @@ impl<B: Board + ?Sized> Wipe for BoardWipe<'_, B> {
 /// and reported); `B`: bytes of the largest payload it encodes (a stack buffer while it
 /// sends, not part of the agent). See the [module
 /// documentation](self).
-pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize> {
+pub struct Agent<
+    T,
+    const H: usize,
+    const C: usize,
+    const S: usize,
+    const B: usize,
+    const R: usize = TELEMETRY_READINGS,
+> {
     device: DeviceId,
     firmware_version: u32,
     secret: DeviceSecret,
@@ -342,8 +403,11 @@ pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize>
     /// shadow's telemetry interval).
     in_force: DeviceConfig,
     schedule: Schedule,
-    shadow: DeviceShadow<AgentState, S>,
-    filters: [Option<ReportOnChange>; TELEMETRY_READINGS],
+    shadow: DeviceShadow<T, S>,
+    /// The state last carried out by [`App::apply`].
+    applied: T,
+    /// One report-on-change filter per quantity, keyed by [`quantity_key`].
+    filters: [Option<(u32, ReportOnChange)>; R],
     registration: RegistrationPhase,
     backoff: Backoff,
     rng: SplitMix64,
@@ -357,12 +421,16 @@ pub struct Agent<const H: usize, const C: usize, const S: usize, const B: usize>
     transitions_reported: u32,
     schema: u32,
     send_failures: u16,
-    led: bool,
+    last_refusal: Option<(&'static str, Refusal)>,
+    /// Boots since the first record (the high half of message ids).
+    epoch: u16,
+    /// The digest of the record last saved.
+    saved: Option<u32>,
     stats: AgentStats,
 }
 
-impl<const H: usize, const C: usize, const S: usize, const B: usize> core::fmt::Debug
-    for Agent<H, C, S, B>
+impl<T, const H: usize, const C: usize, const S: usize, const B: usize, const R: usize>
+    core::fmt::Debug for Agent<T, H, C, S, B, R>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Agent")
@@ -375,13 +443,29 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> core::fmt::
     }
 }
 
-/// One filter per quantity; `None` (never for a validated configuration) sends every reading.
-fn filters_for(config: &DeviceConfig) -> [Option<ReportOnChange>; TELEMETRY_READINGS] {
+/// The report-on-change filter a configuration asks for; `None` (never for a validated
+/// configuration) sends every reading.
+fn filter_for(config: &DeviceConfig) -> Option<ReportOnChange> {
     let silence = u64::from(config.telemetry_interval_ms).saturating_mul(SILENT_TELEMETRY_PERIODS);
-    let filter = ReportOnChange::new(config.telemetry_deadband)
+    ReportOnChange::new(config.telemetry_deadband)
         .ok()
-        .map(|f| f.with_max_silence_ms(silence));
-    [filter.clone(), filter.clone(), filter]
+        .map(|f| f.with_max_silence_ms(silence))
+}
+
+/// Which quantity a measurement is, so each has its own filter whatever the order and
+/// presence of the others.
+const fn quantity_key(measurement: &Measurement) -> u32 {
+    match measurement {
+        Measurement::Temperature { .. } => 0,
+        Measurement::Humidity { .. } => 1,
+        Measurement::BatteryPercent { .. } => 2,
+        Measurement::BatteryVoltage { .. } => 3,
+        Measurement::Occupancy { .. } => 4,
+        Measurement::Rssi { .. } => 5,
+        Measurement::Custom { id, .. } => 0x1_0000 | *id as u32,
+        #[allow(unreachable_patterns)]
+        _ => u32::MAX,
+    }
 }
 
 const fn mode_for(state: State) -> Mode {
@@ -393,25 +477,37 @@ const fn mode_for(state: State) -> Mode {
     }
 }
 
-impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C, S, B> {
+impl<T, const H: usize, const C: usize, const S: usize, const B: usize, const R: usize>
+    Agent<T, H, C, S, B, R>
+where
+    T: ShadowState + Clone + PartialEq,
+{
     /// A factory-fresh agent (`Unprovisioned`, nothing scheduled) for `device` (for
     /// example [`DeviceId::from_mac`]) holding its factory `secret`, starting from
     /// `config` (the defaults, or the configuration read back from flash).
-    pub fn new(
+    ///
+    /// `state` is the application's initial shadow state; the fields the agent maintains
+    /// ([`paths`]) are overwritten from `config` and the lifecycle.
+    pub fn with_state(
         device: DeviceId,
         firmware_version: u32,
         secret: DeviceSecret,
         config: DeviceConfig,
+        state: T,
     ) -> Result<Self, ValidationError> {
         let store = ConfigStore::with_config(config)?;
         let schedule = Schedule::suspended(&config)?;
         let node = NodeId::from_device_id(&device);
-        let state = AgentState {
-            telemetry_interval_ms: config.telemetry_interval_ms,
-            led: false,
-            lifecycle: State::Unprovisioned.code(),
-            config_version: config.version,
-        };
+        let mut state = state;
+        for (path, value) in [
+            (paths::TELEMETRY_INTERVAL, config.telemetry_interval_ms),
+            (paths::LIFECYCLE, u32::from(State::Unprovisioned.code())),
+            (paths::CONFIG_VERSION, config.version),
+        ] {
+            if let Some(id) = T::field_id(path) {
+                let _ = state.set_field(id, &Value::Int(value.into()));
+            }
+        }
         Ok(Self {
             device,
             firmware_version,
@@ -422,8 +518,9 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             config: store,
             in_force: config,
             schedule,
+            applied: state.clone(),
             shadow: DeviceShadow::new(state, node, Limits::DEFAULT, MAX_CLOCK_DRIFT_MS),
-            filters: filters_for(&config),
+            filters: [const { None }; R],
             registration: RegistrationPhase::Idle,
             backoff: Backoff::new(DEFAULT_REGISTRATION_BACKOFF, 0),
             rng: SplitMix64::new(u64::from(node.0)),
@@ -434,14 +531,16 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             ota: None,
             ota_retry_at: None,
             transitions_reported: 0,
-            schema: AGENT_SCHEMA.fingerprint(),
+            schema: FieldTable::of::<T>().fingerprint(),
             send_failures: 0,
-            led: false,
+            last_refusal: None,
+            epoch: 0,
+            saved: None,
             stats: AgentStats::default(),
         })
     }
 
-    /// Announces another shadow schema id at registration than [`AGENT_SCHEMA`]'s
+    /// Announces another shadow schema id at registration than the state's
     /// fingerprint ([`iot_protocol::Register::schema`]; 0: none declared).
     #[must_use]
     pub const fn with_schema(mut self, schema: u32) -> Self {
@@ -492,7 +591,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     }
 
     /// The device shadow.
-    pub const fn shadow(&self) -> &DeviceShadow<AgentState, S> {
+    pub const fn shadow(&self) -> &DeviceShadow<T, S> {
         &self.shadow
     }
 
@@ -534,6 +633,134 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         .min()
     }
 
+    /// The first message id for the endpoint after this boot: the boot epoch (counted by
+    /// [`Agent::restore`] and saved with the record) in the high 16 bits, so ids never
+    /// repeat across reboots and a peer's duplicate filter never drops a new message.
+    /// Give it to `ReliableEndpoint::with_next_id` once the record is saved.
+    pub const fn first_message_id(&self) -> u32 {
+        ((self.epoch as u32) << 16) | 1
+    }
+
+    /// Writes the agent's record to `storage` if it changed since the last save: lifecycle
+    /// state and registration, configuration, the shadow's typed state, the boot epoch,
+    /// the heartbeat sequence and the remembered command acks. Call it after each round
+    /// (and before sending the answers it made); `Ok(true)` if it wrote.
+    pub fn save<St: Storage + ?Sized>(&mut self, storage: &mut St) -> Result<bool, St::Error> {
+        let mut buf = [0u8; B];
+        let Some(n) = self.encode_record(&mut buf) else {
+            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
+            return Ok(false);
+        };
+        let record = buf.get(..n).unwrap_or_default();
+        let digest = record_digest(record);
+        if self.saved == Some(digest) {
+            return Ok(false);
+        }
+        storage.save(record)?;
+        self.saved = Some(digest);
+        Ok(true)
+    }
+
+    /// At boot, before [`Agent::start`]: reads the record [`Agent::save`] wrote and
+    /// resumes from it. A registered device resumes its lifecycle state without
+    /// registering again, carries out the restored state on the hardware at once
+    /// ([`App::apply`]) and asks the backend for the full shadow document, whose desired
+    /// values it then applies. `Ok(false)`: no record (a fresh device: call
+    /// [`Agent::start`]). A record that does not decode is treated as none.
+    pub fn restore<St, D, O>(
+        &mut self,
+        storage: &mut St,
+        now_ms: u64,
+        app: &mut D,
+        out: &mut O,
+    ) -> Result<bool, St::Error>
+    where
+        St: Storage + ?Sized,
+        D: App<State = T> + ?Sized,
+        O: Outbound + ?Sized,
+    {
+        let mut buf = [0u8; B];
+        let Some(record) = storage.load(&mut buf)? else {
+            return Ok(false);
+        };
+        let Some(restored) = decode_record::<T, C>(record, self.shadow.state().clone()) else {
+            return Ok(false);
+        };
+        self.epoch = restored.epoch.wrapping_add(1);
+        self.heartbeat_seq = restored.heartbeat_seq;
+        for ack in restored.acks {
+            self.commands.remember(ack);
+        }
+        if let Ok(store) = ConfigStore::with_config(restored.config) {
+            self.config = store;
+            self.health.set_thresholds(restored.config.thresholds);
+        }
+        let node = NodeId::from_device_id(&self.device);
+        self.shadow = DeviceShadow::new(
+            restored.state.clone(),
+            node,
+            Limits::DEFAULT,
+            MAX_CLOCK_DRIFT_MS,
+        );
+        self.refresh_cadence(now_ms);
+        self.apply_state(app);
+        self.lifecycle = Lifecycle::resume(restored.lifecycle);
+        if restored.lifecycle == State::Decommissioned {
+            self.secret.wipe();
+        }
+        if restored.registered && mode_for(restored.lifecycle) != Mode::Suspended {
+            self.registration = RegistrationPhase::Registered;
+            self.started_ms = Some(now_ms);
+            self.transitions_reported = self.transition_count();
+            self.sync_mode(now_ms);
+            self.emit(&Uplink::ShadowGet(ShadowGet { version: 0 }), now_ms, out);
+        }
+        Ok(true)
+    }
+
+    fn encode_record(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Cursor { buf, at: 0 };
+        let registered = self.registration == RegistrationPhase::Registered;
+        w.put(&[
+            RECORD_VERSION,
+            u8::from(registered),
+            self.lifecycle.state().code(),
+        ])?;
+        w.put(&self.epoch.to_le_bytes())?;
+        w.put(&self.heartbeat_seq.to_le_bytes())?;
+        let mut config = [0u8; 96];
+        let n = iot_core::codec::encode_into(self.config.current(), &mut config).ok()?;
+        w.put(&u16::try_from(n).ok()?.to_le_bytes())?;
+        w.put(config.get(..n)?)?;
+        let state = self.shadow.state();
+        w.put(&[u8::try_from(T::FIELDS.len()).ok()?])?;
+        for id in 0..T::FIELDS.len() {
+            match state.get_field(id) {
+                Some(Value::Bool(b)) => w.put(&[1, u8::from(b)])?,
+                Some(Value::Int(i)) => {
+                    w.put(&[2])?;
+                    w.put(&i.to_le_bytes())?
+                }
+                Some(Value::Float(f)) => {
+                    w.put(&[3])?;
+                    w.put(&f.get().to_le_bytes())?
+                }
+                // Text and arrays come back with the shadow document.
+                _ => w.put(&[0])?,
+            }
+        }
+        let acks = self.commands.acks();
+        let mut ack_buf = [0u8; 64];
+        let count = self.commands.acks().count();
+        w.put(&[u8::try_from(count).ok()?])?;
+        for ack in acks {
+            let n = iot_core::codec::encode_into(ack, &mut ack_buf).ok()?;
+            w.put(&[u8::try_from(n).ok()?])?;
+            w.put(ack_buf.get(..n)?)?;
+        }
+        Some(w.at)
+    }
+
     /// Starts (or restarts) registration at `now_ms`: `Unprovisioned -> Provisioning` and
     /// the first registration request. Later attempts follow the backoff in
     /// [`Agent::poll`] until the backend answers.
@@ -565,22 +792,37 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
     }
 
-    /// Switches the LED locally (a button, say) and syncs the shadow at once.
-    pub fn set_led<D: Board + ?Sized>(
+    /// Changes the application's state locally (a button, a local decision) and syncs the
+    /// shadow at once: `change` edits a copy of the state; every field it changed is
+    /// written to the shadow, then [`App::apply`] carries out the result (a cloud-owned
+    /// field may have been set back to its desired value).
+    pub fn update<D: App<State = T> + ?Sized>(
         &mut self,
-        on: bool,
         now_ms: u64,
-        board: &mut D,
+        app: &mut D,
+        change: impl FnOnce(&mut T),
     ) -> Result<(), AgentError> {
-        self.shadow.set(AgentState::LED, Value::Bool(on), now_ms)?;
-        self.apply_led(board);
+        let mut wanted = self.shadow.state().clone();
+        change(&mut wanted);
+        let mut result = Ok(());
+        for id in 0..T::FIELDS.len() {
+            let Some(value) = wanted.get_field(id) else {
+                continue;
+            };
+            if self.shadow.state().get_field(id).as_ref() != Some(&value)
+                && let Err(e) = self.shadow.set(id, value, now_ms)
+            {
+                result = Err(AgentError::Shadow(e));
+            }
+        }
+        self.apply_state(app);
         self.schedule.run_now(Duty::ShadowSync, now_ms);
-        Ok(())
+        result
     }
 
     /// Handles one inbound message at `now_ms`. Afterwards call [`Agent::poll`] (a change
     /// may have made a shadow sync due at once).
-    pub fn handle<D: Board + ?Sized, O: Outbound + ?Sized>(
+    pub fn handle<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         envelope: &EnvelopeRef<'_>,
@@ -595,7 +837,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         result
     }
 
-    fn dispatch<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn dispatch<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         envelope: &EnvelopeRef<'_>,
@@ -637,7 +879,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     /// when nothing will run (not started, gave up or was refused registration, or
     /// decommissioned). A returned deadline is later than `now_ms`, except after more than
     /// 16 duties fell due at once (then it is `now_ms`: poll again).
-    pub fn poll<D: Board + ?Sized, O: Outbound + ?Sized>(
+    pub fn poll<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         board: &mut D,
@@ -771,7 +1013,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         let _ = self.send_registration(now_ms, None, out);
     }
 
-    fn on_registration<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn on_registration<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         response: RegistrationResponse,
@@ -833,31 +1075,43 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn adopt_config(&mut self, now_ms: u64) {
         let config = *self.config.current();
         self.health.set_thresholds(config.thresholds);
-        let state = *self.shadow.state();
-        if state.telemetry_interval_ms != config.telemetry_interval_ms {
-            let _ = self.shadow.set(
-                AgentState::TELEMETRY_INTERVAL,
-                Value::Int(config.telemetry_interval_ms.into()),
+        if self.field_u32(paths::TELEMETRY_INTERVAL) != Some(config.telemetry_interval_ms) {
+            self.write_field(
+                paths::TELEMETRY_INTERVAL,
+                config.telemetry_interval_ms,
                 now_ms,
             );
         }
-        if state.config_version != config.version {
-            let _ = self.shadow.set(
-                AgentState::CONFIG_VERSION,
-                Value::Int(config.version.into()),
-                now_ms,
-            );
+        if self.field_u32(paths::CONFIG_VERSION) != Some(config.version) {
+            self.write_field(paths::CONFIG_VERSION, config.version, now_ms);
         }
         self.refresh_cadence(now_ms);
         self.schedule.run_now(Duty::ShadowSync, now_ms);
     }
 
+    /// The value of the agent-maintained field at `path`, if the state has it.
+    fn field_u32(&self, path: &str) -> Option<u32> {
+        let id = T::field_id(path)?;
+        let value = self.shadow.state().get_field(id)?.as_int()?;
+        u32::try_from(value).ok()
+    }
+
+    /// Writes the agent-maintained field at `path`, if the state has it.
+    fn write_field(&mut self, path: &str, value: u32, now_ms: u64) {
+        if let Some(id) = T::field_id(path) {
+            let _ = self.shadow.set(id, Value::Int(value.into()), now_ms);
+        }
+    }
+
     /// Rebuilds the schedule and filters if the configuration in force changed. A shadow
     /// interval the configuration rules refuse is overwritten with the interval in force.
     fn refresh_cadence(&mut self, now_ms: u64) {
+        let current = *self.config.current();
         let wanted = DeviceConfig {
-            telemetry_interval_ms: self.shadow.state().telemetry_interval_ms,
-            ..*self.config.current()
+            telemetry_interval_ms: self
+                .field_u32(paths::TELEMETRY_INTERVAL)
+                .unwrap_or(current.telemetry_interval_ms),
+            ..current
         };
         let wanted = if wanted.validate().is_ok() {
             wanted
@@ -866,16 +1120,16 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             // Keep the interval in force (it passed validation) with the store's other fields.
             let fallback = DeviceConfig {
                 telemetry_interval_ms: self.in_force.telemetry_interval_ms,
-                ..*self.config.current()
+                ..current
             };
             let fallback = if fallback.validate().is_ok() {
                 fallback
             } else {
-                *self.config.current()
+                current
             };
-            let _ = self.shadow.set(
-                AgentState::TELEMETRY_INTERVAL,
-                Value::Int(fallback.telemetry_interval_ms.into()),
+            self.write_field(
+                paths::TELEMETRY_INTERVAL,
+                fallback.telemetry_interval_ms,
                 now_ms,
             );
             self.schedule.run_now(Duty::ShadowSync, now_ms);
@@ -889,7 +1143,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             || wanted.telemetry_interval_ms != self.in_force.telemetry_interval_ms;
         if self.schedule.set_config(&wanted, now_ms).is_ok() {
             if rebuild_filters {
-                self.filters = filters_for(&wanted);
+                self.filters = [const { None }; R];
             }
             self.in_force = wanted;
         }
@@ -899,24 +1153,91 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     fn sync_mode(&mut self, now_ms: u64) {
         let state = self.lifecycle.state();
         self.schedule.set_mode(mode_for(state), now_ms);
-        let code = state.code();
-        if self.shadow.state().lifecycle != code {
-            let _ = self
-                .shadow
-                .set(AgentState::LIFECYCLE, Value::Int(code.into()), now_ms);
+        let code = u32::from(state.code());
+        if T::field_id(paths::LIFECYCLE).is_some() && self.field_u32(paths::LIFECYCLE) != Some(code)
+        {
+            self.write_field(paths::LIFECYCLE, code, now_ms);
             self.schedule.run_now(Duty::ShadowSync, now_ms);
         }
     }
 
-    fn apply_led<D: Board + ?Sized>(&mut self, board: &mut D) {
-        let led = self.shadow.state().led;
-        if led != self.led {
-            self.led = led;
-            board.set_led(led);
+    /// Refuses the desired values the device cannot take, visibly: the device reports the
+    /// value it keeps with a fresh stamp, which clears the desired value under
+    /// last-writer-wins (the backend sees its desired value removed by the device and the
+    /// reported value unchanged), counts it in [`AgentStats::desired_refused`] and keeps
+    /// it in [`Agent::last_refusal`].
+    ///
+    /// - **Type**: a value the field's type cannot hold. An `f32` field takes a number only
+    ///   if `f32` holds it *exactly* (21.5 yes, 21.3 no): the device then reports back the
+    ///   very number the backend asked for, so desired and reported can agree. A backend
+    ///   that wants 21.3 on an `f32` field sends `21.3f32 as f64` (21.299999237060547).
+    /// - **Range**: [`App::check`] refuses the state the desired values would make; every
+    ///   field the backend changed since the state last applied goes back.
+    fn refuse_untakeable<D: App<State = T> + ?Sized>(&mut self, now_ms: u64, app: &mut D) {
+        for (id, spec) in T::FIELDS.iter().enumerate() {
+            let Ok(path) = Path::new(spec.path) else {
+                continue;
+            };
+            let replica = self.shadow.replica();
+            let Some(desired) = replica
+                .value(Section::Desired, &path)
+                .filter(|v| !v.is_null())
+            else {
+                continue;
+            };
+            if replica.value(Section::Reported, &path) == Some(desired) {
+                continue;
+            }
+            let mut probe = self.shadow.state().clone();
+            if probe.set_field(id, desired).is_err()
+                && let Some(kept) = self.shadow.state().get_field(id)
+            {
+                let _ = self.shadow.set(id, kept, now_ms);
+                self.note_refusal(spec.path, Refusal::Type, now_ms);
+            }
+        }
+        let state = self.shadow.state();
+        if *state != self.applied
+            && let Err(refusal) = app.check(state)
+        {
+            for (id, spec) in T::FIELDS.iter().enumerate() {
+                let Some(kept) = self.applied.get_field(id) else {
+                    continue;
+                };
+                let now = self.shadow.state().get_field(id);
+                // Only what the backend asked for goes back (not the agent's own fields).
+                let asked = Path::new(spec.path).ok().is_some_and(|path| {
+                    self.shadow.replica().value(Section::Desired, &path) == now.as_ref()
+                });
+                if now.as_ref() != Some(&kept) && asked {
+                    let _ = self.shadow.set(id, kept, now_ms);
+                    self.note_refusal(spec.path, refusal, now_ms);
+                }
+            }
         }
     }
 
-    fn on_shadow<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn note_refusal(&mut self, path: &'static str, refusal: Refusal, now_ms: u64) {
+        self.stats.desired_refused = self.stats.desired_refused.saturating_add(1);
+        self.last_refusal = Some((path, refusal));
+        self.schedule.run_now(Duty::ShadowSync, now_ms);
+    }
+
+    /// The last desired value refused: its shadow path and why. See
+    /// [`AgentStats::desired_refused`].
+    pub const fn last_refusal(&self) -> Option<(&'static str, Refusal)> {
+        self.last_refusal
+    }
+
+    /// Lets the application carry out the shadow's state if it changed since last time.
+    fn apply_state<D: App<State = T> + ?Sized>(&mut self, app: &mut D) {
+        if *self.shadow.state() != self.applied {
+            let previous = core::mem::replace(&mut self.applied, self.shadow.state().clone());
+            app.apply(&self.applied, &previous);
+        }
+    }
+
+    fn on_shadow<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         payload: &[u8],
@@ -927,8 +1248,9 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         if handled == Handled::AppliedWithGap {
             self.request_document(now_ms, out);
         }
-        self.apply_led(board);
         self.refresh_cadence(now_ms);
+        self.refuse_untakeable(now_ms, board);
+        self.apply_state(board);
         if self.shadow.has_pending() && handled != Handled::Ignored {
             self.schedule.run_now(Duty::ShadowSync, now_ms);
         }
@@ -944,7 +1266,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
 
     /// After a restart: confirms an image running on trial (the device booted it and
     /// reached its backend), or reports the rollback the updater found.
-    fn settle_trial<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn settle_trial<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         board: &mut D,
@@ -1005,7 +1327,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         self.emit(&Uplink::OtaProgress(report), now_ms, out);
     }
 
-    fn on_ota_job<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn on_ota_job<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         job: OtaJob,
@@ -1054,7 +1376,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
     }
 
-    fn on_ota_block<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn on_ota_block<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         block: &OtaBlock<&[u8]>,
@@ -1090,7 +1412,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
     }
 
     /// Verifies and installs the complete image, then restarts into it.
-    fn finish_download<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn finish_download<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         job: OtaJob,
@@ -1119,7 +1441,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
 
     // ---- commands and decommissioning ---------------------------------------------------
 
-    fn on_command<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn on_command<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         payload: &[u8],
@@ -1149,7 +1471,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
     }
 
-    fn on_decommission<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn on_decommission<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         reason: iot_lifecycle::registration::DecommissionReason,
@@ -1184,21 +1506,21 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         self.started_ms.map_or(0, |s| now_ms.saturating_sub(s))
     }
 
-    fn check_health<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn check_health<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         board: &mut D,
         out: &mut O,
     ) {
-        let s = board.sample(now_ms);
+        let v = board.vitals(now_ms);
         let mut sample = HealthSample::new(self.uptime(now_ms));
-        sample.battery_percent = s.battery_percent;
-        sample.battery_mv = s.battery_mv;
-        sample.rssi_dbm = s.rssi_dbm;
-        sample.consecutive_send_failures = s.consecutive_send_failures.max(self.send_failures);
-        sample.reading = s.temperature_c;
-        sample.free_memory_bytes = s.free_memory_bytes;
-        sample.error_count = s.error_count;
+        sample.battery_percent = v.battery_percent;
+        sample.battery_mv = v.battery_mv;
+        sample.rssi_dbm = v.rssi_dbm;
+        sample.consecutive_send_failures = v.consecutive_send_failures.max(self.send_failures);
+        sample.reading = v.reading;
+        sample.free_memory_bytes = v.free_memory_bytes;
+        sample.error_count = v.error_count;
         let report = self.health.check(&sample);
         self.emit(&Uplink::Health(report), now_ms, out);
         if let Some(event) = self.health.lifecycle_event(self.lifecycle.state(), &report)
@@ -1242,29 +1564,38 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         }
     }
 
-    fn telemetry<D: Board + ?Sized, O: Outbound + ?Sized>(
+    fn telemetry<D: App<State = T> + ?Sized, O: Outbound + ?Sized>(
         &mut self,
         now_ms: u64,
         board: &mut D,
         out: &mut O,
     ) {
-        let s = board.sample(now_ms);
-        let measurements = [
-            s.temperature_c
-                .map(|celsius| Measurement::Temperature { celsius }),
-            s.humidity_percent
-                .map(|percent| Measurement::Humidity { percent }),
-            s.battery_percent
-                .map(|percent| Measurement::BatteryPercent { percent }),
-        ];
+        let mut measurements: heapless::Vec<Measurement, R> = heapless::Vec::new();
+        board.readings(now_ms, measurements.as_mut_view());
         let mut batch: iot_protocol::TelemetryBatch = Telemetry::new();
-        for (filter, measurement) in self.filters.iter_mut().zip(measurements) {
-            let Some(measurement) = measurement else {
-                continue;
-            };
+        for measurement in measurements {
             let reading = Reading::new(now_ms, measurement);
-            let decision = match filter {
-                Some(filter) => filter.offer(&reading),
+            let key = quantity_key(&measurement);
+            let slot = match self
+                .filters
+                .iter()
+                .position(|f| f.as_ref().is_some_and(|(k, _)| *k == key))
+            {
+                Some(i) => self.filters.get_mut(i),
+                None => {
+                    let free = self.filters.iter_mut().find(|f| f.is_none());
+                    let filter = filter_for(&self.in_force);
+                    match (free, filter) {
+                        (Some(free), Some(filter)) => {
+                            *free = Some((key, filter));
+                            Some(free)
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            let decision = match slot.and_then(|s| s.as_mut()) {
+                Some((_, filter)) => filter.offer(&reading),
                 None => reading
                     .measurement
                     .validate()
@@ -1273,7 +1604,7 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
             };
             match decision {
                 Ok(Decision::Report(_)) => {
-                    // Cannot overflow: one slot per filter.
+                    // A full batch drops the rest (R readings fit unless R > MAX_READINGS).
                     let _ = batch.push(reading);
                 }
                 Ok(Decision::Suppress) => {
@@ -1309,6 +1640,103 @@ impl<const H: usize, const C: usize, const S: usize, const B: usize> Agent<H, C,
         )
         .unwrap_or(false)
     }
+}
+
+/// The format of the record [`Agent::save`] writes.
+const RECORD_VERSION: u8 = 1;
+
+fn record_digest(record: &[u8]) -> u32 {
+    crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(record)
+}
+
+/// Writes pieces into a buffer; `None` once one does not fit.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(bytes.len())?;
+        self.buf.get_mut(self.at..end)?.copy_from_slice(bytes);
+        self.at = end;
+        Some(())
+    }
+}
+
+/// Reads pieces from a record; `None` past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.bytes.split_at_checked(n)?;
+        self.bytes = rest;
+        Some(head)
+    }
+    fn array<const K: usize>(&mut self) -> Option<[u8; K]> {
+        self.take(K)?.try_into().ok()
+    }
+    fn byte(&mut self) -> Option<u8> {
+        self.array::<1>().map(|[b]| b)
+    }
+}
+
+/// What a record holds.
+struct Restored<T, const C: usize> {
+    registered: bool,
+    lifecycle: State,
+    epoch: u16,
+    heartbeat_seq: u32,
+    config: DeviceConfig,
+    state: T,
+    acks: heapless::Vec<CommandAck, C>,
+}
+
+fn decode_record<T: ShadowState, const C: usize>(
+    record: &[u8],
+    mut state: T,
+) -> Option<Restored<T, C>> {
+    let mut r = Reader { bytes: record };
+    if r.byte()? != RECORD_VERSION {
+        return None;
+    }
+    let registered = r.byte()? == 1;
+    let lifecycle = *State::ALL.get(usize::from(r.byte()?))?;
+    let epoch = u16::from_le_bytes(r.array()?);
+    let heartbeat_seq = u32::from_le_bytes(r.array()?);
+    let n = usize::from(u16::from_le_bytes(r.array()?));
+    let config: DeviceConfig = iot_core::codec::decode(r.take(n)?).ok()?;
+    let fields = usize::from(r.byte()?);
+    for id in 0..fields {
+        let value = match r.byte()? {
+            1 => Value::Bool(r.byte()? == 1),
+            2 => Value::Int(i64::from_le_bytes(r.array()?)),
+            3 => Value::from(f64::from_le_bytes(r.array()?)),
+            _ => continue,
+        };
+        state.set_field(id, &value).ok()?;
+    }
+    let mut acks = heapless::Vec::new();
+    for _ in 0..r.byte()? {
+        let n = usize::from(r.byte()?);
+        let ack: CommandAck = iot_core::codec::decode(r.take(n)?).ok()?;
+        // More acks than this agent remembers: keep the newest.
+        if acks.is_full() {
+            acks.remove(0);
+        }
+        let _ = acks.push(ack);
+    }
+    Some(Restored {
+        registered,
+        lifecycle,
+        epoch,
+        heartbeat_seq,
+        config,
+        state,
+        acks,
+    })
 }
 
 /// What an encoder wrote into the send buffer.
@@ -1355,10 +1783,6 @@ fn send_encoded<const B: usize, O: Outbound + ?Sized>(
     }
     Some(ok)
 }
-
-/// The device lab's agent: 8 lifecycle records, 16 remembered commands, 8 shadow leaves,
-/// 512-byte payloads (encoded in a stack buffer of that size while a message is sent).
-pub type LabAgent = Agent<8, 16, 8, 512>;
 
 #[cfg(test)]
 mod tests {
@@ -1418,11 +1842,9 @@ mod tests {
             telemetry_interval_ms: 10_000,
             ..DeviceConfig::DEFAULT
         };
-        for f in filters_for(&config) {
-            let f = f.unwrap();
-            assert_eq!(f.deadband(), 0.25);
-            assert_eq!(f.max_silence_ms(), Some(40_000));
-        }
+        let f = filter_for(&config).unwrap();
+        assert_eq!(f.deadband(), 0.25);
+        assert_eq!(f.max_silence_ms(), Some(40_000));
     }
 
     #[test]
@@ -1485,7 +1907,7 @@ mod tests {
 
     #[test]
     fn an_encoding_that_does_not_fit_is_counted_not_sent() {
-        let mut tiny: Agent<4, 4, 8, 8> = Agent::new(
+        let mut tiny: Agent<AgentState, 4, 4, 8, 8> = Agent::new(
             DeviceId::from_mac([1, 2, 3, 4, 5, 6]),
             1,
             DeviceSecret::from_bytes([1; 32]),

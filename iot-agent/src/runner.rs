@@ -1,4 +1,4 @@
-//! The async driver that connects an [`Agent`] to a [`ReliableEndpoint`] on a device.
+//! The async driver that connects any [`Agent`] (whatever its [`App`]) to a [`ReliableEndpoint`] on a device.
 //!
 //! One [`Runner::step`] receives what the link holds (acking and deduplicating), hands each
 //! message to [`Agent::handle`], runs the due duties with [`Agent::poll`], transmits what
@@ -9,7 +9,8 @@
 //!
 //! The runner owns an inbox of `K` envelopes of up to `P` payload bytes, so the agent can
 //! answer messages through the same endpoint that received them. A message that does not
-//! fit is dropped and counted ([`Runner::dropped`]); a QoS 1 sender retransmits it.
+//! fit is refused before it is acknowledged and counted ([`Runner::dropped`]): its QoS 1/2
+//! sender retransmits it, so no message the sender believes delivered is lost.
 
 use heapless::Deque;
 use iot_core::{EnvelopeBuf, MessageKind, QoS};
@@ -18,7 +19,9 @@ use iot_transport::outbox::Priority;
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::rng::Rng;
 
-use crate::{Agent, Board, Outbound};
+use iot_shadow::typed::ShadowState;
+
+use crate::{Agent, App, Outbound};
 
 /// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
 #[allow(async_fn_in_trait)] // Single-threaded device executors, as `iot_transport::Link`.
@@ -99,7 +102,8 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         }
     }
 
-    /// Inbound messages dropped because the inbox was full or the payload too large.
+    /// Inbound messages not taken (and not acknowledged) because the inbox was full or the
+    /// payload too large.
     pub const fn dropped(&self) -> u32 {
         self.dropped
     }
@@ -117,7 +121,7 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         let inbox = &mut self.inbox;
         let dropped = &mut self.dropped;
         let report = endpoint
-            .poll(now_ms, |env| {
+            .poll_taking(now_ms, |env| {
                 let copy = heapless::Vec::from_slice(env.payload)
                     .ok()
                     .map(|payload| EnvelopeBuf {
@@ -128,9 +132,12 @@ impl<const K: usize, const P: usize> Runner<K, P> {
                         kind: env.kind,
                         payload,
                     });
-                if copy.is_none_or(|c| inbox.push_back(c).is_err()) {
+                // Not taken: not acked either, so a QoS 1/2 sender sends it again.
+                let taken = copy.is_some_and(|c| inbox.push_back(c).is_ok());
+                if !taken {
                     *dropped = dropped.saturating_add(1);
                 }
+                taken
             })
             .await?;
         Ok(report.next_wakeup_ms)
@@ -144,17 +151,19 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         const N: usize,
         const M: usize,
         const D: usize,
-        B: Board + ?Sized,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
         const H: usize,
         const C: usize,
         const S: usize,
         const BUF: usize,
+        const RD: usize,
     >(
         &mut self,
         now_ms: u64,
-        agent: &mut Agent<H, C, S, BUF>,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
         endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
-        board: &mut B,
+        board: &mut A,
     ) -> Result<Option<u64>, EndpointError<L::Error>> {
         self.receive(now_ms, endpoint).await?;
         while let Some(env) = self.inbox.pop_front() {
@@ -184,17 +193,19 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         const N: usize,
         const M: usize,
         const D: usize,
-        B: Board + ?Sized,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
         W: Waiter + ?Sized,
         const H: usize,
         const C: usize,
         const S: usize,
         const BUF: usize,
+        const RD: usize,
     >(
         &mut self,
-        agent: &mut Agent<H, C, S, BUF>,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
         endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
-        board: &mut B,
+        board: &mut A,
         waiter: &mut W,
         until_ms: u64,
     ) -> Result<(), EndpointError<L::Error>> {

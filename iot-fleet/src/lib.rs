@@ -45,4 +45,4 @@ pub use registry::{
     AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, Registration, RegistrationError,
 };
 pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus, StageTally};
-pub use server::{DeviceServer, Handled, Reply, ServerError, Session};
+pub use server::{Declined, DeviceServer, Handled, Reply, ServerError, Session};

@@ -168,6 +168,22 @@ pub struct DeviceServer {
     /// OTA jobs per (device, version): when each is due, and whether it went out.
     dispatch: BTreeMap<(DeviceId, u32), Dispatch>,
     ota_jitter_ms: u64,
+    /// Desired values each device declined (cleared with its own stamp instead of
+    /// adopting them), by path: the value declined and when.
+    declined: BTreeMap<(DeviceId, Path), Declined>,
+}
+
+/// A desired value a device declined: it cleared the desired value with its own write
+/// instead of adopting it (a value it cannot take: wrong type, an inexact `f32`, out of
+/// its range; or a device-owned field). See [`DeviceServer::declined`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declined {
+    /// The desired value the device declined.
+    pub value: Value,
+    /// The value it reported instead, if any.
+    pub reported: Option<Value>,
+    /// Server time the device's update arrived.
+    pub at_ms: u64,
 }
 
 /// A firmware image handed out in blocks.
@@ -245,6 +261,7 @@ impl DeviceServer {
             images: BTreeMap::new(),
             dispatch: BTreeMap::new(),
             ota_jitter_ms: DEFAULT_OTA_JITTER_MS,
+            declined: BTreeMap::new(),
         }
     }
 
@@ -356,6 +373,21 @@ impl DeviceServer {
                 let mut writes: Vec<Write> = Vec::new();
                 let header = iot_shadow::cbor::decode_message(message.bytes(), &mut writes)
                     .map_err(|_| ProtocolError::Malformed(env.kind))?;
+                // Desired values the device clears with its own stamp are values it declined:
+                // note them (with the value declined) before the update removes them.
+                let declined: Vec<(Path, Value)> = writes
+                    .iter()
+                    .filter(|w| {
+                        w.section == Section::Desired
+                            && w.value.is_null()
+                            && w.stamp.origin == Origin::Device
+                    })
+                    .filter_map(|w| {
+                        let shadow = self.fleet.device_shadow(&device)?;
+                        let value = shadow.value(Section::Desired, &w.path)?;
+                        (!value.is_null()).then(|| (w.path.clone(), value.clone()))
+                    })
+                    .collect();
                 let update = Update {
                     client_token: header.client_token,
                     expected_version: header.version,
@@ -373,6 +405,18 @@ impl DeviceServer {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                for (path, value) in declined {
+                    let reported = writes
+                        .iter()
+                        .find(|w| w.section == Section::Reported && w.path == path)
+                        .map(|w| w.value.clone());
+                    let entry = Declined {
+                        value,
+                        reported,
+                        at_ms: now_ms,
+                    };
+                    self.declined.insert((device, path), entry);
+                }
                 for w in &writes {
                     // Accepted writes are within the drift bound: keep the server clock
                     // ahead of them so operator writes stamped later outrank them.
@@ -583,6 +627,19 @@ impl DeviceServer {
     ) -> Result<(Decommissioned, Reply), ServerError> {
         let done = self.fleet.decommission(p, device, now_ms)?;
         Ok((done, Downlink::Decommission(reason)))
+    }
+
+    /// The desired values `device` declined, by path, the latest per path (see
+    /// [`Declined`]), if `p` may see the device.
+    pub fn declined(&self, p: &Principal, device: &DeviceId) -> Vec<(&Path, &Declined)> {
+        if self.fleet.shadow(p, device).is_err() {
+            return Vec::new();
+        }
+        self.declined
+            .iter()
+            .filter(|((d, _), _)| d == device)
+            .map(|((_, path), declined)| (path, declined))
+            .collect()
     }
 
     /// The value `device` last reported at `path`, as the server holds it, if `p` may see

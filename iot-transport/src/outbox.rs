@@ -425,6 +425,8 @@ pub struct Outbox<const N: usize, const M: usize> {
     /// The `order` of the next message queued.
     next_order: u16,
     policy: OverflowPolicy,
+    /// Slots only `Priority::High` and above may use (see [`Outbox::with_reserved`]).
+    reserved: usize,
     stats: OutboxStats,
 }
 
@@ -465,6 +467,7 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
             free: NIL,
             next_order: 0,
             policy,
+            reserved: 0,
             stats: OutboxStats {
                 accepted: 0,
                 acked: 0,
@@ -474,6 +477,22 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
                 expired: 0,
             },
         }
+    }
+
+    /// Keeps `slots` of the `N` for control messages ([`Priority::High`] and above:
+    /// commands, configuration, OTA, operator shadow changes and their acks): messages of
+    /// lower priority see the outbox as full once only `slots` are free, so telemetry and
+    /// replies can never take the room a control message needs. Capped at `N`.
+    #[must_use]
+    pub const fn with_reserved(mut self, slots: usize) -> Self {
+        self.reserved = if slots < N { slots } else { N };
+        self
+    }
+
+    /// Whether a message of `priority` finds no room without dropping.
+    fn full_for(&self, priority: Priority) -> bool {
+        self.is_full()
+            || (priority < Priority::High && self.len().saturating_add(self.reserved) >= N)
     }
 
     /// Counters so far.
@@ -545,7 +564,7 @@ impl<const N: usize, const M: usize> Outbox<N, M> {
             });
         }
         let mut outcome = PushOutcome::Queued;
-        if self.is_full() && self.expire_one(now_ms).is_none() {
+        if self.full_for(priority) && self.expire_one(now_ms).is_none() {
             let victim = match self.policy {
                 OverflowPolicy::RejectNewest => None,
                 OverflowPolicy::DropOldest => self.eviction_victim(priority),
@@ -1278,6 +1297,34 @@ mod tests {
             Err(OutboxError::TooLarge { len: 9, max: 8 })
         );
         assert_eq!(o.stats().rejected, 4);
+    }
+
+    /// Telemetry fills the outbox up to the reserved slots; a control message still finds
+    /// room under either policy.
+    #[test]
+    fn reserved_slots_keep_room_for_control_messages() {
+        for policy in [OverflowPolicy::RejectNewest, OverflowPolicy::DropOldest] {
+            let mut o: Outbox<4, 8> = Outbox::new(policy, self::policy()).with_reserved(2);
+            for i in 1..=2 {
+                o.push(MessageId(i), Priority::Normal, QoS::AtLeastOnce, b"t", 0)
+                    .unwrap();
+            }
+            let third = o.push(MessageId(3), Priority::Normal, QoS::AtLeastOnce, b"t", 0);
+            match policy {
+                OverflowPolicy::RejectNewest => assert_eq!(third, Err(OutboxError::Full)),
+                OverflowPolicy::DropOldest => {
+                    assert_eq!(third, Ok(PushOutcome::Evicted(MessageId(1))));
+                }
+            }
+            for i in 10..12 {
+                assert_eq!(
+                    o.push(MessageId(i), Priority::High, QoS::AtLeastOnce, b"c", 0),
+                    Ok(PushOutcome::Queued),
+                    "{policy:?}"
+                );
+            }
+            assert_eq!(o.len(), 4);
+        }
     }
 
     #[test]

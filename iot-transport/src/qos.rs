@@ -52,7 +52,7 @@ use iot_core::{DeviceId, Envelope, EnvelopeRef, MessageId, MessageKind, NodeId, 
 use crate::fragment::{Feed, Fragmenter, Reassembler, ReassemblyStats};
 use crate::link::Link;
 use crate::monitor::LinkMonitor;
-use crate::outbox::{Outbox, OutboxError, OverflowPolicy, Priority};
+use crate::outbox::{Outbox, OutboxError, OverflowPolicy, Priority, PushOutcome};
 use crate::retry::BackoffPolicy;
 use crate::rng::Rng;
 
@@ -133,6 +133,9 @@ pub struct EndpointStats {
     pub send_errors: u32,
     /// Fragments sent for messages larger than the link's MTU.
     pub fragments_sent: u32,
+    /// Messages the application could not take (see [`ReliableEndpoint::poll_taking`]):
+    /// not acked, so a QoS 1/2 sender retransmits them.
+    pub refused: u32,
 }
 
 /// What one [`ReliableEndpoint::poll`] did.
@@ -205,6 +208,34 @@ pub struct ReliableEndpoint<L, R, const N: usize, const M: usize, const D: usize
     monitor: LinkMonitor<MONITOR_WINDOW>,
     reassembler: Reassembler<N, M>,
     was_up: bool,
+    /// Queued messages that will not be delivered, until the caller takes them.
+    lost: heapless::Deque<Lost, N>,
+    /// Losses that did not fit `lost` (the oldest were dropped from it).
+    lost_overflow: u32,
+}
+
+/// Why a queued message will not be delivered.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LossReason {
+    /// Evicted from a full outbox to make room (`OverflowPolicy::DropOldest`).
+    Evicted,
+    /// Its last attempt's ack deadline passed without an ack.
+    Expired,
+}
+
+/// A queued message that will not be delivered, for the caller to act on
+/// ([`ReliableEndpoint::take_lost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Lost {
+    /// The message's id, as [`ReliableEndpoint::enqueue`] returned it.
+    pub id: MessageId,
+    /// Its kind, if its envelope still decodes.
+    pub kind: Option<MessageKind>,
+    /// Why it is lost.
+    pub reason: LossReason,
 }
 
 /// First byte of a datagram carrying a fragment rather than a whole envelope. `0x1F` is a
@@ -249,11 +280,46 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                 decode_errors: 0,
                 send_errors: 0,
                 fragments_sent: 0,
+                refused: 0,
             },
             monitor: LinkMonitor::new(),
             reassembler: endpoint_reassembler(DEFAULT_REASSEMBLY_TIMEOUT_MS),
             was_up: true,
+            lost: heapless::Deque::new(),
+            lost_overflow: 0,
         }
+    }
+
+    /// Keeps `slots` of the outbox for control messages (`Priority::High` and above):
+    /// telemetry and replies can never fill the room commands, configuration, OTA and
+    /// operator shadow changes need (see `Outbox::with_reserved`).
+    #[must_use]
+    pub fn with_reserved_control(mut self, slots: usize) -> Self {
+        self.outbox = self.outbox.with_reserved(slots);
+        self
+    }
+
+    /// The next queued message that will not be delivered (evicted or expired), oldest
+    /// first. Every eviction and expiry is reported here once, with its id; call it after
+    /// [`ReliableEndpoint::enqueue`] and [`ReliableEndpoint::poll`].
+    pub fn take_lost(&mut self) -> Option<Lost> {
+        self.lost.pop_front()
+    }
+
+    /// Losses dropped from the [`ReliableEndpoint::take_lost`] queue because the caller
+    /// did not take them in time (only counted).
+    pub const fn lost_overflow(&self) -> u32 {
+        self.lost_overflow
+    }
+
+    fn note_lost(&mut self, id: MessageId, data: &[u8], reason: LossReason) {
+        let kind = EnvelopeRef::decode(data).ok().map(|e| e.kind);
+        let lost = Lost { id, kind, reason };
+        if self.lost.is_full() {
+            let _ = self.lost.pop_front();
+            self.lost_overflow = self.lost_overflow.saturating_add(1);
+        }
+        let _ = self.lost.push_back(lost);
     }
 
     /// Starts message ids at `next_id` (for example restored from flash after a reboot, so
@@ -341,7 +407,9 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         // id is never reused for another message.
         self.next_id = self.next_id.wrapping_add(1);
         self.seq = self.seq.wrapping_add(1);
-        self.outbox.push(id, priority, qos, bytes, now_ms)?;
+        if let PushOutcome::Evicted(victim) = self.outbox.push(id, priority, qos, bytes, now_ms)? {
+            self.note_lost(victim, &[], LossReason::Evicted);
+        }
         Ok(id)
     }
 
@@ -357,7 +425,11 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
             .encode_into(&mut self.tx)
             .map_err(|_| EndpointError::Encode)?;
         let bytes = self.tx.get(..n).ok_or(EndpointError::Encode)?;
-        self.outbox.push(env.id, priority, env.qos, bytes, now_ms)?;
+        if let PushOutcome::Evicted(victim) =
+            self.outbox.push(env.id, priority, env.qos, bytes, now_ms)?
+        {
+            self.note_lost(victim, &[], LossReason::Evicted);
+        }
         Ok(())
     }
 
@@ -371,6 +443,25 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     ) -> Result<PollReport, EndpointError<L::Error>>
     where
         F: FnMut(EnvelopeRef<'_>),
+    {
+        self.poll_taking(now_ms, |env| {
+            deliver(env);
+            true
+        })
+        .await
+    }
+
+    /// As [`ReliableEndpoint::poll`], but `deliver` says whether it took the message
+    /// (`false`: no room). A QoS 1/2 message is acknowledged, and remembered as seen, only
+    /// once it was taken; one that was not is left to the sender's retransmission, so a
+    /// receiver with a full inbox never loses a message its sender believes delivered.
+    pub async fn poll_taking<F>(
+        &mut self,
+        now_ms: u64,
+        mut deliver: F,
+    ) -> Result<PollReport, EndpointError<L::Error>>
+    where
+        F: FnMut(EnvelopeRef<'_>) -> bool,
     {
         let mut report = PollReport::default();
         let up = self.link.info().is_up();
@@ -395,14 +486,15 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
     /// Removes the messages whose last attempt's ack deadline has passed, recording each
     /// as a loss.
     fn expire(&mut self, now_ms: u64) {
-        while self.outbox.take_expired(now_ms).is_some() {
+        while let Some(entry) = self.outbox.take_expired(now_ms) {
             self.monitor.record_loss();
+            self.note_lost(entry.id, &entry.data, LossReason::Expired);
         }
     }
 
     async fn receive_all<F>(&mut self, now_ms: u64, deliver: &mut F, report: &mut PollReport)
     where
-        F: FnMut(EnvelopeRef<'_>),
+        F: FnMut(EnvelopeRef<'_>) -> bool,
     {
         for _ in 0..MAX_RECEIVE_PER_POLL {
             let mut n = match self.link.try_receive(&mut self.rx) {
@@ -447,44 +539,58 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
                 }
                 continue;
             }
-            if env.qos != QoS::AtMostOnce {
-                let ack = Envelope {
-                    device: self.device,
-                    seq: self.seq,
-                    id: env.id,
-                    qos: QoS::AtMostOnce,
-                    kind: MessageKind::Ack,
-                    payload: &[][..],
-                };
-                self.seq = self.seq.wrapping_add(1);
-                if let Ok(len) = ack.encode_into(&mut self.tx)
-                    && let Some(frame) = self.tx.get(..len)
-                {
-                    // A lost ack is repaired by the sender's retransmission.
-                    match self.link.send(frame).await {
-                        Ok(()) => {
-                            self.stats.acks_sent = self.stats.acks_sent.saturating_add(1);
-                            report.sent = report.sent.saturating_add(1);
-                        }
-                        Err(_) => {
-                            self.stats.send_errors = self.stats.send_errors.saturating_add(1);
-                        }
-                    }
-                }
-            }
-            let fresh = match env.qos {
-                QoS::ExactlyOnce => self.dedup.observe(DedupKey {
-                    node: NodeId::from_device_id(&env.device),
-                    id: env.id,
-                }),
-                QoS::AtMostOnce | QoS::AtLeastOnce => true,
+            let key = DedupKey {
+                node: NodeId::from_device_id(&env.device),
+                id: env.id,
             };
-            if fresh {
-                self.stats.delivered = self.stats.delivered.saturating_add(1);
-                report.delivered = report.delivered.saturating_add(1);
-                deliver(env);
-            } else {
+            let reliable = env.qos != QoS::AtMostOnce;
+            let duplicate = env.qos == QoS::ExactlyOnce && self.dedup.contains(key);
+            let taken = if duplicate {
                 self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+                // Taken before: its ack was lost, so ack again.
+                true
+            } else {
+                let qos = env.qos;
+                if deliver(env) {
+                    self.stats.delivered = self.stats.delivered.saturating_add(1);
+                    report.delivered = report.delivered.saturating_add(1);
+                    if qos == QoS::ExactlyOnce {
+                        self.dedup.observe(key);
+                    }
+                    true
+                } else {
+                    self.stats.refused = self.stats.refused.saturating_add(1);
+                    false
+                }
+            };
+            if taken && reliable {
+                self.send_ack(key.id, report).await;
+            }
+        }
+    }
+
+    /// Acknowledges message `id` (a lost ack is repaired by the sender's retransmission).
+    async fn send_ack(&mut self, id: MessageId, report: &mut PollReport) {
+        let ack = Envelope {
+            device: self.device,
+            seq: self.seq,
+            id,
+            qos: QoS::AtMostOnce,
+            kind: MessageKind::Ack,
+            payload: &[][..],
+        };
+        self.seq = self.seq.wrapping_add(1);
+        if let Ok(len) = ack.encode_into(&mut self.tx)
+            && let Some(frame) = self.tx.get(..len)
+        {
+            match self.link.send(frame).await {
+                Ok(()) => {
+                    self.stats.acks_sent = self.stats.acks_sent.saturating_add(1);
+                    report.sent = report.sent.saturating_add(1);
+                }
+                Err(_) => {
+                    self.stats.send_errors = self.stats.send_errors.saturating_add(1);
+                }
             }
         }
     }
@@ -632,6 +738,107 @@ mod tests {
         assert_eq!(dev.stats().transmissions, 1);
         assert_eq!(dev.outbox().stats().sent_unacked, 1);
         assert!(dev.outbox().is_empty());
+    }
+
+    /// Evictions and expiries come back to the caller with the message id.
+    #[test]
+    fn evictions_and_expiries_are_returned_with_their_ids() {
+        let clock = ManualClock::new(0);
+        let net: SimNetwork<_, 32, 96> =
+            SimNetwork::new(&clock, SimConfig::ideal(5).with_loss(1000, u32::MAX), 3);
+        let (a, _b) = net.endpoints();
+        let mut dev: ReliableEndpoint<_, _, 2, 96, 4> = ReliableEndpoint::new(
+            a,
+            DeviceId::new("dev").unwrap(),
+            OverflowPolicy::DropOldest,
+            BackoffPolicy::new(10, 20).with_max_attempts(2),
+            SplitMix64::new(1),
+        );
+        let first = dev
+            .enqueue(
+                MessageKind::Telemetry,
+                QoS::AtLeastOnce,
+                Priority::Normal,
+                b"1",
+                0,
+            )
+            .unwrap();
+        let second = dev
+            .enqueue(
+                MessageKind::Telemetry,
+                QoS::AtLeastOnce,
+                Priority::Normal,
+                b"2",
+                0,
+            )
+            .unwrap();
+        dev.enqueue(
+            MessageKind::Telemetry,
+            QoS::AtLeastOnce,
+            Priority::Normal,
+            b"3",
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            dev.take_lost(),
+            Some(Lost {
+                id: first,
+                kind: None,
+                reason: LossReason::Evicted
+            })
+        );
+        assert_eq!(dev.take_lost(), None);
+        // Every datagram is lost: both queued messages run out of attempts.
+        for _ in 0..200 {
+            block_on(dev.poll(clock.now_ms(), |_| {})).unwrap();
+            clock.advance(10);
+        }
+        let expired: std::vec::Vec<Lost> = core::iter::from_fn(|| dev.take_lost()).collect();
+        assert_eq!(expired.len(), 2, "{expired:?}");
+        assert_eq!(expired[0].id, second);
+        assert!(
+            expired
+                .iter()
+                .all(|l| l.reason == LossReason::Expired && l.kind == Some(MessageKind::Telemetry))
+        );
+    }
+
+    /// A receiver with no room refuses a message: it is not acked, the sender keeps it and
+    /// retransmits, and it is taken (once) when room frees up.
+    #[test]
+    fn a_message_is_acked_only_once_the_receiver_took_it() {
+        let clock = ManualClock::new(0);
+        let net = SimNetwork::new(&clock, SimConfig::ideal(5), 3);
+        let (mut dev, mut gw) = pair(&net);
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            dev.enqueue(MessageKind::Command, qos, Priority::High, b"c", 0)
+                .unwrap();
+        }
+        let mut taken = std::vec::Vec::new();
+        for round in 0..60 {
+            block_on(dev.poll(clock.now_ms(), |_| {})).unwrap();
+            // The receiver is full for the first 300 ms.
+            let room = round >= 30;
+            block_on(gw.poll_taking(clock.now_ms(), |e| {
+                if room {
+                    taken.push(e.qos);
+                }
+                room
+            }))
+            .unwrap();
+            if round == 29 {
+                assert_eq!(dev.outbox().len(), 2, "nothing was acked while refused");
+                assert_eq!(gw.stats().acks_sent, 0);
+                assert!(gw.stats().refused >= 2);
+            }
+            clock.advance(10);
+        }
+        // Each taken once (retransmissions may reorder them).
+        assert_eq!(taken.len(), 2);
+        assert!(taken.contains(&QoS::AtLeastOnce) && taken.contains(&QoS::ExactlyOnce));
+        assert!(dev.outbox().is_empty());
+        assert_eq!(gw.stats().delivered, 2);
     }
 
     #[test]

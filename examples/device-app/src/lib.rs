@@ -11,8 +11,9 @@
 )]
 
 use iot_agent::runner::{EndpointOutbound, Runner};
-use iot_agent::{Board, LabAgent, SensorSample};
+use iot_agent::{Agent, Vitals};
 use iot_core::DeviceId;
+use iot_core::telemetry::Measurement;
 use iot_lifecycle::command::{CommandHandler, HandlerResult, RejectReason};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::DeviceSecret;
@@ -70,12 +71,39 @@ pub mod sensor {
 pub const MESSAGE_CAPACITY: usize = 512;
 /// Messages the outbox holds while unacknowledged (store-and-forward during outages).
 pub const OUTBOX_CAPACITY: usize = 8;
+/// Outbox slots kept for control messages (command acks, lifecycle, registration).
+pub const CONTROL_RESERVED: usize = 2;
 /// Message ids remembered for duplicate suppression.
 pub const DEDUP_WINDOW: usize = 16;
 /// Inbound messages buffered between link and agent in one step.
 pub const INBOX_CAPACITY: usize = 4;
 /// Frame buffer for a serial link carrying the largest message.
 pub const FRAME_CAPACITY: usize = 640;
+
+iot_agent::iot_shadow::shadow_state! {
+    /// The lab's shadow state: the LED is the product's own field; the others are the ones
+    /// the agent maintains (`iot_agent::paths`). The same table as `iot_agent::AgentState`,
+    /// so a backend that registered `iot_agent::AGENT_SCHEMA` resolves it alike.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct LabState {
+        /// Telemetry interval in force, in milliseconds (the operator may change it).
+        pub telemetry_interval_ms: u32 => TELEMETRY_INTERVAL, "config.telemetry_interval_ms", LastWriterWins;
+        /// Indicator LED.
+        pub led: bool => LED, "led", LastWriterWins;
+        /// Lifecycle state; device-owned, maintained by the agent.
+        pub lifecycle: u8 => LIFECYCLE, "lifecycle", DeviceWins;
+        /// Configuration version in force; device-owned, maintained by the agent.
+        pub config_version: u32 => CONFIG_VERSION, "config.version", DeviceWins;
+    }
+}
+
+/// The lab's shadow schema (announced at registration).
+pub const LAB_SCHEMA: iot_agent::iot_shadow::typed::FieldTable =
+    iot_agent::iot_shadow::typed::FieldTable::of::<LabState>();
+
+/// The lab's agent: 8 lifecycle records, 16 remembered commands, 8 shadow leaves,
+/// [`MESSAGE_CAPACITY`]-byte payloads, 3 quantities (temperature, humidity, battery).
+pub type LabAgent = Agent<LabState, 8, 16, 8, MESSAGE_CAPACITY, 3>;
 
 /// An LED blink in progress: the LED toggles every half period until done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,24 +169,40 @@ impl<H: Hardware> CommandHandler for LabBoard<'_, H> {
     }
 }
 
-impl<H: Hardware> Board for LabBoard<'_, H> {
-    fn sample(&mut self, _now_ms: u64) -> SensorSample {
+impl<H: Hardware> iot_agent::App for LabBoard<'_, H> {
+    type State = LabState;
+
+    fn readings(&mut self, _now_ms: u64, readings: &mut heapless::VecView<Measurement>) {
+        if let Ok(climate) = self.hw.read_climate() {
+            let _ = readings.push(Measurement::Temperature {
+                celsius: climate.celsius,
+            });
+            let _ = readings.push(Measurement::Humidity {
+                percent: climate.humidity,
+            });
+        }
+        let percent = self.hw.read_battery().percent;
+        let _ = readings.push(Measurement::BatteryPercent { percent });
+    }
+
+    fn vitals(&mut self, _now_ms: u64) -> Vitals {
         let climate = self.hw.read_climate().ok();
         let battery = self.hw.read_battery();
-        SensorSample {
-            temperature_c: climate.map(|c| c.celsius),
-            humidity_percent: climate.map(|c| c.humidity),
+        Vitals {
+            reading: climate.map(|c| c.celsius),
             battery_percent: Some(battery.percent),
             battery_mv: Some(battery.millivolts),
             error_count: u32::from(climate.is_none()),
-            ..SensorSample::default()
+            ..Vitals::default()
         }
     }
 
-    fn set_led(&mut self, on: bool) {
-        // A desired LED state ends any blink in progress.
-        *self.blink = None;
-        self.hw.set_led(on);
+    fn apply(&mut self, state: &LabState, previous: &LabState) {
+        if state.led != previous.led {
+            // A desired LED state ends any blink in progress.
+            *self.blink = None;
+            self.hw.set_led(state.led);
+        }
     }
 }
 
@@ -189,11 +233,18 @@ impl<L: Link, R: Rng> App<L, R> {
         secret: [u8; 32],
         rng: R,
     ) -> Result<Self, StartError<L::Error>> {
-        let agent = LabAgent::new(
+        let initial = LabState {
+            telemetry_interval_ms: DeviceConfig::DEFAULT.telemetry_interval_ms,
+            led: false,
+            lifecycle: 0,
+            config_version: DeviceConfig::DEFAULT.version,
+        };
+        let agent = LabAgent::with_state(
             device,
             firmware_version,
             DeviceSecret::from_bytes(secret),
             DeviceConfig::DEFAULT,
+            initial,
         )
         .map_err(|_| StartError::Config)?;
         let endpoint = ReliableEndpoint::new(
@@ -202,7 +253,9 @@ impl<L: Link, R: Rng> App<L, R> {
             OverflowPolicy::DropOldest,
             BackoffPolicy::new(200, 5_000),
             rng,
-        );
+        )
+        // Command acks, lifecycle reports and registration always find room.
+        .with_reserved_control(CONTROL_RESERVED);
         Ok(Self {
             agent,
             endpoint,

@@ -74,7 +74,13 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     );
     let mut fleet = Fleet::default();
     // The lab device class: the backend resolves its shadow with the agent's own table.
-    fleet.register_schema(iot_agent::AGENT_SCHEMA);
+    // The lab announces the same table as the agent's built-in lab state, so the gateway
+    // (which registers `AGENT_SCHEMA`) resolves it alike.
+    assert_eq!(
+        iot_device_app::LAB_SCHEMA.fingerprint(),
+        iot_agent::AGENT_SCHEMA.fingerprint()
+    );
+    fleet.register_schema(iot_device_app::LAB_SCHEMA);
     let record = ManufacturingRecord {
         device_id: device,
         secret: SECRET,

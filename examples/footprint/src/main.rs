@@ -27,7 +27,7 @@ use core::hint::black_box;
 use core::mem::MaybeUninit;
 use core::ptr::{read_volatile, write_volatile};
 
-use iot_agent::{Agent, Board, Outbound, SensorSample};
+use iot_agent::{Agent, AgentState, Board, Outbound, SensorSample};
 use iot_core::codec::{decode, encode_into, encoded_len};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, MessageKind, QoS};
 use iot_lifecycle::command::CommandHandler;
@@ -125,12 +125,19 @@ type DeviceOutbox = Outbox<8, MESSAGE>;
 /// encode buffer of `PAYLOAD` bytes instead of `LabAgent`'s 512: on this device every payload
 /// goes into an outbox slot of `MESSAGE` bytes, so a longer one could never be sent anyway
 /// (the agent counts it in `AgentStats::encode_errors` instead of failing at the outbox).
-type DeviceAgent = Agent<8, 16, 8, PAYLOAD>;
+type DeviceAgent = Agent<AgentState, 8, 16, 8, PAYLOAD>;
 
 static mut AGENT: MaybeUninit<DeviceAgent> = MaybeUninit::uninit();
 static mut SHADOW: MaybeUninit<Shadow10> = MaybeUninit::uninit();
 static mut OUTBOX: MaybeUninit<DeviceOutbox> = MaybeUninit::uninit();
 static mut DECODER: MaybeUninit<FrameDecoder<FRAME>> = MaybeUninit::uninit();
+/// With `--features storage`: the agent's record store on a 2 KiB in-memory flash (two
+/// 1 KiB slots), to measure what persistence costs (BENCHMARKS.md).
+#[cfg(feature = "storage")]
+type Store =
+    iot_agent::storage::FlashStorage<iot_lifecycle::mem_flash::MemFlash<2048, 1024, 4>, 256>;
+#[cfg(feature = "storage")]
+static mut STORE: MaybeUninit<Store> = MaybeUninit::uninit();
 
 fn uart_write(bytes: &[u8]) {
     for &b in bytes {
@@ -455,6 +462,25 @@ fn run() -> u32 {
     // Feed the bytes back through the device's decoder (an update is not a notification the
     // device acts on; whatever it answers, it must not fail hard).
     let _ = black_box(shadow.handle_cbor::<20>(black_box(&doc[..n]), 3_000));
+
+    #[cfg(feature = "storage")]
+    {
+        // Save the agent's record, then restore the agent from it, as after a reboot.
+        let Ok(store) = Store::new(iot_lifecycle::mem_flash::MemFlash::new(), 1024) else {
+            return 17;
+        };
+        // SAFETY: as above; initialised once, here.
+        let store = unsafe { init(&raw mut STORE, store) };
+        if agent.save(store) != Ok(true) {
+            return 17;
+        }
+        if agent.restore(store, now, &mut board, &mut wire) != Ok(true)
+            || agent.state() != State::Active
+        {
+            return 18;
+        }
+        delivered += drain(wire.outbox, decoder, &mut rng, now);
+    }
 
     uart_write(b"delivered=");
     uart_number(delivered);
