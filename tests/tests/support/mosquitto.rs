@@ -34,7 +34,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A mosquitto started by a test on a free loopback port, with the ACL above.
+/// Devices may only publish on their own up topic and read their own down topic (by client
+/// id); the backend user reads every up topic (also through shared subscriptions) and writes
+/// every down topic.
+pub const ACL: &str = "\
+pattern write iot/%c/up
+pattern read iot/%c/down
+user backend
+topic read iot/+/up
+topic read $share/+/iot/+/up
+topic write iot/+/down
+";
+
+/// A mosquitto started by a test on a free loopback port, with the ACL above (or its own).
 pub struct Mosquitto {
     child: Child,
     pub addr: SocketAddr,
@@ -43,7 +55,7 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Self {
-        Self::start_with("allow_anonymous true\n", "", &[])
+        Self::start_with("allow_anonymous true\n", ACL, &[])
     }
 
     /// A broker with `settings` added to its listener, the ACL `acl`, and `files` written
