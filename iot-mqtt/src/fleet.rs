@@ -43,13 +43,13 @@
 //! # Durable backend
 //!
 //! With feature `durable`, [`FleetBackend::new`] also takes an `iot-fleet`
-//! [`DurableServer`](iot_fleet::durable::DurableServer) (SQLite or PostgreSQL through
+//! `DurableServer` (SQLite or PostgreSQL through
 //! `iot-store`): a device's message is handled, its changes are committed, and only then are
 //! the replies published and the message acknowledged to the broker. A message whose changes
 //! could not be committed is answered with nothing and reported as
-//! [`FleetEvent::NotDurable`]; the durable server then stops acknowledging anything until it is
+//! `FleetEvent::NotDurable`; the durable server then stops acknowledging anything until it is
 //! reopened from its store (a process restart, or
-//! [`DurableServer::restart`](iot_fleet::durable::DurableServer::restart) through
+//! `DurableServer::restart` through
 //! [`FleetBackend::with_server`]). Devices carry on across such a restart: their records,
 //! shadows and rollouts come back from the store, so they need not register again, and
 //! the message ids of the restarted backend's replies do not repeat (below). Operator actions
@@ -94,7 +94,7 @@ pub enum EngineError {
 }
 
 /// The server a [`FleetBackend`] serves: [`DeviceServer`] (state in memory) or, with feature
-/// `durable`, [`iot_fleet::durable::DurableServer`] (state in a store, acknowledged once
+/// `durable`, `iot_fleet::durable::DurableServer` (state in a store, acknowledged once
 /// durable).
 pub trait Engine: Send + 'static {
     /// The server's state, for reads.
@@ -200,7 +200,8 @@ pub struct FleetCounts {
     pub refused: u64,
     /// Replies and operator messages wrapped into envelopes for devices.
     pub downlinks: u64,
-    /// Envelopes the durable server could not commit ([`FleetEvent::NotDurable`]).
+    /// Envelopes the durable server could not commit (`FleetEvent::NotDurable`, feature
+    /// `durable`).
     pub not_durable: u64,
     /// Events dropped because the application's event queue was full or closed.
     pub events_dropped: u64,
