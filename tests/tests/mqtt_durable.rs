@@ -486,3 +486,156 @@ async fn devices_keep_working_across_a_restart_of_the_durable_backend() {
         "no device registered again after the restart"
     );
 }
+
+/// A message whose changes the store refuses is answered with nothing and reported as
+/// `NotDurable`; the backend then acknowledges nothing until it is reopened.
+#[test]
+fn a_message_the_store_cannot_keep_is_reported_and_answered_with_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let admin = admin();
+    let id = device_id(0);
+    let mut server = open(&path);
+    server
+        .import_manufacturing(
+            &admin,
+            &"site".parse().unwrap(),
+            vec![ManufacturingRecord {
+                device_id: id,
+                secret: secret(0),
+                sku: "TH".into(),
+                serial: 0,
+            }],
+            0,
+        )
+        .unwrap();
+    // Register the device directly against the server, as a device would over the wire.
+    let backend = FleetBackend::new(server);
+    let mut events = backend.events(64);
+    let mut wire = Vec::new();
+    struct Wire<'a>(&'a mut Vec<(MessageKind, Vec<u8>)>);
+    impl iot_agent::Outbound for Wire<'_> {
+        type Error = ();
+        fn send(
+            &mut self,
+            kind: MessageKind,
+            _: iot_core::QoS,
+            payload: &[u8],
+            _: u64,
+        ) -> Result<(), ()> {
+            self.0.push((kind, payload.to_vec()));
+            Ok(())
+        }
+    }
+    let mut agent =
+        LabAgent::new(id, 1, DeviceSecret::from_bytes(secret(0)), device_config()).unwrap();
+    let mut board = Lab {
+        probe: Arc::default(),
+    };
+    agent.start(unix_ms(), &mut Wire(&mut wire)).unwrap();
+    let mut next = 1u32;
+    let envelope = |next: &mut u32, kind: MessageKind, payload: Vec<u8>| {
+        *next += 1;
+        iot_core::message::Envelope {
+            device: id,
+            seq: *next,
+            id: iot_core::MessageId(*next),
+            qos: iot_protocol::qos(kind),
+            kind,
+            payload,
+        }
+    };
+    // Exchange until the device is active (bounded).
+    for _ in 0..20 {
+        let sent: Vec<_> = wire.drain(..).collect();
+        for (kind, payload) in sent {
+            for reply in backend.handle_envelope(id, &envelope(&mut next, kind, payload)) {
+                agent
+                    .handle(unix_ms(), &reply.as_ref(), &mut board, &mut Wire(&mut wire))
+                    .unwrap();
+            }
+        }
+        if backend.with_server(|s| {
+            s.server()
+                .fleet()
+                .device(&admin, &id)
+                .is_ok_and(|r| r.state == State::Active)
+        }) {
+            break;
+        }
+    }
+    assert_eq!(
+        backend.with_server(|s| s.server().fleet().device(&admin, &id).unwrap().state),
+        State::Active
+    );
+    assert_eq!(backend.counts().not_durable, 0);
+
+    // Another writer takes the shadow's next version: the backend's next write conflicts.
+    let version = backend.with_server(|s| {
+        s.server()
+            .fleet()
+            .device_shadow(&id)
+            .map_or(0, iot_shadow::Shadow::version)
+    });
+    let mut other = SqliteStore::open(&path).unwrap();
+    other
+        .apply(iot_store::Batch::independent(vec![
+            iot_store::Op::PutShadow {
+                shadow: iot_store::Shadow {
+                    device: id,
+                    name: String::new(),
+                    version: version + 1,
+                    document: vec![0xa0],
+                },
+                expected: if version == 0 {
+                    iot_store::ShadowExpect::Absent
+                } else {
+                    iot_store::ShadowExpect::Version(version)
+                },
+            },
+        ]))
+        .unwrap();
+    while events.try_recv().is_ok() {}
+    // A shadow write from the device: applied in memory, refused by the store.
+    let now = unix_ms();
+    let hlc = iot_core::time::HlcTimestamp::from_parts(now, 0, NodeId(9)).unwrap();
+    let write = iot_shadow::Write::new(
+        iot_shadow::Section::Reported,
+        iot_shadow::Path::new("led").unwrap(),
+        Value::Bool(true),
+        iot_shadow::Stamp::new(
+            hlc,
+            iot_shadow::Policy::LastWriterWins,
+            iot_shadow::Origin::Device,
+        ),
+    );
+    let header = iot_shadow::cbor::Header {
+        kind: iot_shadow::cbor::Kind::Update,
+        version: None,
+        client_token: None,
+    };
+    let bytes = iot_shadow::cbor::encode_writes_to_vec(&header, &[write]).unwrap();
+    let update = iot_protocol::Uplink::ShadowUpdate(
+        iot_protocol::ShadowBytes::new(bytes.as_slice()).unwrap(),
+    );
+    let replies = backend.handle_envelope(
+        id,
+        &envelope(&mut next, MessageKind::ShadowUpdate, update.to_vec()),
+    );
+    assert!(replies.is_empty(), "no reply for what is not durable");
+    assert_eq!(backend.counts().not_durable, 1);
+    assert!(matches!(
+        events.try_recv(),
+        Ok(FleetEvent::NotDurable {
+            device,
+            kind: MessageKind::ShadowUpdate,
+            ..
+        }) if device == id
+    ));
+    // Stopped: nothing more is acknowledged, not even a heartbeat.
+    let replies =
+        backend.handle_envelope(id, &envelope(&mut next, MessageKind::Heartbeat, Vec::new()));
+    assert!(replies.is_empty());
+    assert_eq!(backend.counts().not_durable, 2);
+    assert!(backend.with_server(|s| s.is_stopped()));
+}
