@@ -547,7 +547,7 @@ fn a_message_the_store_cannot_keep_is_reported_and_answered_with_nothing() {
     };
     // Exchange until the device is active (bounded).
     for _ in 0..20 {
-        let sent: Vec<_> = wire.drain(..).collect();
+        let sent = std::mem::take(&mut wire);
         for (kind, payload) in sent {
             for reply in backend.handle_envelope(id, &envelope(&mut next, kind, payload)) {
                 agent
