@@ -15,6 +15,7 @@
 //! ```sh
 //! cargo bench -p iot-mqtt --features fleet --bench sessions
 //! IOT_BENCH_DEVICES=500 IOT_BENCH_ROUNDS=10 IOT_BENCH_BROKERS=embedded cargo bench ...
+//! IOT_BENCH_MOSQUITTO=127.0.0.1:18830 IOT_BENCH_BROKERS=mosquitto cargo bench ...  # another broker
 //! ```
 #![allow(
     clippy::unwrap_used,
@@ -304,15 +305,41 @@ fn run(label: &str, broker: SocketAddr, devices: usize, rounds: usize) {
         config.group = format!("{run}-fleet");
         Bridge::spawn(config, backend.clone()).unwrap()
     });
-    let counts = || bridge.counts();
-    // Wait for the bridge's connection (bounded).
-    for _ in 0..500 {
-        if counts().connects > 0 {
-            break;
+    // Wait until the bridge's subscription is in place: a probe publishes until the bridge
+    // receives one (bounded in count and time).
+    backend_rt.block_on(async {
+        let probe = format!("{run}-probe");
+        let mut options =
+            rumqttc::v5::MqttOptions::new(probe.clone(), broker.ip().to_string(), broker.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
+        let task = tokio::spawn(async move {
+            for _ in 0..10_000 {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let mut arrived = false;
+        for _ in 0..200 {
+            let _ = client
+                .publish(
+                    format!("iot/{probe}/up"),
+                    rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    false,
+                    b"probe".to_vec(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if bridge.counts().received > 0 {
+                arrived = true;
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+        assert!(arrived, "the bridge never subscribed");
+        let _ = client.disconnect().await;
+        task.abort();
+    });
 
     let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
@@ -388,10 +415,13 @@ fn main() {
     for broker in brokers.split(',') {
         match broker {
             "mosquitto" => {
-                let addr: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+                let addr: SocketAddr = std::env::var("IOT_BENCH_MOSQUITTO")
+                    .unwrap_or_else(|_| "127.0.0.1:1883".into())
+                    .parse()
+                    .unwrap();
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
                     .unwrap_or_else(|e| panic!("Mosquitto must listen on {addr}: {e}"));
-                run("mosquitto 127.0.0.1:1883", addr, devices, rounds);
+                run(&format!("mosquitto {addr}"), addr, devices, rounds);
             }
             "embedded" => {
                 let embedded = EmbeddedBroker::start_with(BrokerConfig {
