@@ -146,7 +146,9 @@ fn server(ids: &[DeviceId]) -> DeviceServer {
 }
 
 fn shadow_update(device: DeviceId, id: u32, value: i64) -> Vec<u8> {
-    let hlc = HlcTimestamp::from_parts(unix_ms(), 0, NodeId(7)).unwrap();
+    // The logical counter keeps a device's stamps increasing when rounds share a millisecond
+    // (an equal stamp is refused as stale, not accepted).
+    let hlc = HlcTimestamp::from_parts(unix_ms(), u16::try_from(id).unwrap(), NodeId(7)).unwrap();
     let write = Write::new(
         Section::Reported,
         Path::new("temp").unwrap(),
@@ -252,9 +254,8 @@ async fn run_devices(
                             .expect("connection kept")
                         {
                             let reply = EnvelopeRef::decode(&buf[..n]).unwrap();
-                            if reply.kind == MessageKind::ShadowAccepted {
-                                break;
-                            }
+                            assert_eq!(reply.kind, MessageKind::ShadowAccepted, "{id}");
+                            break;
                         }
                     }
                     rtts.push(sent.elapsed());
