@@ -79,6 +79,12 @@ impl AgentOutbox {
         self.queue.clear();
     }
 
+    /// The encoded envelopes waiting to be sent, oldest first (for tests and diagnostics:
+    /// which messages the agent produced, with their ids and QoS).
+    pub fn queued(&self) -> impl Iterator<Item = &[u8]> {
+        self.queue.iter().map(Vec::as_slice)
+    }
+
     /// The message id the next envelope gets.
     pub fn next_id(&self) -> u32 {
         self.next_id

@@ -296,6 +296,11 @@ impl Bridge {
         options.set_clean_start(config.session_expiry.is_none());
         options.set_session_expiry_interval(config.session_expiry);
         options.set_manual_acks(true);
+        // rumqttc leaves Nagle on: a reply and the PUBACK that follows it would wait for the
+        // broker's delayed ACK (~40 ms per round trip, measured by the sessions bench).
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         // Tell the broker the largest packet we take; it drops larger ones instead of
         // breaking the connection. Up to that size the bridge counts oversized payloads.
         let limit = config

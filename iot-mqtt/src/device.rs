@@ -484,11 +484,17 @@ where
     async fn subscribe(&mut self, wait: bool) -> Result<(), DeviceError> {
         let filter = TopicFilter::new(self.down.as_str())
             .options(SubscriptionOptions::default().maximum_qos(minimq::QoS::AtLeastOnce));
-        let op = self
-            .conn
-            .subscribe(&[filter], &[])
-            .await
-            .map_err(from_mqtt)?;
+        let op = match self.conn.subscribe(&[filter], &[]).await {
+            Ok(op) => op,
+            // On a resumed session minimq replays the publishes still in flight; when they
+            // take all its slots, the renewal would have to wait for their acknowledgements,
+            // which only reading after `connect` brings. The resumed session still holds the
+            // subscription, so go on without renewing it (found by the fault campaign: a
+            // device whose outbox was full when its connection went half-open never
+            // reconnected).
+            Err(minimq::Error::Resource(_)) if !wait => return Ok(()),
+            Err(e) => return Err(from_mqtt(e)),
+        };
         // Bounded by the caller's timeout; each turn consumes one packet from the broker.
         while wait && !self.conn.is_complete(&op) {
             if self.conn.is_invalidated(&op) {

@@ -40,6 +40,22 @@
 //! is taken over rather than propagated: the server's methods leave it consistent after
 //! every call.
 //!
+//! # Durable backend
+//!
+//! With feature `durable`, [`FleetBackend::new`] also takes an `iot-fleet`
+//! `DurableServer` (SQLite or PostgreSQL through
+//! `iot-store`): a device's message is handled, its changes are committed, and only then are
+//! the replies published and the message acknowledged to the broker. A message whose changes
+//! could not be committed is answered with nothing and reported as
+//! `FleetEvent::NotDurable`; the durable server then stops acknowledging anything until it is
+//! reopened from its store (a process restart, or
+//! `DurableServer::restart` through
+//! [`FleetBackend::with_server`]). Devices carry on across such a restart: their records,
+//! shadows and rollouts come back from the store, so they need not register again, and
+//! the message ids of the restarted backend's replies do not repeat (below). Operator actions
+//! go through [`FleetBackend::with_server`], which hands out the `DurableServer` itself, so
+//! every change an operator makes is committed before its message to a device can be sent.
+//!
 //! Message ids: each device's counter starts at the low 32 bits of the clock (ms) when the
 //! backend first speaks to it, so a restarted backend does not reuse the ids a device has
 //! just seen and deduplicates.
@@ -52,6 +68,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::vec::Vec;
 
 use iot_core::id::DeviceId;
+use iot_core::message::EnvelopeRef;
 use iot_core::message::{Envelope, MessageId, MessageKind, OwnedEnvelope};
 use iot_fleet::{DeviceServer, Handled, Reply, ServerError, Session};
 use tokio::sync::{mpsc, watch};
@@ -63,6 +80,79 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why an [`Engine`] did not handle a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The server refused it; nothing changed.
+    Refused(ServerError),
+    /// The durable server could not commit what it changed: nothing was acknowledged.
+    #[cfg(feature = "durable")]
+    NotDurable(iot_fleet::durable::DurableError),
+}
+
+/// The server a [`FleetBackend`] serves: [`DeviceServer`] (state in memory) or, with feature
+/// `durable`, `iot_fleet::durable::DurableServer` (state in a store, acknowledged once
+/// durable).
+pub trait Engine: Send + 'static {
+    /// The server's state, for reads.
+    fn server(&self) -> &DeviceServer;
+    /// Handles one device message; `Ok` only once the server's changes are kept.
+    fn handle(
+        &mut self,
+        session: &Session,
+        envelope: &EnvelopeRef<'_>,
+        now_ms: u64,
+    ) -> Result<Handled, EngineError>;
+    /// The OTA jobs due at `now_ms`.
+    fn poll_ota(&mut self, now_ms: u64) -> Vec<(DeviceId, Reply)>;
+}
+
+impl Engine for DeviceServer {
+    fn server(&self) -> &DeviceServer {
+        self
+    }
+
+    fn handle(
+        &mut self,
+        session: &Session,
+        envelope: &EnvelopeRef<'_>,
+        now_ms: u64,
+    ) -> Result<Handled, EngineError> {
+        DeviceServer::handle(self, session, envelope, now_ms).map_err(EngineError::Refused)
+    }
+
+    fn poll_ota(&mut self, now_ms: u64) -> Vec<(DeviceId, Reply)> {
+        DeviceServer::poll_ota(self, now_ms)
+    }
+}
+
+#[cfg(feature = "durable")]
+impl Engine for iot_fleet::durable::DurableServer {
+    fn server(&self) -> &DeviceServer {
+        iot_fleet::durable::DurableServer::server(self)
+    }
+
+    fn handle(
+        &mut self,
+        session: &Session,
+        envelope: &EnvelopeRef<'_>,
+        now_ms: u64,
+    ) -> Result<Handled, EngineError> {
+        use iot_fleet::durable::DurableError;
+        iot_fleet::durable::DurableServer::handle(self, session, envelope, now_ms).map_err(|e| {
+            match e {
+                DurableError::Server(refused) => EngineError::Refused(refused),
+                other => EngineError::NotDurable(other),
+            }
+        })
+    }
+
+    fn poll_ota(&mut self, now_ms: u64) -> Vec<(DeviceId, Reply)> {
+        iot_fleet::durable::DurableServer::poll_ota(self, now_ms)
+    }
 }
 
 /// What the backend reports to the application.
@@ -86,6 +176,17 @@ pub enum FleetEvent {
         /// Why.
         error: ServerError,
     },
+    /// The durable server could not commit what the message changed: it was answered with
+    /// nothing, and the server acknowledges nothing more until it is reopened from its store.
+    #[cfg(feature = "durable")]
+    NotDurable {
+        /// The device (from the topic).
+        device: DeviceId,
+        /// The message's kind.
+        kind: MessageKind,
+        /// Why.
+        error: iot_fleet::durable::DurableError,
+    },
 }
 
 /// A snapshot of the backend's counters.
@@ -99,6 +200,9 @@ pub struct FleetCounts {
     pub refused: u64,
     /// Replies and operator messages wrapped into envelopes for devices.
     pub downlinks: u64,
+    /// Envelopes the durable server could not commit (`FleetEvent::NotDurable`, feature
+    /// `durable`).
+    pub not_durable: u64,
     /// Events dropped because the application's event queue was full or closed.
     pub events_dropped: u64,
 }
@@ -110,8 +214,8 @@ struct Peer {
     next_id: u32,
 }
 
-struct Inner {
-    server: DeviceServer,
+struct Inner<E> {
+    server: E,
     peers: HashMap<DeviceId, Peer>,
     next_session: u64,
 }
@@ -121,18 +225,18 @@ struct Counters {
     handled: AtomicU64,
     unhandled: AtomicU64,
     refused: AtomicU64,
+    not_durable: AtomicU64,
     downlinks: AtomicU64,
     events_dropped: AtomicU64,
 }
 
 type Clock = dyn Fn() -> u64 + Send + Sync;
 
-/// A [`DeviceServer`] served over MQTT. Cheap to clone: clones share the server. Give one
-/// clone to [`Bridge::spawn`](crate::bridge::Bridge::spawn) and keep one for operator
-/// actions. See the [module documentation](self).
-#[derive(Clone)]
-pub struct FleetBackend {
-    inner: Arc<Mutex<Inner>>,
+/// A [`DeviceServer`] (or another [`Engine`]) served over MQTT. Cheap to clone: clones share
+/// the server. Give one clone to [`Bridge::spawn`](crate::bridge::Bridge::spawn) and keep one
+/// for operator actions. See the [module documentation](self).
+pub struct FleetBackend<E = DeviceServer> {
+    inner: Arc<Mutex<Inner<E>>>,
     clock: Arc<Clock>,
     /// Shared by all clones, so a queue set after cloning reaches the bridge's clone too.
     events: Arc<Mutex<Option<mpsc::Sender<FleetEvent>>>>,
@@ -140,7 +244,19 @@ pub struct FleetBackend {
     changed: Arc<watch::Sender<()>>,
 }
 
-impl core::fmt::Debug for FleetBackend {
+impl<E> Clone for FleetBackend<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            clock: self.clock.clone(),
+            events: self.events.clone(),
+            counters: self.counters.clone(),
+            changed: self.changed.clone(),
+        }
+    }
+}
+
+impl<E: Engine> core::fmt::Debug for FleetBackend<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FleetBackend")
             .field("counts", &self.counts())
@@ -148,9 +264,9 @@ impl core::fmt::Debug for FleetBackend {
     }
 }
 
-impl FleetBackend {
+impl<E: Engine> FleetBackend<E> {
     /// Serves `server` on the system clock ([`unix_ms`]), without an event queue.
-    pub fn new(server: DeviceServer) -> Self {
+    pub fn new(server: E) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 server,
@@ -197,23 +313,51 @@ impl FleetBackend {
             handled: get(&self.counters.handled),
             unhandled: get(&self.counters.unhandled),
             refused: get(&self.counters.refused),
+            not_durable: get(&self.counters.not_durable),
             downlinks: get(&self.counters.downlinks),
             events_dropped: get(&self.counters.events_dropped),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<E>> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the server (operator actions, queries). Do not block inside: devices'
+    /// Runs `f` on the server (operator actions, queries): the [`DeviceServer`], or the
+    /// durable server whose actions commit before they return. Do not block inside: devices'
     /// messages wait meanwhile.
-    pub fn with_server<R>(&self, f: impl FnOnce(&mut DeviceServer) -> R) -> R {
+    pub fn with_server<R>(&self, f: impl FnOnce(&mut E) -> R) -> R {
         let result = f(&mut self.lock().server);
         self.changed.send_replace(());
         result
+    }
+
+    /// Takes the server back (to shut a durable server down, or to hand it to another
+    /// binding) when this is the last clone of the backend; otherwise returns the backend.
+    /// [`Bridge::shutdown`](crate::bridge::Bridge::shutdown) drops the bridge's clone.
+    pub fn into_server(self) -> Result<E, Self> {
+        let Self {
+            inner,
+            clock,
+            events,
+            counters,
+            changed,
+        } = self;
+        match Arc::try_unwrap(inner) {
+            Ok(inner) => Ok(inner
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .server),
+            Err(inner) => Err(Self {
+                inner,
+                clock,
+                events,
+                counters,
+                changed,
+            }),
+        }
     }
 
     /// Waits until `done` holds for the server, checking after every message the backend
@@ -223,7 +367,7 @@ impl FleetBackend {
         // Subscribed before checking, so no change between the two is missed.
         let mut changes = self.changed.subscribe();
         loop {
-            if done(&self.lock().server) {
+            if done(self.lock().server.server()) {
                 return;
             }
             if changes.changed().await.is_err() {
@@ -232,7 +376,7 @@ impl FleetBackend {
         }
     }
 
-    fn peer(inner: &mut Inner, device: DeviceId, now_ms: u64) -> &mut Peer {
+    fn peer(inner: &mut Inner<E>, device: DeviceId, now_ms: u64) -> &mut Peer {
         let Inner {
             peers,
             next_session,
@@ -250,7 +394,7 @@ impl FleetBackend {
     }
 
     fn wrap(
-        inner: &mut Inner,
+        inner: &mut Inner<E>,
         device: DeviceId,
         replies: Vec<Reply>,
         now_ms: u64,
@@ -371,9 +515,19 @@ impl FleetBackend {
                 });
                 Vec::new()
             }
-            Err(Some(error)) => {
+            Err(Some(EngineError::Refused(error))) => {
                 self.bump(&self.counters.refused, 1);
                 self.report(FleetEvent::Refused {
+                    device,
+                    kind: envelope.kind,
+                    error,
+                });
+                Vec::new()
+            }
+            #[cfg(feature = "durable")]
+            Err(Some(EngineError::NotDurable(error))) => {
+                self.bump(&self.counters.not_durable, 1);
+                self.report(FleetEvent::NotDurable {
                     device,
                     kind: envelope.kind,
                     error,
@@ -384,7 +538,7 @@ impl FleetBackend {
     }
 }
 
-impl EnvelopeHandler for FleetBackend {
+impl<E: Engine> EnvelopeHandler for FleetBackend<E> {
     fn handle(
         &mut self,
         device: DeviceId,
