@@ -1,0 +1,3 @@
+//! The dashboard.
+/// The page.
+pub const PAGE: &str = "<html></html>";
