@@ -11,12 +11,16 @@
 )]
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod seed;
+pub mod serve;
+pub mod system;
 pub mod tokens;
 
 pub use api::{AppState, router};
