@@ -732,3 +732,29 @@ async fn metrics_and_openapi_describe_the_fleet_and_the_routes() {
         assert!(paths.contains_key(p), "{p} documented");
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_a_token_and_reads_the_api_with_one() {
+    let lab = lab();
+    let (s, page) = send(&lab.app, Method::GET, "/", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let page = page.as_str().unwrap();
+    for id in [
+        "count-total",
+        "count-low_battery",
+        "rollouts",
+        "desired-form",
+        "device-audit",
+        "chain-ok",
+    ] {
+        assert!(page.contains(id), "{id}");
+    }
+    // The page holds no data: everything it shows comes from token-checked API calls.
+    assert!(!page.contains("t0-dev-"));
+    let (s, who) = get(&lab.app, "/api/v1/whoami", &lab.acme_site0_operator).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        who,
+        json!({"actor": "otto", "tenant": "acme", "scope": "/site-0", "role": "operator"})
+    );
+}
