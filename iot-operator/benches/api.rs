@@ -52,7 +52,7 @@ fn setup() -> Setup {
     let server = DeviceServer::with_os_rng(fleet, DeviceConfig::default(), NodeId(1));
     let engine = LocalEngine::new(server).with_clock(|| NOW + 1_000);
     let admin = Principal::new("bench", tenant, Scope::root(), Role::Admin);
-    call(&engine, |s| {
+    call(&engine, &[], |s| {
         for i in 0..devices {
             let id = fixture_id(0, i).unwrap();
             s.set_desired(&admin, &id, "led", Value::Bool(i % 2 == 0), NOW)
@@ -60,7 +60,8 @@ fn setup() -> Setup {
             s.set_desired(&admin, &id, "interval", Value::Int(30), NOW)
                 .unwrap();
         }
-    });
+    })
+    .unwrap();
     engine.take_outbox();
     let tokens = Arc::new(TokenStore::new());
     let token = tokens.issue(admin);

@@ -79,11 +79,25 @@ impl AppState {
     }
 
     /// Runs `f` on the server, timing it for the `store latency` histogram.
-    fn run<R>(&self, op: &'static str, f: impl FnOnce(&mut DeviceServer) -> R) -> R {
+    fn run<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut DeviceServer) -> R,
+    ) -> Result<R, ApiError> {
+        self.run_for(op, &[], f)
+    }
+
+    /// [`AppState::run`] for an operation that may write the shadows of `devices`.
+    fn run_for<R>(
+        &self,
+        op: &'static str,
+        devices: &[DeviceId],
+        f: impl FnOnce(&mut DeviceServer) -> R,
+    ) -> Result<R, ApiError> {
         let started = Instant::now();
-        let out = call(&*self.engine, f);
+        let out = call(&*self.engine, devices, f);
         self.metrics.observe_engine(op, started.elapsed());
-        out
+        out.map_err(ApiError::from)
     }
 }
 
@@ -421,7 +435,7 @@ async fn list_devices(
             total = total.saturating_add(1);
         }
         (total, page)
-    });
+    })?;
     Ok(Json(
         json!({"total": total, "offset": offset, "devices": devices}),
     ))
@@ -441,7 +455,7 @@ async fn get_device(
             record,
             status_of(record, now, fleet.policy()),
         )))
-    })
+    })?
 }
 
 async fn get_shadow(
@@ -453,7 +467,7 @@ async fn get_shadow(
     app.run("shadow_read", |server| {
         let shadow = server.fleet().shadow(&p, &id)?;
         Ok(Json(shadow_json(shadow)))
-    })
+    })?
 }
 
 /// `PUT /api/v1/devices/{id}/shadow/desired`.
@@ -477,7 +491,7 @@ async fn set_desired(
     let id = device_id(&id)?;
     let value = json_value(&req.value)?;
     let now = app.engine.now_ms();
-    let (version, delta) = app.run("shadow_write", |server| {
+    let (version, delta) = app.run_for("shadow_write", &[id], |server| {
         let current = server.fleet().shadow(&p, &id)?.map_or(0, |s| s.version());
         if let Some(expected) = req.version
             && expected != current
@@ -491,7 +505,7 @@ async fn set_desired(
         let delta = server.set_desired(&p, &id, &req.path, value, now)?;
         let version = server.fleet().shadow(&p, &id)?.map_or(0, |s| s.version());
         Ok((version, delta))
-    })?;
+    })??;
     let sent = delta.is_some();
     if let Some(delta) = delta {
         app.engine.deliver(id, vec![delta]);
@@ -557,7 +571,7 @@ async fn send_command(
     app.run("device", |server| {
         let record = server.fleet().device(&p, &id)?;
         need(&p, record, Role::Operator)
-    })?;
+    })??;
     let kind = command_kind(&req)?;
     let command = Command {
         id: app.next_command.fetch_add(1, Ordering::Relaxed),
@@ -618,7 +632,7 @@ async fn set_config(
     app.run("device", |server| {
         let record = server.fleet().device(&p, &id)?;
         need(&p, record, Role::Operator)
-    })?;
+    })??;
     config.validate().map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -662,9 +676,9 @@ async fn decommission(
         }
     };
     let now = app.engine.now_ms();
-    let (done, reply) = app.run("decommission", |server| {
+    let (done, reply) = app.run_for("decommission", &[id], |server| {
         server.decommission(&p, &id, reason, now)
-    })?;
+    })??;
     app.engine.deliver(id, vec![reply]);
     Ok(Json(json!({
         "device": id.as_str(),
@@ -691,7 +705,7 @@ async fn device_audit(
             fleet.device(&p, &id)?;
         }
         Ok(Json(json!({"device": id.as_str(), "entries": entries})))
-    })
+    })?
 }
 
 // ----- provisioning ------------------------------------------------------------------------
@@ -761,7 +775,7 @@ async fn provision(
         server
             .fleet_mut()
             .import_manufacturing(&p, &within, records, now)
-    })?;
+    })??;
     Ok((StatusCode::CREATED, Json(json!({"imported": count}))))
 }
 
@@ -784,7 +798,7 @@ async fn health(
     let now = app.engine.now_ms();
     let report = app.run("health", |server| {
         server.fleet().health_report(&p, &within, now)
-    })?;
+    })??;
     let c = report.counts;
     let by_state: BTreeMap<String, u64> = STATES
         .iter()
@@ -844,7 +858,7 @@ async fn publish_firmware(
     })?;
     let job = app.run("firmware", |server| {
         server.publish_firmware(version, body.to_vec())
-    })?;
+    })??;
     Ok((
         StatusCode::CREATED,
         Json(json!({"version": job.version, "size": job.size})),
@@ -915,7 +929,7 @@ async fn start_rollout(
         let id = server.start_ota(&p, &within, req.version, req.previous, config, now)?;
         let jobs = server.poll_ota(now);
         Ok::<_, ApiError>((rollout_json(server, &p, id)?, jobs))
-    })?;
+    })??;
     for (device, job) in jobs {
         app.engine.deliver(device, vec![job]);
     }
@@ -933,7 +947,7 @@ async fn list_rollouts(
             .map(|id| rollout_json(server, &p, id))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Json(json!({"rollouts": rollouts})))
-    })
+    })?
 }
 
 async fn get_rollout(
@@ -941,7 +955,7 @@ async fn get_rollout(
     Caller(p): Caller,
     Path(id): Path<u32>,
 ) -> Result<Json<Json_>, ApiError> {
-    app.run("rollout", |server| rollout_json(server, &p, id).map(Json))
+    app.run("rollout", |server| rollout_json(server, &p, id).map(Json))?
 }
 
 async fn rollout_action(
@@ -967,7 +981,7 @@ async fn rollout_action(
         }
         let jobs = server.poll_ota(now);
         Ok((rollout_json(server, &p, id)?, jobs))
-    })?;
+    })??;
     for (device, job) in jobs {
         app.engine.deliver(device, vec![job]);
     }
@@ -1026,7 +1040,7 @@ async fn audit(
         Ok(Json(
             json!({"tenant": p.tenant.as_str(), "chain": chain, "entries": entries}),
         ))
-    })
+    })?
 }
 
 // ----- misc ----------------------------------------------------------------------------

@@ -26,10 +26,23 @@ pub struct TrafficCounts {
     pub dropped: u64,
 }
 
+/// The backend could not run an operation (its store failed and it stopped); nothing was
+/// acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend unavailable: {0}")]
+pub struct EngineError(pub String);
+
 /// The backend the API drives.
 pub trait Engine: Send + Sync + 'static {
-    /// Runs `f` on the server. Implementations hold a lock meanwhile: `f` must not block.
-    fn with_server(&self, f: &mut dyn FnMut(&mut DeviceServer));
+    /// Runs `f` on the server and makes what it changed durable before returning (the
+    /// shadows of `devices` are the ones `f` may write). Implementations hold a lock
+    /// meanwhile: `f` must not block. An error means `f` did not run, or its changes are
+    /// not durable.
+    fn with_server(
+        &self,
+        devices: &[DeviceId],
+        f: &mut dyn FnMut(&mut DeviceServer),
+    ) -> Result<(), EngineError>;
     /// The backend's clock, in milliseconds.
     fn now_ms(&self) -> u64;
     /// Delivers operator messages to `device` (at least once, in order).
@@ -40,20 +53,21 @@ pub trait Engine: Send + Sync + 'static {
     }
 }
 
-/// Runs `f` on the engine's server and returns its result.
-pub fn call<R>(engine: &dyn Engine, f: impl FnOnce(&mut DeviceServer) -> R) -> R {
+/// Runs `f` on the engine's server (which may write the shadows of `devices`) and returns
+/// its result once its changes are durable.
+pub fn call<R>(
+    engine: &dyn Engine,
+    devices: &[DeviceId],
+    f: impl FnOnce(&mut DeviceServer) -> R,
+) -> Result<R, EngineError> {
     let mut f = Some(f);
     let mut out = None;
-    engine.with_server(&mut |server| {
+    engine.with_server(devices, &mut |server| {
         if let Some(f) = f.take() {
             out = Some(f(server));
         }
-    });
-    match out {
-        Some(out) => out,
-        // An engine that never runs the closure breaks the trait's contract.
-        None => unreachable!("Engine::with_server did not run its closure"),
-    }
+    })?;
+    out.ok_or_else(|| EngineError("the operation did not run".into()))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -105,8 +119,13 @@ impl LocalEngine {
 }
 
 impl Engine for LocalEngine {
-    fn with_server(&self, f: &mut dyn FnMut(&mut DeviceServer)) {
+    fn with_server(
+        &self,
+        _devices: &[DeviceId],
+        f: &mut dyn FnMut(&mut DeviceServer),
+    ) -> Result<(), EngineError> {
         f(&mut self.server.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {

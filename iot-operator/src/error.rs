@@ -73,6 +73,16 @@ fn from_kind(kind: ErrorKind, reason: String) -> ApiError {
     ApiError::new(status, code, reason)
 }
 
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    }
+}
+
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {

@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod dashboard;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod metrics;

@@ -181,7 +181,7 @@ impl Metrics {
         let now = engine.now_ms();
         self.devices.clear();
         self.stages.clear();
-        call(engine, |server| {
+        let _ = call(engine, &[], |server| {
             let fleet = server.fleet();
             for tenant in tenants {
                 let p = Principal::new("metrics", *tenant, Scope::root(), Role::Viewer);

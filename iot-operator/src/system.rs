@@ -2,7 +2,9 @@
 //!
 //! * the in-process MQTT broker (`iot-mqtt`'s `EmbeddedBroker`, rumqttd) on an ephemeral
 //!   loopback port;
-//! * the backend: iot-fleet's `DeviceServer` behind the rumqttc bridge (`FleetBackend`);
+//! * the backend: iot-fleet's `DurableServer` over SQLite (a temporary file, or `--db`),
+//!   behind the rumqttc bridge ([`crate::durable::DurableBackend`]): nothing is acknowledged
+//!   before it is stored;
 //! * the operator API, metrics and dashboard (this crate) on an ephemeral loopback port,
 //!   with one admin token per tenant;
 //! * simulated devices, each running the real agent (`iot-agent`'s `LabAgent`, with the OTA
@@ -26,25 +28,28 @@ use clap::Args;
 use iot_agent::{Board, Firmware, LabAgent, SensorSample};
 use iot_core::telemetry::Measurement;
 use iot_core::{DeviceId, MessageKind, NodeId, TenantId};
-use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Reply, Role, Scope};
+use iot_fleet::durable::DurableServer;
+use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Role, Scope};
 use iot_lifecycle::command::{CommandAck, CommandHandler, HandlerResult};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::mem_flash::MemFlash;
 use iot_lifecycle::ota::{BootDecision, OtaUpdater, SlotLayout};
 use iot_lifecycle::registration::DeviceSecret;
 use iot_mqtt::agent::{AgentHost, AgentOutbox, DriveConfig, run_agent};
-use iot_mqtt::bridge::{Bridge, BridgeConfig, Downlink};
+use iot_mqtt::bridge::{Bridge, BridgeConfig};
 use iot_mqtt::broker::EmbeddedBroker;
 use iot_mqtt::device::{self, Backoff, DeviceSession, Tcp};
-use iot_mqtt::fleet::{FleetBackend, FleetEvent, unix_ms};
+use iot_mqtt::fleet::unix_ms;
 use iot_mqtt::minimq::Buffers;
 use iot_mqtt::std_tcp::TokioTcp;
 use iot_protocol::Uplink;
+use iot_store::{GroupCommitConfig, SqliteStore};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::client::Client;
-use crate::engine::{Engine, TrafficCounts};
+use crate::durable::{DurableBackend, DurableEngine, Unhandled};
+use crate::engine::Engine;
 use crate::{AppState, TokenStore, router};
 
 /// Options of `run`.
@@ -63,6 +68,9 @@ pub struct RunArgs {
     /// scripts and the browser test).
     #[arg(long)]
     pub info_file: Option<std::path::PathBuf>,
+    /// The SQLite database of the backend (default: a temporary file, removed at the end).
+    #[arg(long)]
+    pub db: Option<std::path::PathBuf>,
     /// Spread of each device's OTA start after its stage admits it, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub ota_jitter_ms: u64,
@@ -98,44 +106,6 @@ fn device_config() -> DeviceConfig {
         health_interval_ms: 1_000,
         sync_interval_ms: 3_000,
         ..DeviceConfig::DEFAULT
-    }
-}
-
-/// The API's engine over the MQTT backend: operator messages go out through the bridge.
-struct MqttEngine {
-    backend: FleetBackend,
-    downlink: Downlink,
-    runtime: tokio::runtime::Handle,
-    bridge_refused: Arc<AtomicU64>,
-}
-
-impl Engine for MqttEngine {
-    fn with_server(&self, f: &mut dyn FnMut(&mut DeviceServer)) {
-        self.backend.with_server(f);
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.backend.now_ms()
-    }
-
-    fn deliver(&self, device: DeviceId, messages: Vec<Reply>) {
-        let backend = self.backend.clone();
-        let downlink = self.downlink.clone();
-        self.runtime.spawn(async move {
-            let _ = backend.send(&downlink, device, messages).await;
-        });
-    }
-
-    fn traffic(&self) -> TrafficCounts {
-        let c = self.backend.counts();
-        TrafficCounts {
-            messages_in: c.handled.saturating_add(c.unhandled),
-            messages_out: c.downlinks,
-            refused: c
-                .refused
-                .saturating_add(self.bridge_refused.load(Ordering::Relaxed)),
-            dropped: c.events_dropped,
-        }
     }
 }
 
@@ -370,6 +340,22 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
     let broker = EmbeddedBroker::start().map_err(|e| format!("broker: {e}"))?;
     let mut fleet = Fleet::default();
     fleet.register_schema(iot_agent::AGENT_SCHEMA);
+    let temp_db = std::env::temp_dir().join(format!(
+        "iot-operator-{}-{}.db",
+        std::process::id(),
+        unix_ms()
+    ));
+    let db = args.db.clone().unwrap_or_else(|| temp_db.clone());
+    let store = SqliteStore::open(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let server = DeviceServer::with_os_rng(fleet, device_config(), NodeId(1))
+        .with_ota_jitter(args.ota_jitter_ms);
+    let mut durable = DurableServer::open_at(
+        Box::new(store),
+        server,
+        GroupCommitConfig::default(),
+        unix_ms(),
+    )
+    .map_err(|e| format!("opening {}: {e}", db.display()))?;
     let now = unix_ms();
     for (tenant, t) in [(acme, 0), (globex, 1)] {
         let admin = Principal::new("setup", tenant, Scope::root(), Role::Admin);
@@ -385,19 +371,18 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
             })
             .collect();
         let site: Scope = format!("site-{t}").parse().map_err(|e| format!("{e}"))?;
-        fleet
-            .import_manufacturing(&admin, &site, records, now)
-            .map_err(|e| format!("import: {e}"))?;
+        // A database kept from an earlier run (`--db`) already holds the list.
+        if let Err(e) = durable.import_manufacturing(&admin, &site, records, now) {
+            println!("manufacturing list of {tenant} not imported again: {e}");
+        }
     }
-    let mut server = DeviceServer::with_os_rng(fleet, device_config(), NodeId(1))
-        .with_ota_jitter(args.ota_jitter_ms);
     let image: Vec<u8> = (0..2_000u32)
         .map(|i| u8::try_from(i.wrapping_mul(7) % 251).unwrap_or(0))
         .collect();
-    server
+    durable
         .publish_firmware(NEXT, image)
         .map_err(|e| format!("firmware: {e}"))?;
-    let backend = FleetBackend::new(server);
+    let backend = DurableBackend::new(durable);
     let mut events = backend.events(8_192);
     let mut bridge_config = BridgeConfig::new(
         broker.addr().ip().to_string(),
@@ -425,17 +410,16 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
         Scope::root(),
         Role::Admin,
     ));
-    let engine = MqttEngine {
+    let engine = Arc::new(DurableEngine {
         backend: backend.clone(),
         downlink: downlink.clone(),
         runtime: tokio::runtime::Handle::current(),
-        bridge_refused: Arc::default(),
-    };
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = router(AppState::new(Arc::new(engine), tokens));
+    let app = router(AppState::new(engine.clone(), tokens));
     let api_task = tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
         "iot-operator: {n} devices over MQTT (broker {}), backend, API and dashboard",
@@ -469,9 +453,7 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
     let telemetry_backend = backend.clone();
     let events_task = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            let FleetEvent::Unhandled { device, envelope } = event else {
-                continue;
-            };
+            let Unhandled { device, envelope } = event;
             match envelope.kind {
                 MessageKind::CommandAck
                     if iot_core::codec::decode::<CommandAck>(&envelope.payload).is_ok() =>
@@ -484,13 +466,14 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
                     else {
                         continue;
                     };
-                    let now = telemetry_backend.now_ms();
+                    let now = unix_ms();
                     for reading in &batch.readings {
                         if let Measurement::BatteryPercent { percent } = reading.measurement {
-                            telemetry_backend.with_server(|s| {
-                                let _ =
+                            telemetry_backend.with_durable(|d| {
+                                let _ = d.act(&[], now, |s| {
                                     s.fleet_mut()
-                                        .heartbeat(&device, Some(f32::from(percent)), now);
+                                        .heartbeat(&device, Some(f32::from(percent)), now)
+                                });
                             });
                         }
                     }
@@ -511,9 +494,9 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let _ = backend.poll_ota(&downlink).await;
-        let now = backend.now_ms();
-        backend.with_server(|s| {
-            let _ = s.fleet_mut().tick_rollouts(now);
+        let now = unix_ms();
+        backend.with_durable(|d| {
+            let _ = d.tick_rollouts(now);
         });
         let (_, health) = api(&acme_api, "GET", "/api/v1/health".into(), None).await;
         let (_, g_health) = api(&globex_api, "GET", "/api/v1/health".into(), None).await;
@@ -576,7 +559,7 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
                     )
                 },
             );
-            let c = backend.counts();
+            let c = engine.traffic();
             println!(
                 "[{:>4.0}s] active {active}/{n}, healthy {}, low battery {}, offline {} | messages in {} out {} | rollout {rollout}",
                 started.elapsed().as_secs_f64(),
@@ -584,8 +567,8 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
                 health["low_battery"].as_u64().unwrap_or(0)
                     + g_health["low_battery"].as_u64().unwrap_or(0),
                 health["offline"].as_u64().unwrap_or(0) + g_health["offline"].as_u64().unwrap_or(0),
-                c.handled + c.unhandled,
-                c.downlinks,
+                c.messages_in,
+                c.messages_out,
             );
         }
     }
@@ -691,10 +674,10 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
         "metrics count acme's devices",
         metrics.contains("iot_devices{tenant=\"acme\""),
     );
-    let c = backend.counts();
+    let c = engine.traffic();
     println!(
-        "  backend: {} messages handled, {} left to the application, {} refused, {} sent",
-        c.handled, c.unhandled, c.refused, c.downlinks
+        "  backend: {} device messages in, {} out, {} refused, {} dropped",
+        c.messages_in, c.messages_out, c.refused, c.dropped
     );
 
     for stop in stops {
@@ -706,6 +689,21 @@ async fn system(args: &RunArgs) -> Result<bool, String> {
     bridge.shutdown().await;
     events_task.abort();
     api_task.abort();
+    // The store has the whole audit trail, chained: verified from the database itself.
+    let head = backend.with_durable(|d| d.verify_audit());
+    check(
+        &mut checks,
+        format!("the SQLite audit trail verifies ({head:?})"),
+        head.is_ok(),
+    );
+    println!("  state kept in {}", db.display());
+    if args.db.is_none() {
+        drop(engine);
+        drop(backend);
+        let _ = std::fs::remove_file(&temp_db);
+        let _ = std::fs::remove_file(temp_db.with_extension("db-wal"));
+        let _ = std::fs::remove_file(temp_db.with_extension("db-shm"));
+    }
     let passed = checks.iter().filter(|c| **c).count();
     println!("{passed} passed, {} failed", checks.len() - passed);
     Ok(passed == checks.len())

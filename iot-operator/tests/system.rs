@@ -19,6 +19,7 @@ fn the_main_command_passes_its_self_checks() {
         minutes: 0.4,
         listen: "127.0.0.1:0".parse().unwrap(),
         info_file: Some(info.clone()),
+        db: None,
         ota_jitter_ms: 200,
         quiet_operator: false,
     };
