@@ -14,7 +14,7 @@ use iot_fleet::{DeviceServer, Handled, Reply, Session};
 use iot_mqtt::bridge::{BridgeError, Downlink, EnvelopeHandler};
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, EngineError, TrafficCounts, unix_ms};
+use crate::engine::{Engine, EngineError, StoredAudit, StoredEntry, TrafficCounts, unix_ms};
 
 /// A device message the server left to the application (telemetry, acks...).
 #[derive(Debug, Clone)]
@@ -258,6 +258,28 @@ impl Engine for DurableEngine {
 
     fn now_ms(&self) -> u64 {
         unix_ms()
+    }
+
+    fn stored_audit(&self, last: u32) -> Option<Result<StoredAudit, EngineError>> {
+        let read = self.backend.lock().server.audit_tail(last);
+        Some(
+            read.map(|(head, records)| StoredAudit {
+                head: head.seq,
+                entries: records
+                    .into_iter()
+                    .map(|r| StoredEntry {
+                        seq: r.seq,
+                        at_ms: r.event.at_ms,
+                        tenant: r.event.tenant,
+                        device: r.event.device,
+                        payload: serde_json::from_slice(&r.event.payload)
+                            .unwrap_or(serde_json::Value::Null),
+                        hash: r.hash,
+                    })
+                    .collect(),
+            })
+            .map_err(|e| EngineError(e.to_string())),
+        )
     }
 
     fn deliver(&self, device: DeviceId, messages: Vec<Reply>) {

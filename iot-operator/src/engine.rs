@@ -32,6 +32,32 @@ pub struct TrafficCounts {
 #[error("backend unavailable: {0}")]
 pub struct EngineError(pub String);
 
+/// One entry of a stored audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// When.
+    pub at_ms: u64,
+    /// The tenant whose data changed.
+    pub tenant: iot_core::TenantId,
+    /// The device concerned.
+    pub device: Option<DeviceId>,
+    /// Actor, scope and action, as the store keeps them (JSON).
+    pub payload: serde_json::Value,
+    /// The entry's chain hash.
+    pub hash: [u8; 32],
+}
+
+/// A verified stored audit trail's head and newest entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAudit {
+    /// The head's sequence number (entries verified).
+    pub head: u64,
+    /// The newest entries, oldest first.
+    pub entries: Vec<StoredEntry>,
+}
+
 /// The backend the API drives.
 pub trait Engine: Send + Sync + 'static {
     /// Runs `f` on the server and makes what it changed durable before returning (the
@@ -47,6 +73,13 @@ pub trait Engine: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
     /// Delivers operator messages to `device` (at least once, in order).
     fn deliver(&self, device: DeviceId, messages: Vec<Reply>);
+    /// The newest `last` entries of an audit trail kept outside the server's memory (a
+    /// durable store), with the chain verified; `None` when the server's own log is the
+    /// trail.
+    fn stored_audit(&self, last: u32) -> Option<Result<StoredAudit, EngineError>> {
+        let _ = last;
+        None
+    }
     /// Device traffic so far.
     fn traffic(&self) -> TrafficCounts {
         TrafficCounts::default()
