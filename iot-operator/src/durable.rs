@@ -44,6 +44,7 @@ struct Counters {
     refused: AtomicU64,
     downlinks: AtomicU64,
     dropped: AtomicU64,
+    refusals: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The durable backend. Cheap to clone: clones share the server.
@@ -88,6 +89,16 @@ impl DurableBackend {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         *self.events.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         rx
+    }
+
+    /// Device messages refused so far, by cause (the error's kind).
+    pub fn refusals_by_cause(&self) -> Vec<(String, u64)> {
+        let refusals = self
+            .counters
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        refusals.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Runs `f` on the durable server itself (setup, shutdown checks).
@@ -170,8 +181,22 @@ impl DurableBackend {
                 }
                 Vec::new()
             }
-            Err(_) => {
+            Err(e) => {
+                drop(inner);
                 bump(&self.counters.refused, 1);
+                let cause = match &e {
+                    iot_fleet::durable::DurableError::Server(s) => {
+                        iot_core::Error::kind(s).to_string()
+                    }
+                    other => format!("{other}"),
+                };
+                let mut refusals = self
+                    .counters
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let n = refusals.entry(cause).or_default();
+                *n = n.saturating_add(1);
                 Vec::new()
             }
         }
@@ -288,6 +313,16 @@ impl Engine for DurableEngine {
         self.runtime.spawn(async move {
             let _ = backend.send(&downlink, device, messages).await;
         });
+    }
+
+    fn refusals_by_cause(&self) -> Vec<(String, u64)> {
+        let refusals = self
+            .backend
+            .counters
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        refusals.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     fn traffic(&self) -> TrafficCounts {

@@ -80,6 +80,11 @@ pub trait Engine: Send + Sync + 'static {
         let _ = last;
         None
     }
+    /// Device messages refused so far, by cause (the error kind: `unauthorized` for an
+    /// identity mismatch, `decode` for garbage, `not_found` for an unknown device...).
+    fn refusals_by_cause(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
     /// Device traffic so far.
     fn traffic(&self) -> TrafficCounts {
         TrafficCounts::default()

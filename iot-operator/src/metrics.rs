@@ -5,6 +5,7 @@
 //! | `iot_devices` | tenant, state, health | devices by lifecycle state and health, per tenant (computed at scrape) |
 //! | `iot_device_messages_in_total`, `iot_device_messages_out_total` | | device traffic through the engine |
 //! | `iot_device_refusals_total`, `iot_device_drops_total` | | device messages refused by the server, dropped on the way |
+//! | `iot_device_refusals_by_cause` | cause | device messages refused, by error kind (durable backend) |
 //! | `iot_api_requests_total` | status | API requests by HTTP status |
 //! | `iot_api_refusals_total` | cause | API requests refused, by cause (`unauthorized`, `unknown_field`...) |
 //! | `iot_rollout_stage_devices` | tenant, rollout, stage, outcome | rollout stage tallies |
@@ -47,6 +48,7 @@ pub struct Metrics {
     messages_out: Counter,
     refusals: Counter,
     drops: Counter,
+    refusals_by_cause: Family<Labels, Gauge>,
     requests: Family<Labels, Counter>,
     api_refusals: Family<Labels, Counter>,
     stages: Family<Labels, Gauge>,
@@ -75,6 +77,7 @@ impl Metrics {
         let messages_out = Counter::default();
         let refusals = Counter::default();
         let drops = Counter::default();
+        let refusals_by_cause = Family::<Labels, Gauge>::default();
         let requests = Family::<Labels, Counter>::default();
         let api_refusals = Family::<Labels, Counter>::default();
         let stages = Family::<Labels, Gauge>::default();
@@ -106,6 +109,11 @@ impl Metrics {
             drops.clone(),
         );
         registry.register(
+            "iot_device_refusals_by_cause",
+            "Device messages the server refused, by cause (error kind)",
+            refusals_by_cause.clone(),
+        );
+        registry.register(
             "iot_api_requests",
             "API requests by HTTP status",
             requests.clone(),
@@ -132,6 +140,7 @@ impl Metrics {
             messages_out,
             refusals,
             drops,
+            refusals_by_cause,
             requests,
             api_refusals,
             stages,
@@ -177,6 +186,11 @@ impl Metrics {
             self.drops
                 .inc_by(traffic.dropped.saturating_sub(last.dropped));
             *last = traffic;
+        }
+        for (cause, n) in engine.refusals_by_cause() {
+            self.refusals_by_cause
+                .get_or_create(&labels(&[("cause", &cause)]))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let now = engine.now_ms();
         self.devices.clear();
