@@ -185,6 +185,22 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<
     }
 }
 
+/// Path parameters, refused with a clear reason when they do not parse (`/rollouts/abc`).
+#[derive(Debug)]
+pub struct PathParam<T>(pub T);
+
+#[axum::async_trait]
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathParam(p))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request("invalid_id", format!("`{raw}` is not a device id")))
@@ -891,7 +907,7 @@ async fn health(
 async fn publish_firmware(
     State(app): State<AppState>,
     Caller(p): Caller,
-    Path(version): Path<u32>,
+    PathParam(version): PathParam<u32>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
     if !p.role.allows(Role::Admin) {
@@ -1009,7 +1025,7 @@ async fn list_rollouts(
 async fn get_rollout(
     State(app): State<AppState>,
     Caller(p): Caller,
-    Path(id): Path<u32>,
+    PathParam(id): PathParam<u32>,
 ) -> Result<Json<Json_>, ApiError> {
     app.run("rollout", |server| rollout_json(server, &p, id).map(Json))?
 }
@@ -1017,7 +1033,7 @@ async fn get_rollout(
 async fn rollout_action(
     State(app): State<AppState>,
     Caller(p): Caller,
-    Path((id, action)): Path<(u32, String)>,
+    PathParam((id, action)): PathParam<(u32, String)>,
 ) -> Result<Json<Json_>, ApiError> {
     let now = app.engine.now_ms();
     let (body, jobs) = app.run("rollout", |server| {

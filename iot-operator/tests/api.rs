@@ -478,6 +478,25 @@ async fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let dup = json!({"devices": [{"device_id": "x-1", "secret_hex": "ab".repeat(32), "sku": "X", "serial": 1}, {"device_id": acme(2), "secret_hex": "ab".repeat(32), "sku": "X", "serial": 2}]});
     let (s, e) = json_req(app, Method::POST, "/api/v1/provision", t, dup).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (s, e) = send(
+        app,
+        Method::POST,
+        "/api/v1/rollouts/abc/pause",
+        Some(t),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_path")),
+        "{e}"
+    );
+    let (s, e) = get(app, "/api/v1/rollouts/-1", t).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_path")),
+        "{e}"
+    );
     let (s, e) = send(app, Method::GET, "/api/v1/nothing", Some(t), None).await;
     assert_eq!(
         (s, e["error"].as_str()),
