@@ -353,6 +353,24 @@ impl DurableServer {
         Ok(verified?)
     }
 
+    /// Verifies the stored audit trail's hash chain and reads its newest `last` entries, for
+    /// an audit export; the writer pauses meanwhile. Returns the verified head and the
+    /// entries, oldest first.
+    pub fn audit_tail(
+        &mut self,
+        last: u32,
+    ) -> Result<(iot_store::AuditHead, Vec<iot_store::AuditRecord>), DurableError> {
+        let mut store = self.take_store()?;
+        let read = store.verify_audit().and_then(|head| {
+            let from = head.seq.saturating_sub(u64::from(last)).saturating_add(1);
+            store.audit_range(from, last).map(|records| (head, records))
+        });
+        let group = GroupCommit::spawn(store, self.config).inspect_err(|_| self.stopped = true)?;
+        self.handle = group.handle();
+        self.group = Some(group);
+        Ok(read?)
+    }
+
     /// The server, for reads (the fleet, reported values).
     pub fn server(&self) -> &DeviceServer {
         &self.server

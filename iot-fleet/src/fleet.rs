@@ -1038,6 +1038,15 @@ impl<V: ProofVerifier> Fleet<V> {
         Ok(scoped)
     }
 
+    /// The ids of the caller's tenant's rollouts whose scope the caller may see, oldest
+    /// first.
+    pub fn rollout_ids<'a>(&'a self, p: &'a Principal) -> impl Iterator<Item = u32> + 'a {
+        self.rollouts
+            .range((p.tenant, 0)..=(p.tenant, u32::MAX))
+            .filter(move |(_, s)| p.check(&p.tenant, &s.scope, Role::Viewer).is_ok())
+            .map(|((_, id), _)| *id)
+    }
+
     // ----- tenant-facing writes ----------------------------------------------------------
 
     /// An operator applies a lifecycle `event` to a device (for example `ManualIntervention`
