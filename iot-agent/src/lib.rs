@@ -701,7 +701,8 @@ where
             node,
             Limits::DEFAULT,
             MAX_CLOCK_DRIFT_MS,
-        );
+        )
+        .with_last_version(restored.shadow_version);
         self.refresh_cadence(now_ms);
         self.apply_state(app);
         self.lifecycle = Lifecycle::resume(restored.lifecycle);
@@ -728,6 +729,7 @@ where
         ])?;
         w.put(&self.epoch.to_le_bytes())?;
         w.put(&self.heartbeat_seq.to_le_bytes())?;
+        w.put(&self.shadow.last_version().to_le_bytes())?;
         let mut config = [0u8; 96];
         let n = iot_core::codec::encode_into(self.config.current(), &mut config).ok()?;
         w.put(&u16::try_from(n).ok()?.to_le_bytes())?;
@@ -1643,7 +1645,7 @@ where
 }
 
 /// The format of the record [`Agent::save`] writes.
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 fn record_digest(record: &[u8]) -> u32 {
     crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(record)
@@ -1689,6 +1691,7 @@ struct Restored<T, const C: usize> {
     lifecycle: State,
     epoch: u16,
     heartbeat_seq: u32,
+    shadow_version: u64,
     config: DeviceConfig,
     state: T,
     acks: heapless::Vec<CommandAck, C>,
@@ -1706,6 +1709,7 @@ fn decode_record<T: ShadowState, const C: usize>(
     let lifecycle = *State::ALL.get(usize::from(r.byte()?))?;
     let epoch = u16::from_le_bytes(r.array()?);
     let heartbeat_seq = u32::from_le_bytes(r.array()?);
+    let shadow_version = u64::from_le_bytes(r.array()?);
     let n = usize::from(u16::from_le_bytes(r.array()?));
     let config: DeviceConfig = iot_core::codec::decode(r.take(n)?).ok()?;
     let fields = usize::from(r.byte()?);
@@ -1733,6 +1737,7 @@ fn decode_record<T: ShadowState, const C: usize>(
         lifecycle,
         epoch,
         heartbeat_seq,
+        shadow_version,
         config,
         state,
         acks,

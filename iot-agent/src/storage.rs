@@ -2,7 +2,8 @@
 //! [`FlashStorage`], an implementation on any `embedded-storage` [`NorFlash`] through
 //! [`sequential_storage`]'s key-value map.
 //!
-//! The agent writes its state as one record ([`crate::Agent::save`]) and reads it back at
+//! The agent writes its state as one record (and the runner the transport outbox's image as
+//! a second one, [`OUTBOX_RECORD`]) ([`crate::Agent::save`]) and reads it back at
 //! boot ([`crate::Agent::restore`]). [`FlashStorage`] keeps the record as the single item
 //! of a `sequential-storage` map over at least two erase pages: each save appends a new
 //! item (CRC-protected) and only erases a page once a newer copy exists elsewhere, so a
@@ -23,15 +24,33 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use sequential_storage::cache::{Cache, Uncached};
 use sequential_storage::map::{MapConfig, MapStorage};
 
-/// Where the agent keeps its record.
+/// The key of the agent's own record ([`Storage::save`], [`Storage::load`]).
+pub const AGENT_RECORD: u8 = 0;
+/// The key of the transport outbox's image (pending QoS 1/2 messages, see
+/// [`crate::runner::Runner::save`]).
+pub const OUTBOX_RECORD: u8 = 1;
+
+/// Where the agent keeps its records, each under a one-byte key.
 pub trait Storage {
-    /// Why the record could not be read or written.
+    /// Why a record could not be read or written.
     type Error;
-    /// Replaces the stored record with `record`; the old record stays readable until the
-    /// new one is complete.
-    fn save(&mut self, record: &[u8]) -> Result<(), Self::Error>;
-    /// Reads the newest complete record into `buf`; `Ok(None)` if there is none.
-    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Self::Error>;
+    /// Replaces the record under `key` with `record`; the old record stays readable until
+    /// the new one is complete.
+    fn save_item(&mut self, key: u8, record: &[u8]) -> Result<(), Self::Error>;
+    /// Reads the newest complete record under `key` into `buf`; `Ok(None)` if there is none.
+    fn load_item<'b>(
+        &mut self,
+        key: u8,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, Self::Error>;
+    /// Replaces the agent's record ([`AGENT_RECORD`]).
+    fn save(&mut self, record: &[u8]) -> Result<(), Self::Error> {
+        self.save_item(AGENT_RECORD, record)
+    }
+    /// Reads the agent's record ([`AGENT_RECORD`]).
+    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Self::Error> {
+        self.load_item(AGENT_RECORD, buf)
+    }
 }
 
 /// Why a [`FlashStorage`] operation failed.
@@ -108,12 +127,12 @@ fn map_error<E>(error: sequential_storage::Error<E>) -> StorageError {
     }
 }
 
-type Map<F> = MapStorage<(), Blocking<F>, Cache<Uncached, Uncached, Uncached, ()>>;
+type Map<F> = MapStorage<u8, Blocking<F>, Cache<Uncached, Uncached, Uncached, u8>>;
 
-/// The agent's record in a `sequential-storage` map over `range` of `flash` (erase-aligned,
-/// at least two pages). Records of up to `N` bytes (the map's item, key and value, is built
-/// in an `N`-byte buffer on the stack while saving; `N` a multiple of the flash's write
-/// size). A record must also fit one erase page less the item header and page markers.
+/// The agent's records in a `sequential-storage` map over `range` of `flash` (erase-aligned,
+/// at least two pages). Records of up to `N` bytes (the map's items, key and value, pass
+/// through an `N`-byte buffer on the stack while saving and loading; `N` a multiple of the
+/// flash's write size). A record must also fit one erase page less the item header and page markers.
 pub struct FlashStorage<F: NorFlash, const N: usize> {
     map: Map<F>,
 }
@@ -151,22 +170,35 @@ impl<F: NorFlash, const N: usize> FlashStorage<F, N> {
 impl<F: NorFlash, const N: usize> Storage for FlashStorage<F, N> {
     type Error = StorageError;
 
-    fn save(&mut self, record: &[u8]) -> Result<(), StorageError> {
+    fn save_item(&mut self, key: u8, record: &[u8]) -> Result<(), StorageError> {
         let mut buf = [0u8; N];
         run(async {
             self.map
-                .store_item(&mut buf, &(), &record)
+                .store_item(&mut buf, &key, &record)
                 .await
                 .map_err(map_error)
         })
     }
 
-    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, StorageError> {
-        run(async {
+    fn load_item<'b>(
+        &mut self,
+        key: u8,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, StorageError> {
+        // The map reads every item it passes (of any key) into the buffer: fetch into an
+        // `N`-byte one, then copy the record out.
+        let mut tmp = [0u8; N];
+        let found = run(async {
             self.map
-                .fetch_item::<&'b [u8]>(buf, &())
+                .fetch_item::<&[u8]>(&mut tmp, &key)
                 .await
                 .map_err(map_error)
-        })
+        })?;
+        let Some(record) = found else {
+            return Ok(None);
+        };
+        let out = buf.get_mut(..record.len()).ok_or(StorageError::TooLarge)?;
+        out.copy_from_slice(record);
+        Ok(Some(out))
     }
 }
