@@ -73,10 +73,13 @@
 //!   value under last-writer-wins; the refusal is counted
 //!   ([`AgentStats::desired_refused`]) and kept ([`Agent::last_refusal`]), and the
 //!   backend records it (`iot_fleet::DeviceServer::declined`).
-//! - **Restart.** [`Agent::save`] writes the agent's record to a [`Storage`] (on a device
-//!   [`storage::FlashStorage`] on the chip's `NorFlash`) whenever it changed;
-//!   [`Agent::restore`] at boot resumes a registered device without registering again,
-//!   re-applies its state to the hardware and fetches the shadow document.
+//! - **Restart.** [`Agent::save`] writes the agent's record (lifecycle, configuration,
+//!   shadow state and version, remembered command acks, message-id epoch) to a [`Storage`]
+//!   (on a device [`storage::FlashStorage`], a `sequential-storage` map on the chip's
+//!   `NorFlash`) whenever it changed; [`Agent::restore`] at boot resumes a registered device
+//!   without registering again, re-applies its state to the hardware and fetches the shadow
+//!   document. [`runner::Runner::save`] and [`runner::Runner::restore`] add the transport
+//!   outbox's pending QoS 1/2 messages.
 //! - **Decommissioning** (`Decommission` message with a
 //!   [`DecommissionReason`](iot_lifecycle::registration::DecommissionReason)): user data and the secret are wiped by
 //!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
