@@ -73,10 +73,13 @@
 //!   value under last-writer-wins; the refusal is counted
 //!   ([`AgentStats::desired_refused`]) and kept ([`Agent::last_refusal`]), and the
 //!   backend records it (`iot_fleet::DeviceServer::declined`).
-//! - **Restart.** [`Agent::save`] writes the agent's record to a [`Storage`] (on a device
-//!   [`storage::FlashStorage`] on the chip's `NorFlash`) whenever it changed;
-//!   [`Agent::restore`] at boot resumes a registered device without registering again,
-//!   re-applies its state to the hardware and fetches the shadow document.
+//! - **Restart.** [`Agent::save`] writes the agent's record (lifecycle, configuration,
+//!   shadow state and version, remembered command acks, message-id epoch) to a [`Storage`]
+//!   (on a device [`storage::FlashStorage`], a `sequential-storage` map on the chip's
+//!   `NorFlash`) whenever it changed; [`Agent::restore`] at boot resumes a registered device
+//!   without registering again, re-applies its state to the hardware and fetches the shadow
+//!   document. [`runner::Runner::save`] and [`runner::Runner::restore`] add the transport
+//!   outbox's pending QoS 1/2 messages.
 //! - **Decommissioning** (`Decommission` message with a
 //!   [`DecommissionReason`](iot_lifecycle::registration::DecommissionReason)): user data and the secret are wiped by
 //!   [`registration::decommission`](iot_lifecycle::registration::decommission), the audit record is
@@ -701,7 +704,8 @@ where
             node,
             Limits::DEFAULT,
             MAX_CLOCK_DRIFT_MS,
-        );
+        )
+        .with_last_version(restored.shadow_version);
         self.refresh_cadence(now_ms);
         self.apply_state(app);
         self.lifecycle = Lifecycle::resume(restored.lifecycle);
@@ -728,6 +732,7 @@ where
         ])?;
         w.put(&self.epoch.to_le_bytes())?;
         w.put(&self.heartbeat_seq.to_le_bytes())?;
+        w.put(&self.shadow.last_version().to_le_bytes())?;
         let mut config = [0u8; 96];
         let n = iot_core::codec::encode_into(self.config.current(), &mut config).ok()?;
         w.put(&u16::try_from(n).ok()?.to_le_bytes())?;
@@ -1643,7 +1648,7 @@ where
 }
 
 /// The format of the record [`Agent::save`] writes.
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 fn record_digest(record: &[u8]) -> u32 {
     crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(record)
@@ -1689,6 +1694,7 @@ struct Restored<T, const C: usize> {
     lifecycle: State,
     epoch: u16,
     heartbeat_seq: u32,
+    shadow_version: u64,
     config: DeviceConfig,
     state: T,
     acks: heapless::Vec<CommandAck, C>,
@@ -1706,6 +1712,7 @@ fn decode_record<T: ShadowState, const C: usize>(
     let lifecycle = *State::ALL.get(usize::from(r.byte()?))?;
     let epoch = u16::from_le_bytes(r.array()?);
     let heartbeat_seq = u32::from_le_bytes(r.array()?);
+    let shadow_version = u64::from_le_bytes(r.array()?);
     let n = usize::from(u16::from_le_bytes(r.array()?));
     let config: DeviceConfig = iot_core::codec::decode(r.take(n)?).ok()?;
     let fields = usize::from(r.byte()?);
@@ -1733,6 +1740,7 @@ fn decode_record<T: ShadowState, const C: usize>(
         lifecycle,
         epoch,
         heartbeat_seq,
+        shadow_version,
         config,
         state,
         acks,

@@ -11,17 +11,59 @@
 //! answer messages through the same endpoint that received them. A message that does not
 //! fit is refused before it is acknowledged and counted ([`Runner::dropped`]): its QoS 1/2
 //! sender retransmits it, so no message the sender believes delivered is lost.
+//!
+//! Across a reboot: [`Runner::save`] writes the transport outbox's image (the QoS 1/2
+//! messages not yet acknowledged by the peer, for example command acks) and then the agent's
+//! record to a [`Storage`]; [`Runner::restore`] reads both back at boot. A step leaves its
+//! inbox empty (every message it acknowledged has been handed to the agent), so a save after
+//! a step holds everything the peer was told arrived.
 
 use heapless::Deque;
 use iot_core::{EnvelopeBuf, MessageKind, QoS};
 use iot_transport::Link;
-use iot_transport::outbox::Priority;
+use iot_transport::outbox::{OutboxError, Priority};
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::rng::Rng;
 
 use iot_shadow::typed::ShadowState;
 
+use crate::storage::{OUTBOX_RECORD, Storage};
 use crate::{Agent, App, Outbound};
+
+/// Why [`Runner::save`] or [`Runner::restore`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PersistError<E> {
+    /// The storage failed.
+    Storage(E),
+    /// The outbox image did not fit the image buffer, or the stored one did not restore.
+    Outbox(OutboxError),
+}
+
+/// A caller's buffer behind the `embedded_storage` traits, for the outbox image.
+struct Scratch<'a>(&'a mut [u8]);
+
+impl embedded_storage::ReadStorage for Scratch<'_> {
+    type Error = ();
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), ()> {
+        let start = usize::try_from(offset).map_err(|_| ())?;
+        let end = start.checked_add(bytes.len()).ok_or(())?;
+        bytes.copy_from_slice(self.0.get(start..end).ok_or(())?);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl embedded_storage::Storage for Scratch<'_> {
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), ()> {
+        let start = usize::try_from(offset).map_err(|_| ())?;
+        let end = start.checked_add(bytes.len()).ok_or(())?;
+        self.0.get_mut(start..end).ok_or(())?.copy_from_slice(bytes);
+        Ok(())
+    }
+}
 
 /// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
 #[allow(async_fn_in_trait)] // Single-threaded device executors, as `iot_transport::Link`.
@@ -84,6 +126,8 @@ pub struct Runner<const K: usize, const P: usize> {
     inbox: Deque<EnvelopeBuf<P>, K>,
     dropped: u32,
     refused: u32,
+    /// The CRC-32 of the outbox image last saved.
+    saved_outbox: Option<u32>,
 }
 
 impl<const K: usize, const P: usize> Default for Runner<K, P> {
@@ -99,6 +143,129 @@ impl<const K: usize, const P: usize> Runner<K, P> {
             inbox: Deque::new(),
             dropped: 0,
             refused: 0,
+            saved_outbox: None,
+        }
+    }
+
+    /// Writes the endpoint's outbox image (if it changed since the last save; built in
+    /// `scratch`, which must hold `endpoint.outbox().image_len()` bytes) and then the agent's record ([`Agent::save`]) to
+    /// `storage`. Outbox first: a power cut between the two leaves pending replies that
+    /// are resent (the peer's dedup window drops them), never an agent that believes a
+    /// reply queued which the outbox lost. `Ok(true)`: something was written.
+    pub fn save<
+        St: Storage + ?Sized,
+        L: Link,
+        R: Rng,
+        const N: usize,
+        const M: usize,
+        const D: usize,
+        T: ShadowState + Clone + PartialEq,
+        const H: usize,
+        const C: usize,
+        const S: usize,
+        const BUF: usize,
+        const RD: usize,
+    >(
+        &mut self,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
+        endpoint: &ReliableEndpoint<L, R, N, M, D>,
+        storage: &mut St,
+        scratch: &mut [u8],
+    ) -> Result<bool, PersistError<St::Error>> {
+        endpoint
+            .outbox()
+            .save(&mut Scratch(scratch), 0)
+            .map_err(PersistError::Outbox)?;
+        let len = endpoint.outbox().image_len();
+        let bytes = scratch
+            .get(..len)
+            .ok_or(PersistError::Outbox(OutboxError::StorageTooSmall))?;
+        let digest = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(bytes);
+        let mut wrote = false;
+        if self.saved_outbox != Some(digest) {
+            storage
+                .save_item(OUTBOX_RECORD, bytes)
+                .map_err(PersistError::Storage)?;
+            self.saved_outbox = Some(digest);
+            wrote = true;
+        }
+        let saved = agent.save(storage).map_err(PersistError::Storage)?;
+        Ok(wrote || saved)
+    }
+
+    /// At boot: [`Agent::restore`], then the outbox image [`Runner::save`] wrote into the
+    /// endpoint's outbox (its messages due at once, keeping their ids; read through
+    /// `scratch`, as large as the one given to [`Runner::save`]). Returns what
+    /// [`Agent::restore`] returns. Start the endpoint's new ids at
+    /// [`Agent::first_message_id`] (`ReliableEndpoint::with_next_id`).
+    pub fn restore<
+        St: Storage + ?Sized,
+        L: Link,
+        R: Rng,
+        const N: usize,
+        const M: usize,
+        const D: usize,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
+        const H: usize,
+        const C: usize,
+        const S: usize,
+        const BUF: usize,
+        const RD: usize,
+    >(
+        &mut self,
+        now_ms: u64,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
+        endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
+        board: &mut A,
+        storage: &mut St,
+        scratch: &mut [u8],
+    ) -> Result<bool, PersistError<St::Error>> {
+        let restored = agent
+            .restore(storage, now_ms, board, &mut EndpointOutbound::new(endpoint))
+            .map_err(PersistError::Storage)?;
+        let found = storage
+            .load_item(OUTBOX_RECORD, scratch)
+            .map_err(PersistError::Storage)?
+            .is_some();
+        if found {
+            endpoint
+                .outbox_mut()
+                .restore(&mut Scratch(scratch), 0, now_ms)
+                .map_err(PersistError::Outbox)?;
+        }
+        self.saved_outbox = None;
+        Ok(restored)
+    }
+
+    fn handle_inbox<
+        L: Link,
+        R: Rng,
+        const N: usize,
+        const M: usize,
+        const D: usize,
+        T: ShadowState + Clone + PartialEq,
+        A: App<State = T> + ?Sized,
+        const H: usize,
+        const C: usize,
+        const S: usize,
+        const BUF: usize,
+        const RD: usize,
+    >(
+        &mut self,
+        now_ms: u64,
+        agent: &mut Agent<T, H, C, S, BUF, RD>,
+        endpoint: &mut ReliableEndpoint<L, R, N, M, D>,
+        board: &mut A,
+    ) {
+        while let Some(env) = self.inbox.pop_front() {
+            let mut out = EndpointOutbound::new(endpoint);
+            if agent
+                .handle(now_ms, &env.as_ref(), board, &mut out)
+                .is_err()
+            {
+                self.refused = self.refused.saturating_add(1);
+            }
         }
     }
 
@@ -166,18 +333,13 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         board: &mut A,
     ) -> Result<Option<u64>, EndpointError<L::Error>> {
         self.receive(now_ms, endpoint).await?;
-        while let Some(env) = self.inbox.pop_front() {
-            let mut out = EndpointOutbound::new(endpoint);
-            if agent
-                .handle(now_ms, &env.as_ref(), board, &mut out)
-                .is_err()
-            {
-                self.refused = self.refused.saturating_add(1);
-            }
-        }
+        self.handle_inbox(now_ms, agent, endpoint, board);
         let next_agent = agent.poll(now_ms, board, &mut EndpointOutbound::new(endpoint));
         let next_link = self.receive(now_ms, endpoint).await?;
         if !self.inbox.is_empty() {
+            // Acknowledged messages are the agent's before the step returns (and before a
+            // save); what they queued goes out at the next step, due at once.
+            self.handle_inbox(now_ms, agent, endpoint, board);
             return Ok(Some(now_ms));
         }
         Ok(match (next_agent, next_link) {

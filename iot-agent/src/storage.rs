@@ -1,25 +1,56 @@
 //! Keeping the agent's promises across a reboot: a [`Storage`] for one record, and
-//! [`FlashStorage`], an implementation on any `embedded-storage` [`NorFlash`].
+//! [`FlashStorage`], an implementation on any `embedded-storage` [`NorFlash`] through
+//! [`sequential_storage`]'s key-value map.
 //!
-//! The agent writes its state as one record ([`crate::Agent::save`]) and reads it back at
-//! boot ([`crate::Agent::restore`]). [`FlashStorage`] keeps the record in two
-//! erase-aligned slots and writes the slot *not* holding the newest record, the record's
-//! CRC-32 and sequence number last in importance: a power cut during any erase or write
-//! leaves the other slot's record whole, and a torn record fails its CRC, so boot always
-//! finds the last record saved completely.
+//! The agent writes its state as one record (and the runner the transport outbox's image as
+//! a second one, [`OUTBOX_RECORD`]) ([`crate::Agent::save`]) and reads it back at
+//! boot ([`crate::Agent::restore`]). [`FlashStorage`] keeps the record as the single item
+//! of a `sequential-storage` map over at least two erase pages: each save appends a new
+//! item (CRC-protected) and only erases a page once a newer copy exists elsewhere, so a
+//! power cut during any erase or write leaves the previous record readable, a torn item is
+//! skipped, and a half-erased page is repaired at the next operation. Writes spread over
+//! the pages (wear levelling) instead of erasing the same slot at every save.
+//!
+//! `sequential-storage` is async over `embedded-storage-async`; a blocking flash is adapted
+//! here and each operation is polled once: with a blocking flash the future never waits, and
+//! if it ever did the operation is reported as [`StorageError::Flash`] instead of blocking.
 
-use crc::{CRC_32_ISO_HDLC, Crc};
-use embedded_storage::nor_flash::NorFlash;
+use core::future::Future;
+use core::ops::Range;
+use core::pin::pin;
+use core::task::{Context, Poll, Waker};
 
-/// Where the agent keeps its record.
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use sequential_storage::cache::{Cache, Uncached};
+use sequential_storage::map::{MapConfig, MapStorage};
+
+/// The key of the agent's own record ([`Storage::save`], [`Storage::load`]).
+pub const AGENT_RECORD: u8 = 0;
+/// The key of the transport outbox's image (pending QoS 1/2 messages, see
+/// [`crate::runner::Runner::save`]).
+pub const OUTBOX_RECORD: u8 = 1;
+
+/// Where the agent keeps its records, each under a one-byte key.
 pub trait Storage {
-    /// Why the record could not be read or written.
+    /// Why a record could not be read or written.
     type Error;
-    /// Replaces the stored record with `record`; the old record stays readable until the
-    /// new one is complete.
-    fn save(&mut self, record: &[u8]) -> Result<(), Self::Error>;
-    /// Reads the newest complete record into `buf`; `Ok(None)` if there is none.
-    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Self::Error>;
+    /// Replaces the record under `key` with `record`; the old record stays readable until
+    /// the new one is complete.
+    fn save_item(&mut self, key: u8, record: &[u8]) -> Result<(), Self::Error>;
+    /// Reads the newest complete record under `key` into `buf`; `Ok(None)` if there is none.
+    fn load_item<'b>(
+        &mut self,
+        key: u8,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, Self::Error>;
+    /// Replaces the agent's record ([`AGENT_RECORD`]).
+    fn save(&mut self, record: &[u8]) -> Result<(), Self::Error> {
+        self.save_item(AGENT_RECORD, record)
+    }
+    /// Reads the agent's record ([`AGENT_RECORD`]).
+    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Self::Error> {
+        self.load_item(AGENT_RECORD, buf)
+    }
 }
 
 /// Why a [`FlashStorage`] operation failed.
@@ -30,172 +61,144 @@ pub enum StorageError {
     /// The flash refused an erase, write or read.
     #[error("flash operation failed")]
     Flash,
-    /// The record does not fit a slot (or the buffer given to `load`).
+    /// The record does not fit a page (or the buffer given to `load`).
     #[error("record too large")]
     TooLarge,
-    /// The slots are not erase-aligned or do not fit the flash.
-    #[error("bad slot layout")]
+    /// The range is not erase-aligned, is shorter than two pages or does not fit the flash.
+    #[error("bad flash layout")]
     Layout,
+    /// The flash holds data `sequential-storage` could not repair (erase the range).
+    #[error("flash contents corrupted")]
+    Corrupted,
 }
 
-const CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
-/// Header: magic (4), sequence (4), length (4), CRC-32 of sequence, length and data (4).
-const HEADER: usize = 16;
-const MAGIC: [u8; 4] = *b"IOTA";
-
-/// Two slots of `slot_size` bytes at the start of `flash`; records of up to `N` bytes
-/// including the 16-byte header (`N` a multiple of the flash's write size; the write
-/// buffer is on the stack while saving).
+/// A blocking [`NorFlash`] seen as an `embedded-storage-async` one.
 #[derive(Debug)]
-pub struct FlashStorage<F, const N: usize> {
-    flash: F,
-    slot_size: u32,
-    /// The newest record's sequence number and slot, once known.
-    newest: Option<(u32, u32)>,
+pub struct Blocking<F>(F);
+
+impl<F: embedded_storage::nor_flash::ErrorType> embedded_storage_async::nor_flash::ErrorType
+    for Blocking<F>
+{
+    type Error = F::Error;
+}
+
+impl<F: ReadNorFlash> embedded_storage_async::nor_flash::ReadNorFlash for Blocking<F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), F::Error> {
+        self.0.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl<F: NorFlash> embedded_storage_async::nor_flash::NorFlash for Blocking<F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), F::Error> {
+        self.0.erase(from, to)
+    }
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), F::Error> {
+        self.0.write(offset, bytes)
+    }
+}
+
+/// Runs a future over a blocking flash: it completes at its first poll.
+fn run<T>(future: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(StorageError::Flash),
+    }
+}
+
+fn map_error<E>(error: sequential_storage::Error<E>) -> StorageError {
+    match error {
+        sequential_storage::Error::Storage { .. } => StorageError::Flash,
+        sequential_storage::Error::FullStorage
+        | sequential_storage::Error::BufferTooBig
+        | sequential_storage::Error::BufferTooSmall(_)
+        | sequential_storage::Error::ItemTooBig
+        | sequential_storage::Error::SerializationError(_) => StorageError::TooLarge,
+        _ => StorageError::Corrupted,
+    }
+}
+
+type Map<F> = MapStorage<u8, Blocking<F>, Cache<Uncached, Uncached, Uncached, u8>>;
+
+/// The agent's records in a `sequential-storage` map over `range` of `flash` (erase-aligned,
+/// at least two pages). Records of up to `N` bytes (the map's items, key and value, pass
+/// through an `N`-byte buffer on the stack while saving and loading; `N` a multiple of the
+/// flash's write size). A record must also fit one erase page less the item header and page markers.
+pub struct FlashStorage<F: NorFlash, const N: usize> {
+    map: Map<F>,
+}
+
+impl<F: NorFlash, const N: usize> core::fmt::Debug for FlashStorage<F, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FlashStorage").finish_non_exhaustive()
+    }
 }
 
 impl<F: NorFlash, const N: usize> FlashStorage<F, N> {
-    /// A storage over the first `2 * slot_size` bytes of `flash`.
-    pub fn new(flash: F, slot_size: u32) -> Result<Self, StorageError> {
-        let erase = u32::try_from(F::ERASE_SIZE).map_err(|_| StorageError::Layout)?;
-        let fits = slot_size
-            .checked_mul(2)
-            .is_some_and(|total| total as usize <= flash.capacity());
-        if erase == 0
-            || !slot_size.is_multiple_of(erase)
-            || !fits
-            || N > slot_size as usize
-            || F::WRITE_SIZE == 0
-            || !N.is_multiple_of(F::WRITE_SIZE)
-        {
+    /// A storage over `range` of `flash`.
+    pub fn new(flash: F, range: Range<u32>) -> Result<Self, StorageError> {
+        let fits = usize::try_from(range.end).is_ok_and(|end| end <= flash.capacity());
+        if !fits || F::WRITE_SIZE == 0 || !N.is_multiple_of(F::WRITE_SIZE) {
             return Err(StorageError::Layout);
         }
+        let config = MapConfig::try_new(range).map_err(|_| StorageError::Layout)?;
         Ok(Self {
-            flash,
-            slot_size,
-            newest: None,
+            map: MapStorage::new(Blocking(flash), config, Cache::new_uncached()),
         })
     }
 
     /// The flash, for tests and for other users of the chip.
     pub fn flash_mut(&mut self) -> &mut F {
-        &mut self.flash
+        &mut self.map.flash().0
     }
 
     /// Gives the flash back.
     pub fn into_inner(self) -> F {
-        self.flash
-    }
-
-    /// The sequence number and length of a complete record in `slot`, its data read into
-    /// `buf`.
-    fn check_slot(&mut self, slot: u32, buf: &mut [u8]) -> Option<(u32, usize)> {
-        let offset = slot.checked_mul(self.slot_size)?;
-        let mut header = [0u8; HEADER];
-        self.flash.read(offset, &mut header).ok()?;
-        let field =
-            |i: usize| -> Option<[u8; 4]> { header.get(i..i.checked_add(4)?)?.try_into().ok() };
-        if field(0)? != MAGIC {
-            return None;
-        }
-        let seq = u32::from_le_bytes(field(4)?);
-        let len = usize::try_from(u32::from_le_bytes(field(8)?)).ok()?;
-        let crc = u32::from_le_bytes(field(12)?);
-        let data = buf.get_mut(..len)?;
-        self.flash
-            .read(offset.checked_add(HEADER as u32)?, data)
-            .ok()?;
-        let mut digest = CRC.digest();
-        digest.update(header.get(4..12)?);
-        digest.update(data);
-        (digest.finalize() == crc).then_some((seq, len))
+        self.map.destroy().0.0
     }
 }
 
 impl<F: NorFlash, const N: usize> Storage for FlashStorage<F, N> {
     type Error = StorageError;
 
-    fn save(&mut self, record: &[u8]) -> Result<(), StorageError> {
-        let len = record.len();
-        let total = len.checked_add(HEADER).ok_or(StorageError::TooLarge)?;
-        if total > N {
-            return Err(StorageError::TooLarge);
-        }
-        if self.newest.is_none() {
-            let mut scratch = [0u8; N];
-            let _ = self.load(&mut scratch)?;
-        }
-        let (seq, slot) = match self.newest {
-            Some((seq, slot)) => (seq.wrapping_add(1), u32::from(slot == 0)),
-            None => (1, 0),
-        };
-        let mut page = [0xFFu8; N];
-        let len32 = u32::try_from(len).map_err(|_| StorageError::TooLarge)?;
-        let mut header = [0u8; HEADER];
-        for (dst, src) in header.iter_mut().zip(
-            MAGIC
-                .into_iter()
-                .chain(seq.to_le_bytes())
-                .chain(len32.to_le_bytes()),
-        ) {
-            *dst = src;
-        }
-        let mut digest = CRC.digest();
-        digest.update(header.get(4..12).ok_or(StorageError::Layout)?);
-        digest.update(record);
-        let crc = digest.finalize().to_le_bytes();
-        header
-            .get_mut(12..16)
-            .ok_or(StorageError::Layout)?
-            .copy_from_slice(&crc);
-        page.get_mut(..HEADER)
-            .ok_or(StorageError::TooLarge)?
-            .copy_from_slice(&header);
-        page.get_mut(HEADER..total)
-            .ok_or(StorageError::TooLarge)?
-            .copy_from_slice(record);
-        let write = F::WRITE_SIZE;
-        let padded = total.div_ceil(write).saturating_mul(write);
-        let bytes = page.get(..padded).ok_or(StorageError::TooLarge)?;
-        let offset = slot
-            .checked_mul(self.slot_size)
-            .ok_or(StorageError::Layout)?;
-        let end = offset
-            .checked_add(self.slot_size)
-            .ok_or(StorageError::Layout)?;
-        self.flash
-            .erase(offset, end)
-            .map_err(|_| StorageError::Flash)?;
-        self.flash
-            .write(offset, bytes)
-            .map_err(|_| StorageError::Flash)?;
-        self.newest = Some((seq, slot));
-        Ok(())
+    fn save_item(&mut self, key: u8, record: &[u8]) -> Result<(), StorageError> {
+        let mut buf = [0u8; N];
+        run(async {
+            self.map
+                .store_item(&mut buf, &key, &record)
+                .await
+                .map_err(map_error)
+        })
     }
 
-    fn load<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, StorageError> {
-        let a = self.check_slot(0, buf);
-        let b = self.check_slot(1, buf);
-        // Sequence numbers wrap: the newer of two is the one the other is just behind.
-        let pick = match (a, b) {
-            (Some(a), Some(b)) => {
-                if b.0.wrapping_sub(a.0) < u32::MAX / 2 {
-                    Some((1, b))
-                } else {
-                    Some((0, a))
-                }
-            }
-            (Some(a), None) => Some((0, a)),
-            (None, Some(b)) => Some((1, b)),
-            (None, None) => None,
-        };
-        let Some((slot, (seq, _))) = pick else {
-            self.newest = None;
+    fn load_item<'b>(
+        &mut self,
+        key: u8,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, StorageError> {
+        // The map reads every item it passes (of any key) into the buffer: fetch into an
+        // `N`-byte one, then copy the record out.
+        let mut tmp = [0u8; N];
+        let found = run(async {
+            self.map
+                .fetch_item::<&[u8]>(&mut tmp, &key)
+                .await
+                .map_err(map_error)
+        })?;
+        let Some(record) = found else {
             return Ok(None);
         };
-        // Read the winner again (the other slot's check may have overwritten `buf`).
-        let (_, len) = self.check_slot(slot, buf).ok_or(StorageError::Flash)?;
-        self.newest = Some((seq, slot));
-        Ok(buf.get(..len))
+        let out = buf.get_mut(..record.len()).ok_or(StorageError::TooLarge)?;
+        out.copy_from_slice(record);
+        Ok(Some(out))
     }
 }

@@ -134,6 +134,15 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
         self
     }
 
+    /// Restores the version of the last notification applied after a reboot (from
+    /// [`DeviceShadow::last_version`]), so older notifications still in flight are not
+    /// applied over the restored state.
+    #[must_use]
+    pub const fn with_last_version(mut self, version: u64) -> Self {
+        self.book.last_version = version;
+        self
+    }
+
     /// The typed state.
     pub const fn state(&self) -> &T {
         &self.state

@@ -330,6 +330,12 @@ impl<L: Link, R: Rng, const N: usize, const M: usize, const D: usize>
         self
     }
 
+    /// Starts new message ids at `next_id` from now on (see
+    /// [`ReliableEndpoint::with_next_id`]), for an endpoint already built.
+    pub const fn set_next_id(&mut self, next_id: u32) {
+        self.next_id = next_id;
+    }
+
     /// Keeps partial fragmented messages for `timeout_ms` (default
     /// [`DEFAULT_REASSEMBLY_TIMEOUT_MS`]).
     #[must_use]

@@ -112,8 +112,9 @@ use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::sim::{SimConfig, SimLink, SimNetwork};
 
-/// Two 1 KiB slots on a 4 KiB in-memory flash; records up to 512 bytes.
-type Flash = FlashStorage<MemFlash<4096, 1024, 4>, 512>;
+/// Eight 4 KiB pages of an in-memory flash; records (the agent's, the outbox image) up to
+/// 4 KiB.
+type Flash = FlashStorage<MemFlash<32768, 4096, 4>, 4096>;
 
 const SECRET: [u8; 32] = [0x77; 32];
 
@@ -185,7 +186,8 @@ fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboo
         SplitMix64::new(3),
     );
     let mut runner: Runner<4, 512> = Runner::new();
-    let mut flash = Flash::new(MemFlash::new(), 1024).unwrap();
+    let mut flash = Flash::new(MemFlash::new(), 0..32768).unwrap();
+    let mut scratch = [0u8; 4096];
     let mut boosts_before_reboot = Vec::new();
     let mut rebooted = false;
     let mut refusals = (0, None);
@@ -218,11 +220,19 @@ fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboo
     for _ in 0..40_000 {
         let now = clock.now_ms();
         block_on(runner.step(now, &mut agent, &mut endpoint, &mut app)).unwrap();
-        agent.save(&mut flash).unwrap();
-        if !rebooted && now >= 200_000 {
-            // Power off and on: RAM, the endpoint and the hardware start over; only the
-            // flash survives.
+        runner
+            .save(&mut agent, &endpoint, &mut flash, &mut scratch)
+            .unwrap();
+        if !rebooted && burst_sent && app.boosts.len() >= 12 {
+            // Power off and on in the middle of the burst: RAM, the endpoint and the
+            // hardware start over; only the flash survives, with the acks still queued.
+            assert!(app.boosts.len() < 32, "{:?}", app.boosts);
+            assert!(endpoint.outbox().iter().any(|e| {
+                EnvelopeRef::decode(&e.data).is_ok_and(|env| env.kind == MessageKind::CommandAck)
+            }));
             boosts_before_reboot = std::mem::take(&mut app.boosts);
+            let version = agent.shadow().last_version();
+            assert!(version > 0);
             refusals = (agent.stats().desired_refused, agent.last_refusal());
             inbox = (runner.dropped(), endpoint.stats().refused);
             app = Thermostat {
@@ -246,13 +256,26 @@ fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboo
                 SplitMix64::new(5),
             );
             runner = Runner::new();
-            let mut out = iot_agent::runner::EndpointOutbound::new(&mut endpoint);
-            assert!(agent.restore(&mut flash, now, &mut app, &mut out).unwrap());
+            let restored = runner.restore(
+                now,
+                &mut agent,
+                &mut endpoint,
+                &mut app,
+                &mut flash,
+                &mut scratch,
+            );
+            assert!(restored.unwrap());
+            // The acks queued before the cut are queued again.
+            assert!(!endpoint.outbox().is_empty());
             // The desired setpoint is back on the hardware at once, before any message.
             assert_eq!(app.setpoints, [21.5]);
             assert_eq!(agent.state(), State::Active);
-            agent.save(&mut flash).unwrap();
+            // The shadow version is back: older notifications in flight are not applied.
+            assert_eq!(agent.shadow().last_version(), version);
             endpoint = endpoint.with_next_id(agent.first_message_id());
+            runner
+                .save(&mut agent, &endpoint, &mut flash, &mut scratch)
+                .unwrap();
             rebooted = true;
         }
         let mut inbound = Vec::new();
@@ -382,6 +405,7 @@ fn a_thermostat_registers_takes_its_setpoint_runs_a_burst_exactly_once_and_reboo
 struct CutFlash {
     inner: MemFlash<4096, 1024, 4>,
     ops: u32,
+    erases: u32,
     cut: u32,
 }
 
@@ -413,6 +437,7 @@ impl embedded_storage::nor_flash::NorFlash for CutFlash {
     const ERASE_SIZE: usize = 1024;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerCut> {
         self.ops += 1;
+        self.erases += 1;
         if self.ops == self.cut {
             // Half erased: the start of the range is blank, the rest still old data.
             let half = from + (to - from) / 2;
@@ -452,14 +477,15 @@ fn fresh_agent() -> ThermoAgent {
 /// completely or the one being saved, never a torn or older one.
 #[test]
 fn a_power_cut_at_any_flash_operation_leaves_a_record_the_agent_restores() {
-    let setpoints: Vec<f32> = (0..12).map(|i| 10.0 + i as f32 * 0.5).collect();
+    let setpoints: Vec<f32> = (0..40).map(|i| 20.0 + i as f32 * 0.5).collect();
     let run = |cut: u32| {
         let flash = CutFlash {
             inner: MemFlash::new(),
             ops: 0,
+            erases: 0,
             cut,
         };
-        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 1024).unwrap();
+        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 0..4096).unwrap();
         let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
         let mut saved = None;
         for (i, setpoint) in setpoints.iter().enumerate() {
@@ -473,14 +499,17 @@ fn a_power_cut_at_any_flash_operation_leaves_a_record_the_agent_restores() {
         }
         (storage.into_inner(), saved, None)
     };
-    // The number of operations of an uninterrupted run (one erase and one write a save).
-    let (full, _, _) = run(u32::MAX);
+    // The operations of an uninterrupted run: at least one write a save, and enough saves
+    // to fill the pages so that cuts also land on page erases.
+    let (full, saved, _) = run(u32::MAX);
     let total = full.ops;
-    assert_eq!(total, 2 * setpoints.len() as u32);
+    assert_eq!(saved, setpoints.last().copied());
+    assert!(total >= setpoints.len() as u32, "{total} operations");
+    assert!(full.erases >= 2, "{} erases", full.erases);
     for cut in 1..=total {
         let (mut flash, saved, interrupted) = run(cut);
         flash.cut = u32::MAX;
-        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 1024).unwrap();
+        let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 0..4096).unwrap();
         let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
         let mut out = Vec::<u8>::new();
         let restored = agent

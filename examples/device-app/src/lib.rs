@@ -10,7 +10,8 @@
     )
 )]
 
-use iot_agent::runner::{EndpointOutbound, Runner};
+use iot_agent::Storage;
+use iot_agent::runner::{EndpointOutbound, PersistError, Runner};
 use iot_agent::{Agent, Vitals};
 use iot_core::DeviceId;
 use iot_core::telemetry::Measurement;
@@ -267,6 +268,46 @@ impl<L: Link, R: Rng> App<L, R> {
     /// The agent, for its state, statistics and configuration.
     pub fn agent(&self) -> &LabAgent {
         &self.agent
+    }
+
+    /// Writes what the application must keep across a reboot (the agent's record and the
+    /// pending QoS 1/2 messages, see [`Runner::save`]) to `storage` if it changed; call it
+    /// after each [`App::step`]. `scratch` holds the outbox image while it is written.
+    pub fn save<St: Storage + ?Sized>(
+        &mut self,
+        storage: &mut St,
+        scratch: &mut [u8],
+    ) -> Result<bool, PersistError<St::Error>> {
+        self.runner
+            .save(&mut self.agent, &self.endpoint, storage, scratch)
+    }
+
+    /// At boot, instead of [`App::start`] when it returns `Ok(true)`: resumes from what
+    /// [`App::save`] wrote (no registration again; the desired LED state is applied at
+    /// once) and starts new message ids in a new epoch.
+    pub fn restore<H: Hardware, St: Storage + ?Sized>(
+        &mut self,
+        hw: &mut H,
+        storage: &mut St,
+        scratch: &mut [u8],
+    ) -> Result<bool, PersistError<St::Error>> {
+        let now = hw.now_ms();
+        let mut board = LabBoard {
+            hw,
+            blink: &mut self.blink,
+        };
+        let restored = self.runner.restore(
+            now,
+            &mut self.agent,
+            &mut self.endpoint,
+            &mut board,
+            storage,
+            scratch,
+        )?;
+        if restored {
+            self.endpoint.set_next_id(self.agent.first_message_id());
+        }
+        Ok(restored)
     }
 
     /// Starts registration at `now_ms`.

@@ -132,7 +132,7 @@ static mut SHADOW: MaybeUninit<Shadow10> = MaybeUninit::uninit();
 static mut OUTBOX: MaybeUninit<DeviceOutbox> = MaybeUninit::uninit();
 static mut DECODER: MaybeUninit<FrameDecoder<FRAME>> = MaybeUninit::uninit();
 /// With `--features storage`: the agent's record store on a 2 KiB in-memory flash (two
-/// 1 KiB slots), to measure what persistence costs (BENCHMARKS.md).
+/// 1 KiB pages of a `sequential-storage` map), to measure what persistence costs (BENCHMARKS.md).
 #[cfg(feature = "storage")]
 type Store =
     iot_agent::storage::FlashStorage<iot_lifecycle::mem_flash::MemFlash<2048, 1024, 4>, 256>;
@@ -466,7 +466,7 @@ fn run() -> u32 {
     #[cfg(feature = "storage")]
     {
         // Save the agent's record, then restore the agent from it, as after a reboot.
-        let Ok(store) = Store::new(iot_lifecycle::mem_flash::MemFlash::new(), 1024) else {
+        let Ok(store) = Store::new(iot_lifecycle::mem_flash::MemFlash::new(), 0..2048) else {
             return 17;
         };
         // SAFETY: as above; initialised once, here.

@@ -4,14 +4,20 @@
 //! Only the board differs from the ESP32-C3 firmware: the clock is the `time` CSR, the
 //! climate sensor and battery are simulated, and the LED is a variable. The host side
 //! (`cargo run -p iot-examples --bin qemu-gateway`) judges the run from the messages.
+//!
+//! Restart: the application saves its state (the agent's record and pending QoS 1/2
+//! messages) after every step to a `sequential-storage` map on a RAM-backed flash region
+//! and restores from it at boot; the region is blank at power-on, so a QEMU run registers.
 #![no_std]
 #![no_main]
 
 mod board;
 
 use embassy_futures::block_on;
+use iot_agent::storage::FlashStorage;
 use iot_core::DeviceId;
 use iot_device_app::{App, Battery, Climate, FRAME_CAPACITY, Hardware, SensorFault};
+use iot_lifecycle::mem_flash::MemFlash;
 use iot_transport::SplitMix64;
 use iot_transport::framing::FramedLink;
 
@@ -22,6 +28,10 @@ const SECRET: [u8; 32] = *b"qemu-lab-device-secret-000000001";
 const FIRMWARE_VERSION: u32 = 1;
 /// When the simulated battery collapses, in milliseconds after boot.
 const BATTERY_FAILS_AT_MS: u64 = 7_000;
+/// The RAM-backed flash region: four 4 KiB pages, records (the outbox image of up to
+/// eight 512-byte messages is the largest) of up to 4 KiB.
+type Flash = MemFlash<16384, 4096, 4>;
+const RECORD_CAPACITY: usize = 4096;
 
 /// Simulated peripherals: a room whose temperature swings by a degree every second (so
 /// every telemetry period has news), and a battery that fails after a few seconds.
@@ -78,14 +88,28 @@ fn main() -> ! {
         board::exit(11)
     };
     let mut board = VirtBoard { led: false };
-    if app.start(board::now_ms()).is_err() {
-        board::exit(12);
+    let Ok(mut storage) = FlashStorage::<Flash, RECORD_CAPACITY>::new(MemFlash::new(), 0..16384)
+    else {
+        board::exit(13)
+    };
+    let mut scratch = [0u8; RECORD_CAPACITY];
+    match app.restore(&mut board, &mut storage, &mut scratch) {
+        Ok(true) => {}
+        Ok(false) => {
+            if app.start(board::now_ms()).is_err() {
+                board::exit(12);
+            }
+        }
+        Err(_) => board::exit(14),
     }
     loop {
         // The emulator has no interrupts wired up, so the board polls; a real board sleeps
         // until the returned deadline or a received byte.
         if block_on(app.step(&mut board)).is_err() {
             board::exit(20);
+        }
+        if app.save(&mut storage, &mut scratch).is_err() {
+            board::exit(21);
         }
     }
 }
