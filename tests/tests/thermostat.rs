@@ -92,7 +92,7 @@ impl App for Thermostat {
 
 use embassy_futures::block_on;
 use iot_agent::runner::Runner;
-use iot_agent::storage::FlashStorage;
+use iot_agent::storage::{FlashStorage, OUTBOX_RECORD, Storage};
 use iot_agent::{Agent, RegistrationPhase};
 use iot_core::telemetry::Telemetry;
 use iot_core::time::{Clock, ManualClock};
@@ -477,7 +477,10 @@ fn fresh_agent() -> ThermoAgent {
 /// completely or the one being saved, never a torn or older one.
 #[test]
 fn a_power_cut_at_any_flash_operation_leaves_a_record_the_agent_restores() {
+    // Each step saves a stand-in outbox image under its own key, then the agent's record,
+    // as `Runner::save` does: a cut may land in either.
     let setpoints: Vec<f32> = (0..40).map(|i| 20.0 + i as f32 * 0.5).collect();
+    let image = |i: usize| vec![i as u8; 24 + i % 7];
     let run = |cut: u32| {
         let flash = CutFlash {
             inner: MemFlash::new(),
@@ -487,29 +490,52 @@ fn a_power_cut_at_any_flash_operation_leaves_a_record_the_agent_restores() {
         };
         let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 0..4096).unwrap();
         let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
-        let mut saved = None;
+        let (mut saved, mut saved_image) = (None, None);
         for (i, setpoint) in setpoints.iter().enumerate() {
+            if storage.save_item(OUTBOX_RECORD, &image(i)).is_err() {
+                return (storage.into_inner(), saved, None, saved_image, Some(i));
+            }
+            saved_image = Some(i);
             agent
                 .update(i as u64, &mut app, |s| s.setpoint = *setpoint)
                 .unwrap();
             match agent.save(&mut storage) {
                 Ok(_) => saved = Some(*setpoint),
-                Err(_) => return (storage.into_inner(), saved, Some(*setpoint)),
+                Err(_) => {
+                    return (
+                        storage.into_inner(),
+                        saved,
+                        Some(*setpoint),
+                        saved_image,
+                        None,
+                    );
+                }
             }
         }
-        (storage.into_inner(), saved, None)
+        (storage.into_inner(), saved, None, saved_image, None)
     };
     // The operations of an uninterrupted run: at least one write a save, and enough saves
     // to fill the pages so that cuts also land on page erases.
-    let (full, saved, _) = run(u32::MAX);
+    let (full, saved, _, _, _) = run(u32::MAX);
     let total = full.ops;
     assert_eq!(saved, setpoints.last().copied());
-    assert!(total >= setpoints.len() as u32, "{total} operations");
+    assert!(total >= 2 * setpoints.len() as u32, "{total} operations");
     assert!(full.erases >= 2, "{} erases", full.erases);
     for cut in 1..=total {
-        let (mut flash, saved, interrupted) = run(cut);
+        let (mut flash, saved, interrupted, saved_image, interrupted_image) = run(cut);
         flash.cut = u32::MAX;
         let mut storage: FlashStorage<CutFlash, 512> = FlashStorage::new(flash, 0..4096).unwrap();
+        // The other record is the last complete one or the one being written.
+        let mut buf = [0u8; 64];
+        let got_image = storage
+            .load_item(OUTBOX_RECORD, &mut buf)
+            .unwrap()
+            .map(<[u8]>::to_vec);
+        let expected = |i: Option<usize>| i.map(image);
+        assert!(
+            got_image == expected(saved_image) || got_image == expected(interrupted_image),
+            "cut {cut}: outbox image {got_image:?}"
+        );
         let (mut agent, mut app) = (fresh_agent(), Thermostat::default());
         let mut out = Vec::<u8>::new();
         let restored = agent
