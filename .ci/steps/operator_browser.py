@@ -109,6 +109,14 @@ try:
     for key in ["total", "healthy", "low_battery", "offline"]:
         now = api("GET", "/health")[1]
         check(f"fleet page shows {key} = {now[key]} as the API does", until(key, lambda k=key: text(f"count-{k}") == str(api("GET", "/health")[1][k]), 10))
+    # The device tier's data reduction: the devices' heartbeats carry their reading counts.
+    tier = lambda: api("GET", "/health")[1]["data_reduction"][0]
+    check("devices reported readings sampled (>= sent)", until("readings", lambda: tier()["in"] > 0 and tier()["in"] >= tier()["out"], 30))
+    for key in ["in", "out"]:
+        check(f"the data-reduction panel shows the device tier's {key} as the API does",
+              until(f"tier {key}", lambda k=key: text(f"reduction-device-{k}") == str(tier()[k]), 10))
+    check("the panel shows the API's reduction percentage",
+          until("tier percent", lambda: (lambda t: t["reduction_percent"] is not None and text("reduction-device-percent") == f'{t["reduction_percent"]:.1f} %')(tier()), 10))
     check("the page shows acme's 4 devices only (not globex's)", until("devices", lambda: text("device-count") == "4 devices", 10))
     check("the audit chain is shown verified", until("chain", lambda: text("chain-ok") == "chain verified", 10))
     print("  screenshot:", shot("fleet"))

@@ -317,6 +317,10 @@ pub mod seeds {
                 state: State::Active,
                 config_version: 1,
                 health: HealthStatus::Healthy,
+                readings: Some(iot_protocol::ReadingCounts {
+                    sampled: 12,
+                    sent: 5,
+                }),
             }),
             Uplink::Telemetry(telemetry),
             Uplink::Health(HealthReport::from_flags(

@@ -136,8 +136,8 @@ use iot_lifecycle::registration::{
 use iot_lifecycle::schedule::{Duty, Mode, Schedule};
 use iot_lifecycle::state::{Event, Lifecycle, State};
 use iot_protocol::{
-    Downlink, OtaBlock, OtaBlockRequest, PROTOCOL_VERSION, ProtocolError, Register, ShadowGet,
-    Uplink,
+    Downlink, OtaBlock, OtaBlockRequest, PROTOCOL_VERSION, ProtocolError, ReadingCounts, Register,
+    ShadowGet, Uplink,
 };
 
 pub use lab::{AGENT_SCHEMA, AgentState, Board, LabAgent, SensorSample, TELEMETRY_READINGS};
@@ -361,6 +361,8 @@ pub struct AgentStats {
     pub registration_requests: u32,
     /// Readings held back by report-on-change.
     pub readings_suppressed: u32,
+    /// Readings sent in telemetry batches the link took.
+    pub readings_sent: u32,
     /// Desired values the device refused and cleared: an invalid telemetry interval, a
     /// value of the wrong type or an inexact `f32`, or one [`App::check`] refused.
     pub desired_refused: u32,
@@ -1545,6 +1547,13 @@ where
                 .health
                 .last_report()
                 .map_or(HealthStatus::Healthy, |r| r.status),
+            readings: Some(ReadingCounts {
+                sampled: self
+                    .stats
+                    .readings_sent
+                    .saturating_add(self.stats.readings_suppressed),
+                sent: self.stats.readings_sent,
+            }),
         };
         self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
         self.emit(&Uplink::Heartbeat(beat), now_ms, out);
@@ -1621,7 +1630,10 @@ where
             }
         }
         if !batch.is_empty() {
-            self.emit(&Uplink::Telemetry(batch), now_ms, out);
+            let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            if self.emit(&Uplink::Telemetry(batch), now_ms, out) {
+                self.stats.readings_sent = self.stats.readings_sent.saturating_add(n);
+            }
         }
     }
 

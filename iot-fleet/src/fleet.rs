@@ -41,7 +41,7 @@ use crate::health::{self, BatteryReplacement, HealthCounts, HealthPolicy, Health
 use crate::metering::{Availability, TenantMetering, Usage};
 use crate::proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier};
 use crate::registry::{
-    AssignmentRule, DeviceRecord, ImportError, ManufacturingRecord, Registration,
+    AssignmentRule, DeviceRecord, ImportError, ManufacturingRecord, ReadingTally, Registration,
     RegistrationError, Registry, ReportError,
 };
 use crate::rollout::{Expiry, Instruction, Progress, Rollout, RolloutConfig, RolloutError};
@@ -481,6 +481,14 @@ impl<V: ProofVerifier> Fleet<V> {
             record.battery.record(now_ms, p);
         }
         Ok(())
+    }
+
+    /// The device's heartbeat said what its telemetry filters did since its boot (see
+    /// [`ReadingTally`]); kept on its record, not audited.
+    pub fn report_readings(&mut self, id: &DeviceId, tally: ReadingTally) {
+        if let Some(record) = self.registry.device_mut(id) {
+            record.readings = Some(tally);
+        }
     }
 
     /// The device reports a lifecycle transition (`event`, ending in `claimed`). It is

@@ -42,7 +42,8 @@ pub use health::{HealthCounts, HealthPolicy, HealthReport, HealthStatus};
 pub use metering::{CostModel, Sla, Usage};
 pub use proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier, answer};
 pub use registry::{
-    AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, Registration, RegistrationError,
+    AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, ReadingTally, Registration,
+    RegistrationError,
 };
 pub use rollout::{Instruction, Rollout, RolloutConfig, RolloutStatus, StageTally};
 pub use server::{Declined, DeviceServer, Handled, Reply, ServerError, Session};

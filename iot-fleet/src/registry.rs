@@ -300,6 +300,21 @@ pub struct DeviceRecord {
     /// field-policy table; 0: none declared).
     #[cfg_attr(feature = "serde", serde(default))]
     pub schema: u32,
+    /// What its telemetry filters did since its boot, as its last heartbeat said (`None`
+    /// until a heartbeat carried it).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub readings: Option<ReadingTally>,
+}
+
+/// Telemetry readings a device sampled and sent since its boot: the edge tier's data
+/// reduction is `1 - sent / sampled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ReadingTally {
+    /// Readings taken (sent or held back by report-on-change).
+    pub sampled: u32,
+    /// Readings sent.
+    pub sent: u32,
 }
 
 /// What a successful registration produced.
@@ -506,6 +521,7 @@ impl Registry {
                 last_flag: None,
                 usage: Usage::default(),
                 schema: 0,
+                readings: None,
             },
         );
         Ok(Registration {

@@ -58,6 +58,7 @@ use sha2::{Digest, Sha256};
 use crate::access::{Principal, Scope};
 use crate::fleet::{Decommissioned, Fleet, FleetError, MAX_CLOCK_DRIFT_MS};
 use crate::proof::Nonce;
+use crate::registry::ReadingTally;
 use crate::rollout::{Instruction, RolloutConfig};
 
 /// Largest shadow message the server encodes.
@@ -344,8 +345,17 @@ impl DeviceServer {
                 };
                 replies.push(Downlink::Registration(response));
             }
-            Uplink::Heartbeat(_) => {
+            Uplink::Heartbeat(beat) => {
                 self.fleet.heartbeat(&device, None, now_ms)?;
+                if let Some(r) = beat.readings {
+                    self.fleet.report_readings(
+                        &device,
+                        ReadingTally {
+                            sampled: r.sampled,
+                            sent: r.sent,
+                        },
+                    );
+                }
             }
             Uplink::Transition(record) => {
                 // Reports travel at least once and may arrive out of order: one older than

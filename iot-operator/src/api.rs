@@ -868,9 +868,27 @@ async fn health(
 ) -> Result<Json<Json_>, ApiError> {
     let within = scope(q.scope.as_deref(), &p)?;
     let now = app.engine.now_ms();
-    let report = app.run("health", |server| {
-        server.fleet().health_report(&p, &within, now)
+    let (report, tally) = app.run("health", |server| {
+        let fleet = server.fleet();
+        // The edge tier's data reduction: what the devices' report-on-change filters held
+        // back, as their last heartbeats said (counts since each device's boot).
+        let (mut sampled, mut sent) = (0u64, 0u64);
+        for record in fleet.devices(&p) {
+            if let Some(r) = record.readings.filter(|_| within.contains(&record.scope)) {
+                sampled = sampled.saturating_add(u64::from(r.sampled));
+                sent = sent.saturating_add(u64::from(r.sent));
+            }
+        }
+        fleet
+            .health_report(&p, &within, now)
+            .map(|report| (report, (sampled, sent)))
     })??;
+    let (sampled, sent) = tally;
+    // Rounded to a tenth of a percent, so the page can show exactly what the API says.
+    let reduction = (sampled > 0).then(|| {
+        let kept = sent.min(sampled) as f64 / sampled as f64;
+        ((1.0 - kept) * 1000.0).round() / 10.0
+    });
     let c = report.counts;
     let by_state: BTreeMap<String, u64> = STATES
         .iter()
@@ -899,6 +917,13 @@ async fn health(
         "offline": c.offline,
         "by_state": by_state,
         "children": children,
+        "data_reduction": [{
+            "tier": "device",
+            "what": "telemetry readings sampled -> sent (report-on-change)",
+            "in": sampled,
+            "out": sent,
+            "reduction_percent": reduction,
+        }],
     })))
 }
 

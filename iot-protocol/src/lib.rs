@@ -27,8 +27,8 @@ pub mod proto;
 pub use error::ProtocolError;
 pub use message::{Downlink, Uplink};
 pub use payload::{
-    Heartbeat, MAX_READINGS, OTA_BLOCK_SIZE, OtaBlock, OtaBlockRequest, Register, ShadowBytes,
-    ShadowGet, ShadowRefusal, ShadowRejection, TelemetryBatch,
+    Heartbeat, MAX_READINGS, OTA_BLOCK_SIZE, OtaBlock, OtaBlockRequest, ReadingCounts, Register,
+    ShadowBytes, ShadowGet, ShadowRefusal, ShadowRejection, TelemetryBatch,
 };
 
 /// The protocol version this crate speaks. A device states it when it registers

@@ -57,6 +57,25 @@ pub struct Heartbeat {
     /// Latest health verdict.
     #[n(4)]
     pub health: HealthStatus,
+    /// What the device's telemetry filters did since boot (absent from devices that do not
+    /// count): the edge tier's data reduction.
+    #[n(5)]
+    pub readings: Option<ReadingCounts>,
+}
+
+/// Telemetry readings a device sampled and sent since boot; the difference is what its
+/// report-on-change filters held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Encode, Decode, CborLen)]
+#[cbor(map)]
+pub struct ReadingCounts {
+    /// Readings taken (sent or held back).
+    #[n(0)]
+    pub sampled: u32,
+    /// Readings sent.
+    #[n(1)]
+    pub sent: u32,
 }
 
 /// A device asks for the full shadow document if the backend's is newer than `version`.

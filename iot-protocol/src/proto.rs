@@ -16,7 +16,7 @@
 //! use iot_lifecycle::state::State;
 //! use prost::Message;
 //!
-//! let beat = Heartbeat { seq: 3, uptime_ms: 30_000, state: State::Active, config_version: 1, health: HealthStatus::Healthy };
+//! let beat = Heartbeat { seq: 3, uptime_ms: 30_000, state: State::Active, config_version: 1, health: HealthStatus::Healthy, readings: None };
 //! let bytes = proto::Heartbeat::from(&beat).encode_to_vec();
 //! let back = Heartbeat::try_from(proto::Heartbeat::decode(bytes.as_slice())?)?;
 //! assert_eq!(back, beat);
@@ -357,6 +357,20 @@ pub struct Heartbeat {
     /// Latest health verdict.
     #[prost(enumeration = "HealthStatus", tag = "5")]
     pub health: i32,
+    /// Readings sampled and sent since boot.
+    #[prost(message, optional, tag = "6")]
+    pub readings: Option<ReadingCounts>,
+}
+
+/// `iot.v1.ReadingCounts`
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ReadingCounts {
+    /// Readings taken (sent or held back).
+    #[prost(uint32, tag = "1")]
+    pub sampled: u32,
+    /// Readings sent.
+    #[prost(uint32, tag = "2")]
+    pub sent: u32,
 }
 
 /// `iot.v1.HealthReport`
@@ -721,6 +735,10 @@ impl From<&payload::Heartbeat> for Heartbeat {
             state: wire(h.state),
             config_version: h.config_version,
             health: wire(h.health),
+            readings: h.readings.map(|r| ReadingCounts {
+                sampled: r.sampled,
+                sent: r.sent,
+            }),
         }
     }
 }
@@ -734,6 +752,10 @@ impl TryFrom<Heartbeat> for payload::Heartbeat {
             state: unwire(h.state, "Heartbeat.state")?,
             config_version: h.config_version,
             health: unwire(h.health, "Heartbeat.health")?,
+            readings: h.readings.map(|r| payload::ReadingCounts {
+                sampled: r.sampled,
+                sent: r.sent,
+            }),
         })
     }
 }

@@ -214,6 +214,11 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
     assert_eq!(record.scope, "lab/bench-1".parse().unwrap());
     assert_eq!(record.illegal_transitions, 0);
     assert!(record.online);
+    // The heartbeats said what the device's report-on-change filters did: over hours of a
+    // slowly changing climate most readings are held back.
+    let readings = record.readings.expect("heartbeats carry reading counts");
+    assert!(readings.sent > 0, "{readings:?}");
+    assert!(readings.sampled > readings.sent, "{readings:?}");
     let path: Vec<State> = fleet
         .audit_trail(&backend.admin)
         .filter_map(|e| match e.action {

@@ -84,6 +84,10 @@ fn heartbeat() -> Heartbeat {
         state: State::Degraded,
         config_version: 4,
         health: HealthStatus::Warning,
+        readings: Some(iot_protocol::ReadingCounts {
+            sampled: 40,
+            sent: 9,
+        }),
     }
 }
 
@@ -217,6 +221,10 @@ fn messages_agree_with_schema() {
         &proto::Heartbeat::from(&heartbeat()),
         &[],
     );
+    let readings = proto::Heartbeat::from(&heartbeat())
+        .readings
+        .expect("the sample heartbeat carries its reading counts");
+    rust_matches_schema(&pool, "iot.v1.ReadingCounts", &readings, &[]);
     rust_matches_schema(
         &pool,
         "iot.v1.HealthReport",
@@ -413,6 +421,7 @@ fn schema_has_no_message_without_a_rust_twin() {
         "iot.v1.DeviceConfig",
         "iot.v1.RegistrationResponse",
         "iot.v1.Heartbeat",
+        "iot.v1.ReadingCounts",
         "iot.v1.HealthReport",
         "iot.v1.TransitionRecord",
         "iot.v1.ShadowGet",
@@ -674,6 +683,10 @@ fn field_numbers_are_cbor_keys_plus_one() {
         ("iot.v1.HealthThresholds", cbor_keys(&config().thresholds)),
         ("iot.v1.DeviceConfig", cbor_keys(&config())),
         ("iot.v1.Heartbeat", cbor_keys(&heartbeat())),
+        (
+            "iot.v1.ReadingCounts",
+            cbor_keys(&heartbeat().readings.expect("sample counts")),
+        ),
         ("iot.v1.HealthReport", cbor_keys(&health())),
         ("iot.v1.TransitionRecord", cbor_keys(&transition())),
         ("iot.v1.ShadowGet", cbor_keys(&ShadowGet { version: 1 })),

@@ -556,6 +556,7 @@ fn forge_batch(faults: &mut Faults, device: DeviceId, next_id: &mut u32) {
         state: State::Active,
         config_version: 1,
         health: iot_lifecycle::health::HealthStatus::Healthy,
+        readings: None,
     };
     let beat = codec::encode_to_vec(&beat).unwrap_or_default();
     let ack = CommandAck {
