@@ -21,7 +21,7 @@
 use heapless::Deque;
 use iot_core::{EnvelopeBuf, MessageKind, QoS};
 use iot_transport::Link;
-use iot_transport::outbox::{OutboxError, Priority};
+use iot_transport::outbox::{OutboxError, Priority, SliceStorage};
 use iot_transport::qos::{EndpointError, ReliableEndpoint};
 use iot_transport::rng::Rng;
 
@@ -38,31 +38,6 @@ pub enum PersistError<E> {
     Storage(E),
     /// The outbox image did not fit the image buffer, or the stored one did not restore.
     Outbox(OutboxError),
-}
-
-/// A caller's buffer behind the `embedded_storage` traits, for the outbox image.
-struct Scratch<'a>(&'a mut [u8]);
-
-impl embedded_storage::ReadStorage for Scratch<'_> {
-    type Error = ();
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), ()> {
-        let start = usize::try_from(offset).map_err(|_| ())?;
-        let end = start.checked_add(bytes.len()).ok_or(())?;
-        bytes.copy_from_slice(self.0.get(start..end).ok_or(())?);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl embedded_storage::Storage for Scratch<'_> {
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), ()> {
-        let start = usize::try_from(offset).map_err(|_| ())?;
-        let end = start.checked_add(bytes.len()).ok_or(())?;
-        self.0.get_mut(start..end).ok_or(())?.copy_from_slice(bytes);
-        Ok(())
-    }
 }
 
 /// How the driver sleeps: the firmware's timer plus its "a datagram arrived" signal.
@@ -174,7 +149,7 @@ impl<const K: usize, const P: usize> Runner<K, P> {
     ) -> Result<bool, PersistError<St::Error>> {
         endpoint
             .outbox()
-            .save(&mut Scratch(scratch), 0)
+            .save(&mut SliceStorage(scratch), 0)
             .map_err(PersistError::Outbox)?;
         let len = endpoint.outbox().image_len();
         let bytes = scratch
@@ -231,7 +206,7 @@ impl<const K: usize, const P: usize> Runner<K, P> {
         if found {
             endpoint
                 .outbox_mut()
-                .restore(&mut Scratch(scratch), 0, now_ms)
+                .restore(&mut SliceStorage(scratch), 0, now_ms)
                 .map_err(PersistError::Outbox)?;
         }
         self.saved_outbox = None;

@@ -1175,19 +1175,46 @@ impl<const N: usize> MemStorage<N> {
     }
 }
 
-/// Access outside a [`MemStorage`].
+/// Access outside a [`MemStorage`] or [`SliceStorage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct OutOfBounds;
 
-impl<const N: usize> MemStorage<N> {
+/// A borrowed byte buffer behind the `embedded_storage` traits: an outbox image built in,
+/// or read back from, a caller's scratch buffer.
+#[derive(Debug)]
+pub struct SliceStorage<'a>(pub &'a mut [u8]);
+
+impl SliceStorage<'_> {
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, OutOfBounds> {
         let start = usize::try_from(offset).map_err(|_| OutOfBounds)?;
         let end = start.checked_add(len).ok_or(OutOfBounds)?;
-        if end > N {
+        if end > self.0.len() {
             return Err(OutOfBounds);
         }
         Ok(start..end)
+    }
+}
+
+impl embedded_storage::ReadStorage for SliceStorage<'_> {
+    type Error = OutOfBounds;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let r = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(self.0.get(r).ok_or(OutOfBounds)?);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Storage for SliceStorage<'_> {
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let r = self.range(offset, bytes.len())?;
+        self.0.get_mut(r).ok_or(OutOfBounds)?.copy_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -1195,9 +1222,7 @@ impl<const N: usize> embedded_storage::ReadStorage for MemStorage<N> {
     type Error = OutOfBounds;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        let r = self.range(offset, bytes.len())?;
-        bytes.copy_from_slice(self.bytes.get(r).ok_or(OutOfBounds)?);
-        Ok(())
+        SliceStorage(&mut self.bytes).read(offset, bytes)
     }
 
     fn capacity(&self) -> usize {
@@ -1207,12 +1232,7 @@ impl<const N: usize> embedded_storage::ReadStorage for MemStorage<N> {
 
 impl<const N: usize> Storage for MemStorage<N> {
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        let r = self.range(offset, bytes.len())?;
-        self.bytes
-            .get_mut(r)
-            .ok_or(OutOfBounds)?
-            .copy_from_slice(bytes);
-        Ok(())
+        SliceStorage(&mut self.bytes).write(offset, bytes)
     }
 }
 
