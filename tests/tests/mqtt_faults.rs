@@ -226,6 +226,28 @@ impl EnvelopeHandler for Application {
 
 /// Waits until the bridge's subscription is in place: a probe publishes until the
 /// application gets one of its envelopes (bounded in count and time).
+/// Waits until the bridge has been handed what the broker holds: the deliveries stop moving
+/// for 500 ms (at most 10 s). A fixed pause loses messages under load.
+async fn settle(delivered: &Delivered) {
+    let total = || -> u64 {
+        delivered
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| u64::from(*n))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (total(), Instant::now());
+    while Instant::now() < deadline && since.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = total();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 async fn wait_bridge_subscribed(broker: SocketAddr, delivered: &Delivered) {
     use rumqttc::v5::mqttbytes::QoS as MqttQoS;
     let probe = DeviceId::new(&unique("probe")).unwrap();
@@ -453,7 +475,7 @@ async fn devices_behind_a_faulty_network_deliver_exactly_once_and_converge() {
         // acknowledged and had not delivered: that is the broker's guarantee, not ours).
         proxy.set_refusing(true);
         proxy.reset_all();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        settle(&delivered).await;
         broker.restart();
         wait_bridge_subscribed(broker.addr, &delivered).await;
         let since = Instant::now();
