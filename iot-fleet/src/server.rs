@@ -621,7 +621,12 @@ impl DeviceServer {
         );
         self.fleet
             .update_shadow(p, device, &Update::new(&[write]), now_ms)?;
-        let shadow = self.fleet.shadow(p, device)?.ok_or(ServerError::Encode)?;
+        // The update above created the shadow if it was missing; were it gone, the device
+        // is not there for this operator.
+        let shadow = self
+            .fleet
+            .shadow(p, device)?
+            .ok_or(FleetError::Access(crate::access::AccessError::NotFound))?;
         encode_shadow(|buf| shadow.encode_delta(buf))
     }
 

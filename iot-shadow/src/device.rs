@@ -217,7 +217,7 @@ impl<T: ShadowState, const N: usize> DeviceShadow<T, N> {
             .chain(reported.map(|i| (Section::Reported, i)))
         {
             sink.push_write(Write::new(section, path.clone(), value.clone(), *stamp))
-                .map_err(|_| ShadowError::StoreFull { capacity: n })?;
+                .map_err(|_| ShadowError::SinkFull { written: n })?;
             n = n.saturating_add(1);
         }
         Ok(n)

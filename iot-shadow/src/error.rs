@@ -80,6 +80,12 @@ pub enum ShadowError {
         /// Capacity of the store.
         capacity: usize,
     },
+    /// The caller's write sink is full: it took `written` writes and refused the next.
+    #[error("write sink full after {written} writes")]
+    SinkFull {
+        /// Writes the sink took before it was full.
+        written: usize,
+    },
     /// The document version cannot grow any further.
     #[error("document version exhausted")]
     VersionExhausted,
@@ -117,6 +123,7 @@ impl Error for ShadowError {
             Self::TooLarge { .. }
             | Self::TooManyFields { .. }
             | Self::StoreFull { .. }
+            | Self::SinkFull { .. }
             | Self::VersionExhausted => ErrorKind::Capacity,
             Self::Storage => ErrorKind::Storage,
             Self::Clock | Self::ClockDrift => ErrorKind::Clock,

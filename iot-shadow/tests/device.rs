@@ -446,6 +446,19 @@ fn device_capacity_overflow_is_an_error_not_a_panic() {
     assert_eq!(small.replica().to_cbor(), before);
     assert_eq!(small.state(), &Shared::default());
     assert_eq!(small.last_version(), 0);
+
+    // The caller's sink is too small for the pending writes: the sink is full, not the store.
+    let mut fresh = device::<Shared>();
+    fresh.report_state(6_000).unwrap();
+    let mut all = Vec::new();
+    assert!(fresh.pending(&mut all).unwrap() >= 2);
+    let mut one: heapless::Vec<Write, 1> = heapless::Vec::new();
+    let full = fresh.pending(&mut one).unwrap_err();
+    assert_eq!(full, iot_shadow::ShadowError::SinkFull { written: 1 });
+    assert_eq!(
+        iot_shadow::iot_core::Error::kind(&full),
+        iot_shadow::iot_core::ErrorKind::Capacity
+    );
 }
 
 #[test]

@@ -302,11 +302,12 @@ pub enum FramedError<E> {
     Eof,
 }
 
-impl<E: core::fmt::Debug> iot_core::Error for FramedError<E> {
+impl<E: embedded_io::Error> iot_core::Error for FramedError<E> {
     fn kind(&self) -> iot_core::ErrorKind {
         use iot_core::ErrorKind;
         match self {
-            Self::Io(_) | Self::Eof => ErrorKind::Transport,
+            Self::Io(e) => crate::link::io_error_kind(e.kind()),
+            Self::Eof => ErrorKind::Transport,
             Self::TooLarge | Self::BufferTooSmall => ErrorKind::Capacity,
         }
     }
@@ -657,6 +658,21 @@ mod tests {
         round_trip(&[7; 1000]);
         let mixed: std::vec::Vec<u8> = (0..=255u8).cycle().take(900).collect();
         round_trip(&mixed);
+    }
+
+    #[test]
+    fn serial_errors_keep_their_io_kind() {
+        use iot_core::{Error as _, ErrorKind};
+        let timeout = FramedError::Io(embedded_io::ErrorKind::TimedOut);
+        assert_eq!(timeout.kind(), ErrorKind::Timeout);
+        let denied = FramedError::Io(embedded_io::ErrorKind::PermissionDenied);
+        assert_eq!(denied.kind(), ErrorKind::Unauthorized);
+        let broken = FramedError::Io(embedded_io::ErrorKind::BrokenPipe);
+        assert_eq!(broken.kind(), ErrorKind::Transport);
+        assert_eq!(
+            FramedError::<embedded_io::ErrorKind>::Eof.kind(),
+            ErrorKind::Transport
+        );
     }
 
     #[test]

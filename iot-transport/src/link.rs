@@ -188,6 +188,22 @@ impl iot_core::Error for LinkError {
     }
 }
 
+/// The [`iot_core::ErrorKind`] of an I/O error from a serial port or socket: timeouts,
+/// refused permissions, exhausted memory and invalid arguments keep their meaning (callers
+/// retry a timeout, not a refusal); every other failure is a transport failure.
+pub(crate) fn io_error_kind(kind: embedded_io::ErrorKind) -> iot_core::ErrorKind {
+    use embedded_io::ErrorKind as Io;
+    use iot_core::ErrorKind;
+    match kind {
+        Io::TimedOut => ErrorKind::Timeout,
+        Io::PermissionDenied => ErrorKind::Unauthorized,
+        Io::OutOfMemory => ErrorKind::Capacity,
+        Io::InvalidInput => ErrorKind::InvalidInput,
+        Io::InvalidData => ErrorKind::Decode,
+        _ => ErrorKind::Transport,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,10 +30,11 @@ pub enum UdpLinkError<E> {
     Down,
 }
 
-impl<E: core::fmt::Debug> iot_core::Error for UdpLinkError<E> {
+impl<E: embedded_io_async::Error> iot_core::Error for UdpLinkError<E> {
     fn kind(&self) -> iot_core::ErrorKind {
         match self {
-            Self::Io(_) | Self::Down => iot_core::ErrorKind::Transport,
+            Self::Io(e) => crate::link::io_error_kind(e.kind()),
+            Self::Down => iot_core::ErrorKind::Transport,
             Self::TooLarge { .. } => iot_core::ErrorKind::Capacity,
         }
     }

@@ -168,12 +168,13 @@ pub enum EndpointError<E> {
     Link(E),
 }
 
-impl<E: core::fmt::Debug> iot_core::Error for EndpointError<E> {
+impl<E: iot_core::Error> iot_core::Error for EndpointError<E> {
     fn kind(&self) -> iot_core::ErrorKind {
         match self {
             Self::Outbox(e) => iot_core::Error::kind(e),
             Self::Encode => iot_core::ErrorKind::Capacity,
-            Self::Link(_) => iot_core::ErrorKind::Transport,
+            // The link's own classification: a timeout stays a timeout, a refusal a refusal.
+            Self::Link(e) => e.kind(),
         }
     }
 }
@@ -675,6 +676,19 @@ mod tests {
     use super::*;
     use crate::SplitMix64;
     use crate::sim::{SimConfig, SimNetwork};
+
+    #[test]
+    fn endpoint_errors_pass_the_link_kind_through() {
+        use iot_core::{Error as _, ErrorKind};
+        let link = crate::framing::FramedError::Io(embedded_io::ErrorKind::TimedOut);
+        assert_eq!(EndpointError::Link(link).kind(), ErrorKind::Timeout);
+        let link = crate::framing::FramedError::<embedded_io::ErrorKind>::TooLarge;
+        assert_eq!(EndpointError::Link(link).kind(), ErrorKind::Capacity);
+        assert_eq!(
+            EndpointError::<ErrorKind>::Encode.kind(),
+            ErrorKind::Capacity
+        );
+    }
 
     #[test]
     fn dedup_window_forgets_the_oldest() {

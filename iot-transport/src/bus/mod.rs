@@ -15,18 +15,85 @@ pub const MAX_WRITE: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum BusError<E> {
-    /// The bus reported an error (NACK, arbitration loss, ...).
-    #[error("bus error: {0:?}")]
-    Bus(E),
+    /// The bus reported an error (NACK, arbitration loss, overrun, ...).
+    #[error("bus error ({fault:?}): {error:?}")]
+    Bus {
+        /// The HAL's own error.
+        error: E,
+        /// embedded-hal's classification of `error`, taken when it happened.
+        fault: BusFault,
+    },
     /// A write longer than [`MAX_WRITE`] bytes.
     #[error("register write longer than the helper's buffer")]
     TooLong,
 }
 
+impl<E> BusError<E> {
+    /// Wraps an I2C error, keeping embedded-hal's [`i2c::ErrorKind`](embedded_hal::i2c::ErrorKind).
+    pub fn i2c(error: E) -> Self
+    where
+        E: embedded_hal::i2c::Error,
+    {
+        Self::Bus {
+            fault: BusFault::I2c(error.kind()),
+            error,
+        }
+    }
+
+    /// Wraps an SPI error, keeping embedded-hal's [`spi::ErrorKind`](embedded_hal::spi::ErrorKind).
+    pub fn spi(error: E) -> Self
+    where
+        E: embedded_hal::spi::Error,
+    {
+        Self::Bus {
+            fault: BusFault::Spi(error.kind()),
+            error,
+        }
+    }
+
+    /// embedded-hal's classification of a bus error (`None` for [`BusError::TooLong`]).
+    pub const fn fault(&self) -> Option<BusFault> {
+        match self {
+            Self::Bus { fault, .. } => Some(*fault),
+            Self::TooLong => None,
+        }
+    }
+}
+
+/// embedded-hal's classification of a bus error, whichever bus it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusFault {
+    /// An I2C error.
+    I2c(embedded_hal::i2c::ErrorKind),
+    /// An SPI error.
+    Spi(embedded_hal::spi::ErrorKind),
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for BusFault {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}", defmt::Debug2Format(self));
+    }
+}
+
+impl BusFault {
+    /// True when no device answered its address: nothing is attached there (or it is
+    /// powered down), so repeating the transfer will not help.
+    pub const fn no_device(self) -> bool {
+        use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+        matches!(
+            self,
+            Self::I2c(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address))
+        )
+    }
+}
+
 impl<E: core::fmt::Debug> iot_core::Error for BusError<E> {
     fn kind(&self) -> iot_core::ErrorKind {
         match self {
-            Self::Bus(_) => iot_core::ErrorKind::Transport,
+            // An address NACK means there is no such device: not found, not a flaky bus.
+            Self::Bus { fault, .. } if fault.no_device() => iot_core::ErrorKind::NotFound,
+            Self::Bus { .. } => iot_core::ErrorKind::Transport,
             Self::TooLong => iot_core::ErrorKind::Capacity,
         }
     }
@@ -76,7 +143,7 @@ pub mod blocking {
         reg: u8,
         buf: &mut [u8],
     ) -> Result<(), BusError<I::Error>> {
-        bus.write_read(addr, &[reg], buf).map_err(BusError::Bus)
+        bus.write_read(addr, &[reg], buf).map_err(BusError::i2c)
     }
 
     /// Writes `data` starting at register `reg` of I2C device `addr`, in one transaction.
@@ -87,7 +154,7 @@ pub mod blocking {
         data: &[u8],
     ) -> Result<(), BusError<I::Error>> {
         let frame = with_address(reg, data)?;
-        bus.write(addr, &frame).map_err(BusError::Bus)
+        bus.write(addr, &frame).map_err(BusError::i2c)
     }
 
     /// Reads one byte register.
@@ -122,7 +189,7 @@ pub mod blocking {
             Operation::Write(&[reg | mode.read_flag]),
             Operation::Read(buf),
         ])
-        .map_err(BusError::Bus)
+        .map_err(BusError::spi)
     }
 
     /// Writes `data` to SPI register `reg`.
@@ -136,7 +203,7 @@ pub mod blocking {
             Operation::Write(&[reg | mode.write_flag]),
             Operation::Write(data),
         ])
-        .map_err(BusError::Bus)
+        .map_err(BusError::spi)
     }
 }
 
@@ -156,7 +223,7 @@ pub mod asynch {
     ) -> Result<(), BusError<I::Error>> {
         bus.write_read(addr, &[reg], buf)
             .await
-            .map_err(BusError::Bus)
+            .map_err(BusError::i2c)
     }
 
     /// Writes `data` starting at register `reg` of I2C device `addr`, in one transaction.
@@ -167,7 +234,7 @@ pub mod asynch {
         data: &[u8],
     ) -> Result<(), BusError<I::Error>> {
         let frame = with_address(reg, data)?;
-        bus.write(addr, &frame).await.map_err(BusError::Bus)
+        bus.write(addr, &frame).await.map_err(BusError::i2c)
     }
 
     /// Reads one byte register.
@@ -193,7 +260,7 @@ pub mod asynch {
             Operation::Read(buf),
         ])
         .await
-        .map_err(BusError::Bus)
+        .map_err(BusError::spi)
     }
 
     /// Writes `data` to SPI register `reg`.
@@ -208,7 +275,7 @@ pub mod asynch {
             Operation::Write(data),
         ])
         .await
-        .map_err(BusError::Bus)
+        .map_err(BusError::spi)
     }
 }
 
@@ -295,5 +362,27 @@ mod tests {
                 .unwrap();
         });
         dev.done();
+    }
+
+    #[test]
+    fn i2c_errors_keep_embedded_hal_kind() {
+        use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+        use iot_core::Error as _;
+        let absent = ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address);
+        let expectations = [
+            I2cT::write_read(0x44, vec![0x01], vec![0x00]).with_error(absent),
+            I2cT::write(0x44, vec![0x02, 0x03]).with_error(ErrorKind::ArbitrationLoss),
+        ];
+        let mut bus = I2cMock::new(&expectations);
+        let err = blocking::i2c_read_u8(&mut bus, 0x44, 0x01).unwrap_err();
+        assert_eq!(err.fault(), Some(BusFault::I2c(absent)));
+        assert!(err.fault().is_some_and(BusFault::no_device));
+        // No device at that address: retrying the bus will not find one.
+        assert_eq!(err.kind(), iot_core::ErrorKind::NotFound);
+        let err = blocking::i2c_write_register(&mut bus, 0x44, 0x02, &[0x03]).unwrap_err();
+        assert_eq!(err.fault(), Some(BusFault::I2c(ErrorKind::ArbitrationLoss)));
+        assert_eq!(err.kind(), iot_core::ErrorKind::Transport);
+        assert_eq!(BusError::<ErrorKind>::TooLong.fault(), None);
+        bus.done();
     }
 }
