@@ -30,8 +30,8 @@ use core::fmt;
 
 use minicbor::{CborLen, Decode, Decoder, Encode, Encoder};
 
-use crate::config::{Threshold, ValidationError};
 use crate::state::{Event, State};
+use crate::validation::{Threshold, ValidationError};
 use crate::wire;
 
 /// The overall verdict of a health check. Ordered: `Healthy < Warning < Critical`.

@@ -18,12 +18,14 @@ pub use iot_core;
 
 pub mod command;
 pub mod config;
+pub mod duty;
 pub mod health;
 pub mod mem_flash;
 pub mod ota;
 pub mod registration;
 pub mod schedule;
 pub mod state;
+pub mod validation;
 mod wire;
 
 pub use command::{Command, CommandAck, CommandHandler, CommandKind, CommandProcessor};

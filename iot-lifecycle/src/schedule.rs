@@ -31,40 +31,9 @@
 //! # Ok::<(), iot_lifecycle::config::ValidationError>(())
 //! ```
 
-use crate::config::{DeviceConfig, ValidationError};
-
-/// A periodic duty of the device agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Duty {
-    /// Evaluate device health.
-    HealthCheck,
-    /// Send a liveness signal.
-    Heartbeat,
-    /// Report shadow state and ask for pending desired changes.
-    ShadowSync,
-    /// Read sensors and send readings.
-    Telemetry,
-}
-
-impl Duty {
-    /// Every duty, in the order that wins when several are due at once.
-    pub const ALL: [Duty; 4] = [
-        Self::HealthCheck,
-        Self::Heartbeat,
-        Self::ShadowSync,
-        Self::Telemetry,
-    ];
-
-    const fn slot(self) -> usize {
-        match self {
-            Self::HealthCheck => 0,
-            Self::Heartbeat => 1,
-            Self::ShadowSync => 2,
-            Self::Telemetry => 3,
-        }
-    }
-}
+use crate::config::DeviceConfig;
+pub use crate::duty::Duty;
+use crate::validation::ValidationError;
 
 /// How the agent is operating, which changes what runs and how often.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
