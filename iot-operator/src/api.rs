@@ -39,6 +39,7 @@ use serde_json::{Value as Json_, json};
 use crate::engine::{Engine, call};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::names::{STATES, health_name, state_name};
 use crate::tokens::TokenStore;
 
 /// The largest JSON request body accepted, in bytes.
@@ -223,20 +224,6 @@ fn need(caller: &Principal, record: &DeviceRecord, role: Role) -> Result<(), Api
 
 // ----- names ---------------------------------------------------------------------------
 
-const STATES: [LifecycleState; 6] = [
-    LifecycleState::Unprovisioned,
-    LifecycleState::Provisioning,
-    LifecycleState::Active,
-    LifecycleState::Degraded,
-    LifecycleState::Maintenance,
-    LifecycleState::Decommissioned,
-];
-
-/// The lifecycle state's name in the API (`active`, `degraded`...).
-pub fn state_name(state: LifecycleState) -> String {
-    format!("{state:?}").to_ascii_lowercase()
-}
-
 fn parse_state(raw: &str) -> Result<LifecycleState, ApiError> {
     STATES
         .into_iter()
@@ -247,18 +234,6 @@ fn parse_state(raw: &str) -> Result<LifecycleState, ApiError> {
                 format!("unknown state `{raw}`; one of unprovisioned, provisioning, active, degraded, maintenance, decommissioned"),
             )
         })
-}
-
-/// The health status's name in the API.
-pub fn health_name(status: HealthStatus) -> &'static str {
-    match status {
-        HealthStatus::Healthy => "healthy",
-        HealthStatus::LowBattery => "low_battery",
-        HealthStatus::Degraded => "degraded",
-        HealthStatus::Maintenance => "maintenance",
-        HealthStatus::Offline => "offline",
-        _ => "unknown",
-    }
 }
 
 fn rollout_status(status: RolloutStatus) -> Json_ {

@@ -18,6 +18,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod names;
 pub mod openapi;
 pub mod seed;
 pub mod serve;

@@ -24,8 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::{health_name, state_name};
 use crate::engine::{Engine, TrafficCounts, call};
+use crate::names::{health_name, state_name};
 
 type Labels = Vec<(String, String)>;
 
