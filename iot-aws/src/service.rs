@@ -284,12 +284,12 @@ impl InFlight {
 
     /// The client sent the oldest queued publication under packet id `pkid`.
     pub fn sent(&mut self, pkid: u16) {
-        if let Some(Some(thing)) = self.queued.pop_front() {
-            if let Some(earlier) = self.sent.insert(pkid, thing) {
-                // A packet id is reused only after its acknowledgement; were one lost,
-                // its request no longer counts.
-                self.release(&earlier);
-            }
+        if let Some(Some(thing)) = self.queued.pop_front()
+            && let Some(earlier) = self.sent.insert(pkid, thing)
+        {
+            // A packet id is reused only after its acknowledgement; were one lost, its
+            // request no longer counts.
+            self.release(&earlier);
         }
     }
 
