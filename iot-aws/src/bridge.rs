@@ -3,15 +3,17 @@
 //! The bridge subscribes to [`SUBSCRIPTION`] (`$aws/things/+/shadow/#`), answers every
 //! request and publishes the answers. Its own answers (`.../accepted`, `.../update/delta`,
 //! ...) match the subscription too and come back: they are recognised by their last topic
-//! level and skipped. The run is bounded by a duration and a request count.
+//! level and skipped. The run is bounded by a duration and a request count. A thing with
+//! more than [`MAX_IN_FLIGHT`] requests whose answers the broker has not yet acknowledged
+//! gets 429 (see [`InFlight`]).
 
 use std::string::String;
 use std::time::Duration;
 
 use iot_core::{Error, ErrorKind};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::service::ShadowService;
+use crate::service::{InFlight, MAX_IN_FLIGHT, ShadowService};
 use crate::topic::{SUBSCRIPTION, ShadowTopic};
 
 /// Where to connect and for how long to serve.
@@ -51,6 +53,8 @@ pub struct BridgeStats {
     pub publications: u64,
     /// Messages skipped: the bridge's own answers and topics that are not shadow requests.
     pub skipped: u64,
+    /// Requests refused with 429: more than [`MAX_IN_FLIGHT`] of one thing were in flight.
+    pub throttled: u64,
 }
 
 /// Why the bridge stopped before its time.
@@ -98,6 +102,7 @@ pub async fn run(
         .unwrap_or_else(tokio::time::Instant::now);
     let mut ready = Some(on_ready);
     let mut stats = BridgeStats::default();
+    let mut in_flight = InFlight::new(MAX_IN_FLIGHT);
     while stats.requests < options.max_requests {
         let Ok(event) = tokio::time::timeout_at(deadline, events.poll()).await else {
             break;
@@ -109,22 +114,51 @@ pub async fn run(
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let request = ShadowTopic::parse(&p.topic).is_ok_and(|t| t.is_request());
-                if !request {
+                let Ok(topic) = ShadowTopic::parse(&p.topic) else {
+                    stats.skipped = stats.skipped.saturating_add(1);
+                    continue;
+                };
+                if !topic.is_request() {
                     stats.skipped = stats.skipped.saturating_add(1);
                     continue;
                 }
                 let now_ms = iot_core::time::system_time_ms();
-                let Ok(answers) = service.handle(&p.topic, &p.payload, now_ms) else {
-                    stats.skipped = stats.skipped.saturating_add(1);
+                if !in_flight.admit(topic.thing) {
+                    // AWS's 429: the request is refused unserved, with its clientToken.
+                    if let Ok(Some(answer)) =
+                        service.too_many_requests(&p.topic, &p.payload, now_ms)
+                    {
+                        in_flight.queued(None);
+                        client.try_publish(
+                            answer.topic,
+                            QoS::AtLeastOnce,
+                            false,
+                            answer.payload,
+                        )?;
+                        stats.publications = stats.publications.saturating_add(1);
+                    }
+                    stats.throttled = stats.throttled.saturating_add(1);
                     continue;
+                }
+                let answers = match service.handle(&p.topic, &p.payload, now_ms) {
+                    Ok(answers) if !answers.is_empty() => answers,
+                    outcome => {
+                        in_flight.release(topic.thing);
+                        if outcome.is_err() {
+                            stats.skipped = stats.skipped.saturating_add(1);
+                        }
+                        continue;
+                    }
                 };
                 stats.requests = stats.requests.saturating_add(1);
-                for a in answers {
+                for (i, a) in answers.into_iter().enumerate() {
+                    in_flight.queued((i == 0).then_some(topic.thing));
                     client.try_publish(a.topic, QoS::AtLeastOnce, false, a.payload)?;
                     stats.publications = stats.publications.saturating_add(1);
                 }
             }
+            Event::Outgoing(Outgoing::Publish(pkid)) => in_flight.sent(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => in_flight.acked(ack.pkid),
             _ => {}
         }
     }

@@ -21,5 +21,5 @@ pub mod service;
 pub mod topic;
 
 pub use iot_shadow::aws::{AwsError, AwsShadow, Rejection, Updated};
-pub use service::{Config, Publication, ServiceError, ShadowService};
+pub use service::{Config, InFlight, MAX_IN_FLIGHT, Publication, ServiceError, ShadowService};
 pub use topic::{Channel, Operation, ShadowTopic, TopicError};

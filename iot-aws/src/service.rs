@@ -1,11 +1,11 @@
 //! The sans-IO service: a request (topic and payload) in, the publications to make out.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use iot_core::{Error, ErrorKind};
-use iot_shadow::aws::{AwsShadow, Rejection};
+use iot_shadow::aws::{AwsError, AwsShadow, Rejection};
 use serde_json::Value as Json;
 
 use crate::topic::{Channel, Operation, ShadowTopic, TopicError};
@@ -148,6 +148,26 @@ impl ShadowService {
         Ok(())
     }
 
+    /// The answer to a request refused with 429 before it was served (see [`InFlight`]):
+    /// the `rejected` answer with the request's `clientToken`; nothing changes. A response
+    /// topic gets nothing (`None`); a topic that is not a shadow topic is an error.
+    pub fn too_many_requests(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Publication>, ServiceError> {
+        let t = ShadowTopic::parse(topic)?;
+        if !t.is_request() {
+            return Ok(None);
+        }
+        let rejection = Rejection::of_request(AwsError::TooManyRequests, payload);
+        Ok(Some(publication(
+            t.on(t.operation, Channel::Rejected),
+            &rejection.to_json(now_ms),
+        )))
+    }
+
     /// Handles one received message at `now_ms` (Unix milliseconds). Responses (the
     /// service's own publications) produce nothing; a topic that is not a shadow topic is
     /// an error.
@@ -207,5 +227,94 @@ impl ShadowService {
                 }
             },
         })
+    }
+}
+
+/// AWS answers 429 when more than this many requests of one connection are in flight.
+pub const MAX_IN_FLIGHT: usize = 10;
+
+/// Requests in flight per thing, for AWS's 429 rule: a request is in flight from its arrival
+/// until the broker has acknowledged its first answer.
+///
+/// AWS counts per client connection; behind a broker the service sees topics, not
+/// connections, so it counts per thing (a device is one connection). Sans-IO: the MQTT
+/// binding reports each step: [`InFlight::admit`] on arrival (false: answer with
+/// [`ShadowService::too_many_requests`]), [`InFlight::queued`] for every publication in the
+/// order it is handed to the client, [`InFlight::sent`] when the client gives a publication
+/// its packet id, [`InFlight::acked`] when the broker acknowledges it, and
+/// [`InFlight::release`] for an admitted request that got no answer.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight {
+    limit: usize,
+    per_thing: BTreeMap<String, usize>,
+    /// Publications handed to the client and not yet given a packet id, oldest first: the
+    /// thing whose request they answer first, or `None`.
+    queued: VecDeque<Option<String>>,
+    /// Packet ids of first answers awaiting the broker's acknowledgement.
+    sent: BTreeMap<u16, String>,
+}
+
+impl InFlight {
+    /// At most `limit` requests of one thing in flight ([`MAX_IN_FLIGHT`] is AWS's).
+    pub const fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            per_thing: BTreeMap::new(),
+            queued: VecDeque::new(),
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// A request of `thing` arrives: true (and counted) when fewer than the limit are in
+    /// flight, false when it must be refused with 429.
+    pub fn admit(&mut self, thing: &str) -> bool {
+        let n = self.per_thing.get(thing).copied().unwrap_or(0);
+        if n >= self.limit {
+            return false;
+        }
+        self.per_thing.insert(thing.into(), n.saturating_add(1));
+        true
+    }
+
+    /// A publication is handed to the client: `first_answer_of` names the thing when it is
+    /// the first answer of an admitted request.
+    pub fn queued(&mut self, first_answer_of: Option<&str>) {
+        self.queued.push_back(first_answer_of.map(Into::into));
+    }
+
+    /// The client sent the oldest queued publication under packet id `pkid`.
+    pub fn sent(&mut self, pkid: u16) {
+        if let Some(Some(thing)) = self.queued.pop_front()
+            && let Some(earlier) = self.sent.insert(pkid, thing)
+        {
+            // A packet id is reused only after its acknowledgement; were one lost, its
+            // request no longer counts.
+            self.release(&earlier);
+        }
+    }
+
+    /// The broker acknowledged packet `pkid`: its request is complete.
+    pub fn acked(&mut self, pkid: u16) {
+        if let Some(thing) = self.sent.remove(&pkid) {
+            self.release(&thing);
+        }
+    }
+
+    /// An admitted request of `thing` is complete without an acknowledged answer.
+    pub fn release(&mut self, thing: &str) {
+        match self.per_thing.get(thing).copied() {
+            Some(0 | 1) => {
+                self.per_thing.remove(thing);
+            }
+            Some(n) => {
+                self.per_thing.insert(thing.into(), n.saturating_sub(1));
+            }
+            None => {}
+        }
+    }
+
+    /// Requests of `thing` in flight.
+    pub fn of(&self, thing: &str) -> usize {
+        self.per_thing.get(thing).copied().unwrap_or(0)
     }
 }

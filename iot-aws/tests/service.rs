@@ -8,7 +8,9 @@
     missing_docs
 )]
 
-use iot_aws::{Config, Publication, ServiceError, ShadowService, TopicError};
+use iot_aws::{
+    Config, InFlight, MAX_IN_FLIGHT, Publication, ServiceError, ShadowService, TopicError,
+};
 use serde_json::{Value as Json, json};
 
 const CLASSIC: &str = "$aws/things/lamp/shadow";
@@ -216,6 +218,53 @@ fn rejections_carry_code_message_token_and_timestamp() {
     );
     assert_eq!(payload(&out[0])["code"], json!(409));
     assert_eq!(payload(&out[0])["message"], json!("Version conflict"));
+}
+
+#[test]
+fn more_than_ten_requests_of_a_thing_in_flight_are_429_and_change_nothing() {
+    let mut s = ShadowService::default();
+    let mut flight = InFlight::new(MAX_IN_FLIGHT);
+    let topic = format!("{CLASSIC}/update");
+    // Ten requests of `lamp` arrive; their answers are handed to the client, none acked.
+    for i in 0..MAX_IN_FLIGHT {
+        assert!(flight.admit("lamp"), "request {i}");
+        let out = send(&mut s, &topic, &json!({"state": {"desired": {"n": i}}}), 0);
+        for (k, _) in out.iter().enumerate() {
+            flight.queued((k == 0).then_some("lamp"));
+        }
+    }
+    assert_eq!(flight.of("lamp"), MAX_IN_FLIGHT);
+    let version = s.shadow("lamp", None).unwrap().version();
+    // The eleventh is refused unserved with AWS's 429 and its clientToken.
+    assert!(!flight.admit("lamp"));
+    let body = br#"{"state":{"desired":{"n":99}},"clientToken":"eleven"}"#;
+    let refusal = s.too_many_requests(&topic, body, 42_000).unwrap().unwrap();
+    assert_eq!(refusal.topic, format!("{topic}/rejected"));
+    let p = payload(&refusal);
+    assert_eq!(p["code"], json!(429));
+    assert_eq!(p["message"], json!("Too Many Requests"));
+    assert_eq!(p["clientToken"], json!("eleven"));
+    assert_eq!(p["timestamp"], json!(42));
+    assert_eq!(s.shadow("lamp", None).unwrap().version(), version);
+    // Another thing is not held up by `lamp`.
+    assert!(flight.admit("kettle"));
+    flight.release("kettle");
+    // The client sends the queued answers (packet ids 1, 2, ...); the broker acks the first
+    // answer of the first request: one slot frees.
+    let queued: usize = MAX_IN_FLIGHT * 3; // accepted, delta, documents per request
+    for pkid in 1..=u16::try_from(queued).unwrap() {
+        flight.sent(pkid);
+    }
+    flight.acked(2); // the first request's delta: not its first answer
+    assert!(!flight.admit("lamp"));
+    flight.acked(1);
+    assert_eq!(flight.of("lamp"), MAX_IN_FLIGHT - 1);
+    assert!(flight.admit("lamp"));
+    // A response topic is never refused: it gets nothing.
+    assert_eq!(
+        s.too_many_requests(&format!("{topic}/accepted"), b"{}", 0),
+        Ok(None)
+    );
 }
 
 #[test]

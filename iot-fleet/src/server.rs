@@ -12,10 +12,9 @@
 //! |---|---|---|
 //! | `Register` | checks the protocol version; challenges (with a nonce from the cryptographic RNG), then checks the proof ([`Fleet::handle_registration`]) | `Registration` |
 //! | `Heartbeat` | marks the device online | none |
-//! | `Transition` | validates it with the lifecycle's transition table and applies it to the fleet record, or flags it ([`Fleet::report_transition`]) | none |
+//! | `Transition` | validates it with the lifecycle's transition table and applies it to the fleet record, or flags it ([`Fleet::report_device_transition`]) | none |
 //! | `ShadowUpdate` | applies the device's writes to its server-side shadow (the drift bound, limits and origin checked first) | `Shadow` accepted, or `ShadowRejected` |
 //! | `ShadowGet` | sends the document if it is newer than the device's | `Shadow` document |
-//!
 //! | `OtaBlockRequest` | serves the block of a published image ([`DeviceServer::publish_firmware`]) | `OtaBlock` |
 //! | `OtaProgress` | a confirmed or rolled-back update is the device's report to its rollout ([`Fleet::report_update`]); the application sees it too | none |
 //!
@@ -314,10 +313,6 @@ impl DeviceServer {
                 if register.request.device != device {
                     return Err(mismatch(device, register.request.device));
                 }
-                if register.request.answer.is_some() {
-                    // A new registration starts a new epoch of lifecycle reports.
-                    self.reported.remove(&device);
-                }
                 let known = self.fleet.schema_policies(register.schema).is_some();
                 let response = match known {
                     _ if register.protocol != PROTOCOL_VERSION => {
@@ -334,6 +329,9 @@ impl DeviceServer {
                             now_ms,
                         );
                         if matches!(response, RegistrationResponse::Accepted(_)) {
+                            // A new registration starts a new epoch of lifecycle reports;
+                            // a refused one changes nothing.
+                            self.reported.remove(&device);
                             self.fleet.set_device_schema(&device, register.schema);
                             // A device that registers again restarted: its OTA job (if a
                             // rollout still asks it to install) is sent again, and it
@@ -663,5 +661,254 @@ impl DeviceServer {
         let path = Path::new(path).ok()?;
         let shadow = self.fleet.shadow(p, device).ok()??;
         shadow.value(Section::Reported, &path).cloned()
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec;
+
+    use iot_core::{MessageId, MessageKind, TenantId};
+    use iot_lifecycle::registration::RegistrationRequest;
+    use iot_lifecycle::state::{Event, State, TransitionRecord};
+    use iot_protocol::Register;
+
+    use super::*;
+    use crate::access::Role;
+    use crate::registry::ManufacturingRecord;
+
+    const NOW: u64 = 36_000_000;
+
+    fn id(name: &str) -> DeviceId {
+        DeviceId::new(name).unwrap()
+    }
+
+    fn secret(device: &DeviceId) -> [u8; 32] {
+        let mut s = [0x5a; 32];
+        for (i, b) in device.as_str().bytes().enumerate() {
+            s[i % 32] ^= b;
+        }
+        s
+    }
+
+    fn admin(tenant: &str) -> Principal {
+        Principal::new(
+            "admin",
+            TenantId::new(tenant).unwrap(),
+            Scope::root(),
+            Role::Admin,
+        )
+    }
+
+    /// A server whose fleet holds `devices` as (tenant, device) in scope `site`.
+    fn server(devices: &[(&str, DeviceId)], jitter_ms: u64) -> DeviceServer {
+        let mut fleet = Fleet::default();
+        for (tenant, device) in devices {
+            let record = ManufacturingRecord {
+                device_id: *device,
+                secret: secret(device),
+                sku: "TH".into(),
+                serial: 1,
+            };
+            fleet
+                .import_manufacturing(&admin(tenant), &"site".parse().unwrap(), vec![record], 0)
+                .unwrap();
+        }
+        DeviceServer::with_os_rng(fleet, DeviceConfig::DEFAULT, NodeId(1))
+            .with_ota_jitter(jitter_ms)
+    }
+
+    fn send(
+        server: &mut DeviceServer,
+        session: &Session,
+        message: &Uplink<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Vec<Reply>, ServerError> {
+        let payload = message.to_vec();
+        let env = EnvelopeRef {
+            device: session.device(),
+            seq: 0,
+            id: MessageId(0),
+            qos: message.qos(),
+            kind: message.kind(),
+            payload: &payload,
+        };
+        server.handle(session, &env, now_ms).map(|h| match h {
+            Handled::Replies(replies) => replies,
+            Handled::Unhandled => Vec::new(),
+        })
+    }
+
+    fn register(device: DeviceId, nonce: Option<Nonce>) -> Uplink<&'static [u8]> {
+        Uplink::Register(Register {
+            protocol: PROTOCOL_VERSION,
+            schema: 0,
+            request: RegistrationRequest {
+                device,
+                firmware_version: 1,
+                answer: nonce.map(|n| crate::answer(&secret(&device), &device, &n)),
+            },
+        })
+    }
+
+    fn report(from: State, event: Event, to: State, at_ms: u64) -> Uplink<&'static [u8]> {
+        Uplink::Transition(TransitionRecord {
+            from,
+            event,
+            to,
+            at_ms,
+        })
+    }
+
+    /// Registers the session's device and reports `Provisioning -> Active`, over the wire.
+    fn activate(server: &mut DeviceServer, session: &Session) {
+        let device = session.device();
+        let replies = send(server, session, &register(device, None), NOW).unwrap();
+        let [Downlink::Registration(RegistrationResponse::Challenge(nonce))] = replies.as_slice()
+        else {
+            panic!("no challenge: {replies:?}");
+        };
+        let replies = send(server, session, &register(device, Some(*nonce)), NOW).unwrap();
+        assert!(matches!(
+            replies.as_slice(),
+            [Downlink::Registration(RegistrationResponse::Accepted(_))]
+        ));
+        let active = report(
+            State::Provisioning,
+            Event::ConfigComplete,
+            State::Active,
+            NOW,
+        );
+        send(server, session, &active, NOW).unwrap();
+    }
+
+    /// When each of `n` active devices is sent its OTA job, polling every 100 ms after a
+    /// one-stage rollout starts at `NOW` with start jitter `jitter_ms`.
+    fn job_times(n: usize, jitter_ms: u64) -> Vec<u64> {
+        let devices: Vec<(&str, DeviceId)> = (0..n)
+            .map(|i| ("acme", id(&format!("th-{i:02}"))))
+            .collect();
+        let mut server = server(&devices, jitter_ms);
+        for (i, (_, device)) in devices.iter().enumerate() {
+            activate(&mut server, &Session::authenticated(*device, i as u64));
+        }
+        server.publish_firmware(2, vec![7; 600]).unwrap();
+        let one_stage = RolloutConfig {
+            stages_bp: vec![10_000],
+            ..RolloutConfig::default()
+        };
+        let site = "site".parse().unwrap();
+        server
+            .start_ota(&admin("acme"), &site, 2, Some(1), one_stage, NOW)
+            .unwrap();
+        let mut sent: BTreeMap<DeviceId, Vec<u64>> = BTreeMap::new();
+        let mut t = NOW;
+        while t <= NOW + jitter_ms + 1_000 {
+            for (device, job) in server.poll_ota(t) {
+                assert_eq!(job.kind(), MessageKind::OtaJob);
+                sent.entry(device).or_default().push(t);
+            }
+            t += 100;
+        }
+        assert_eq!(sent.len(), n, "every device is sent a job");
+        sent.values()
+            .map(|times| {
+                assert_eq!(times.len(), 1, "one job per device: {times:?}");
+                times[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ota_job_starts_are_spread_over_the_jitter_window() {
+        // Without jitter the whole stage is sent its jobs at once.
+        assert!(job_times(12, 0).iter().all(|&t| t == NOW));
+        // With a 10 s window each start is delayed by a random share of it: within the
+        // window, and not all at once (12 uniform draws over 101 polls coincide with a
+        // probability far below 1e-20).
+        let times = job_times(12, 10_000);
+        assert!(
+            times.iter().all(|&t| (NOW..=NOW + 10_000).contains(&t)),
+            "{times:?}"
+        );
+        let distinct: alloc::collections::BTreeSet<u64> = times.iter().copied().collect();
+        assert!(distinct.len() > 1, "{times:?}");
+        assert!(times.iter().any(|&t| t > NOW), "{times:?}");
+    }
+
+    #[test]
+    fn a_refused_registration_answer_keeps_the_lifecycle_reports_epoch() {
+        let device = id("th-00");
+        let mut server = server(&[("acme", device)], 0);
+        let session = Session::authenticated(device, 1);
+        activate(&mut server, &session);
+        let degraded = report(
+            State::Active,
+            Event::HealthCheckFailed,
+            State::Degraded,
+            NOW + 10,
+        );
+        send(&mut server, &session, &degraded, NOW).unwrap();
+        // An answer to no outstanding challenge is refused: the device did not register
+        // again, so the reports it sent before still count.
+        let replies = send(&mut server, &session, &register(device, Some([9; 16])), NOW).unwrap();
+        assert!(matches!(
+            replies.as_slice(),
+            [Downlink::Registration(RegistrationResponse::Rejected(_))]
+        ));
+        // A report older than the last one applied (a late redelivery) changes nothing.
+        let stale = report(State::Degraded, Event::AutoRecovery, State::Active, NOW + 5);
+        send(&mut server, &session, &stale, NOW).unwrap();
+        let record = server.fleet().device(&admin("acme"), &device).unwrap();
+        assert_eq!(record.state, State::Degraded);
+    }
+
+    /// Everything an operator's refused action must leave alone: the fleet (audit chain,
+    /// rollouts, shadows), the device record as its tenant sees it, and its shadow.
+    fn snapshot(server: &DeviceServer, tenant: &str, device: &DeviceId) -> String {
+        let fleet = server.fleet();
+        format!(
+            "{fleet:?}\n{:?}\n{:?}",
+            fleet.device(&admin(tenant), device),
+            fleet.device_shadow(device).map(|s| s.to_cbor())
+        )
+    }
+
+    #[test]
+    fn another_tenants_operator_is_refused_before_anything_changes() {
+        let (a, b) = (id("dev-a"), id("dev-b"));
+        let mut server = server(&[("acme", a), ("globex", b)], 0);
+        for (i, device) in [a, b].into_iter().enumerate() {
+            activate(&mut server, &Session::authenticated(device, i as u64));
+        }
+        server
+            .set_desired(&admin("acme"), &a, "led", Value::Bool(true), NOW)
+            .unwrap();
+        let before = snapshot(&server, "acme", &a);
+        let globex = admin("globex");
+        // Globex's operator writes to, decommissions and reads acme's device: refused as
+        // if the device did not exist, and nothing changes.
+        let write = server.set_desired(&globex, &a, "led", Value::Bool(false), NOW + 1);
+        assert!(
+            matches!(write, Err(ServerError::Fleet(FleetError::Access(_)))),
+            "{write:?}"
+        );
+        let retire = server.decommission(&globex, &a, DecommissionReason::Compromised, NOW + 2);
+        assert!(
+            matches!(retire, Err(ServerError::Fleet(FleetError::Access(_)))),
+            "{retire:?}"
+        );
+        assert_eq!(server.reported(&globex, &a, "led"), None);
+        assert!(server.declined(&globex, &a).is_empty());
+        assert_eq!(snapshot(&server, "acme", &a), before);
+        // Acme's own operator still reaches it.
+        assert!(
+            server
+                .set_desired(&admin("acme"), &a, "led", Value::Bool(false), NOW + 3)
+                .unwrap()
+                .is_some()
+        );
     }
 }

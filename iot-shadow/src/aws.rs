@@ -110,6 +110,10 @@ pub enum AwsError {
     /// 415: the payload is not UTF-8.
     #[error("Unsupported documented encoding; supported encoding is UTF-8")]
     NotUtf8,
+    /// 429: too many requests of one client are in flight (AWS allows 10); the request was
+    /// not served.
+    #[error("Too Many Requests")]
+    TooManyRequests,
     /// 500: the engine refused for a reason a client cannot fix.
     #[error("Internal service failure")]
     Internal,
@@ -132,6 +136,7 @@ impl AwsError {
             Self::VersionConflict => 409,
             Self::PayloadTooLarge => 413,
             Self::NotUtf8 => 415,
+            Self::TooManyRequests => 429,
             Self::Internal => 500,
         }
     }
@@ -143,7 +148,7 @@ impl Error for AwsError {
             Self::InvalidJson | Self::NotUtf8 => ErrorKind::Decode,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::VersionConflict => ErrorKind::Conflict,
-            Self::PayloadTooLarge => ErrorKind::Capacity,
+            Self::PayloadTooLarge | Self::TooManyRequests => ErrorKind::Capacity,
             Self::Internal => ErrorKind::Other,
             _ => ErrorKind::InvalidInput,
         }
@@ -176,6 +181,16 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The refusal of the request `payload` with `error`, echoing the request's
+    /// `clientToken` when it has a valid one (for refusals decided before the request is
+    /// served, like [`AwsError::TooManyRequests`]).
+    pub fn of_request(error: AwsError, payload: &[u8]) -> Self {
+        Self {
+            error,
+            client_token: parse_body(payload).ok().and_then(|(_, token)| token),
+        }
+    }
+
     /// The `/rejected` payload: `code`, `message`, `timestamp` (seconds) and `clientToken`.
     pub fn to_json(&self, now_ms: u64) -> Json {
         let mut m = Map::new();

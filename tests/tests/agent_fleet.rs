@@ -1,7 +1,8 @@
 //! The device agent of `iot-agent` against the backend of `iot-fleet`, over the wire only: zero-touch
 //! registration with the real proof check, heartbeats keeping the device online, and every
 //! lifecycle transition the agent makes (degraded on a critical battery, recovery,
-//! maintenance by command) accepted by the fleet's validation of reported transitions.
+//! maintenance by command) accepted by the fleet's validation of reported transitions, and
+//! decommissioning: the operator's order, the device's audit record, then silence.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,7 +21,7 @@ use iot_fleet::{
 use iot_lifecycle::State;
 use iot_lifecycle::command::{Command, CommandHandler, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
-use iot_lifecycle::registration::DeviceSecret;
+use iot_lifecycle::registration::{AuditRecord, DecommissionReason, DeviceSecret};
 
 const SECRET: [u8; 32] = [0x33; 32];
 const MINUTE: u64 = 60_000;
@@ -237,4 +238,80 @@ fn the_lab_agent_registers_with_the_fleet_and_every_transition_it_reports_is_leg
         ]
     );
     assert_eq!(u64::from(backend.heartbeats), end / 10_000 + 1);
+
+    // Decommissioning over the wire: the operator's order reaches the device, which wipes
+    // itself and answers with its audit record; afterwards the backend accepts nothing from
+    // it and the device falls silent.
+    let (done, order) = backend
+        .server
+        .decommission(&backend.admin, &device, DecommissionReason::EndOfLife, end)
+        .unwrap();
+    assert_eq!(done.previous, State::Active);
+    let from = wire.0.len();
+    agent
+        .handle(
+            end,
+            &envelope(order.kind(), &order.to_vec()),
+            &mut board,
+            &mut wire,
+        )
+        .unwrap();
+    let answer: Vec<(u64, MessageKind, Vec<u8>)> = wire.0[from..].to_vec();
+    assert_eq!(answer.len(), 1, "one audit record");
+    let (_, kind, payload) = &answer[0];
+    assert_eq!(*kind, MessageKind::Decommission);
+    let audit: AuditRecord = iot_core::codec::decode(payload).unwrap();
+    assert_eq!((audit.device, audit.from), (device, State::Active));
+    assert_eq!(audit.reason, DecommissionReason::EndOfLife);
+    // The backend takes the record from the device's session and no longer knows the device.
+    let env = EnvelopeRef {
+        device,
+        seq: 0,
+        id: MessageId(0),
+        qos: QoS::AtLeastOnce,
+        kind: *kind,
+        payload,
+    };
+    assert!(backend.server.handle(&backend.session, &env, end).is_ok());
+    assert!(
+        backend
+            .server
+            .fleet()
+            .device(&backend.admin, &device)
+            .is_err()
+    );
+    let audit_len = backend.server.fleet().audit_trail(&backend.admin).count();
+    // A wiped device sends nothing more, and a heartbeat in its name is refused.
+    let quiet = wire.0.len();
+    assert_eq!(
+        agent.poll(end + 10 * MINUTE, &mut board, &mut wire),
+        None,
+        "nothing will run"
+    );
+    assert_eq!(wire.0.len(), quiet, "a decommissioned device falls silent");
+    let heartbeat = iot_protocol::Heartbeat {
+        seq: 1_000,
+        uptime_ms: end,
+        state: State::Active,
+        config_version: 1,
+        health: iot_lifecycle::HealthStatus::Healthy,
+        readings: None,
+    };
+    let bytes = cbor(&heartbeat);
+    let forged = EnvelopeRef {
+        kind: MessageKind::Heartbeat,
+        payload: &bytes,
+        ..env
+    };
+    assert!(
+        backend
+            .server
+            .handle(&backend.session, &forged, end + 1)
+            .is_err()
+    );
+    assert_eq!(
+        backend.server.fleet().audit_trail(&backend.admin).count(),
+        audit_len,
+        "the refusal changes nothing"
+    );
 }

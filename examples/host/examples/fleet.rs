@@ -974,14 +974,12 @@ fn main() -> Outcome {
                 .fleet()
                 .health_report(&admin, &root, now)?
                 .counts;
-            let suppressed: u64 = sim
-                .devices
-                .iter()
-                .map(|d| u64::from(d.agent.stats().readings_suppressed))
-                .sum();
+            // The edge tier as the devices' heartbeats report it (readings sampled and sent
+            // since boot), learned from the wire like everything else here.
+            let (sampled, sent) = reading_counts(sim.backend.server().fleet(), &admin, |_| true);
             flow = FlowStats::new();
-            flow.record_in(Tier::Edge, suppressed + sim.counters.readings_sent);
-            flow.record_out(Tier::Edge, sim.counters.readings_sent);
+            flow.record_in(Tier::Edge, sampled);
+            flow.record_out(Tier::Edge, sent);
             for gw in &sim.gateways {
                 flow.record_in(Tier::Fog, gw.stats().readings);
                 flow.record_out(Tier::Fog, gw.stats().aggregates);
@@ -1089,14 +1087,17 @@ fn summary(
     // held back at the edge) against the aggregates the gateways forwarded.
     let mut path = FlowStats::new();
     let fog_readings: u64 = sim.gateways.iter().map(|g| g.stats().readings).sum();
-    let fog_suppressed: u64 = sim
+    let behind_gateway: std::collections::BTreeSet<&DeviceId> = sim
         .devices
         .iter()
         .filter(|d| d.gateway.is_some())
-        .map(|d| u64::from(d.agent.stats().readings_suppressed))
-        .sum();
-    path.record_in(Tier::Edge, fog_suppressed + fog_readings);
-    path.record_out(Tier::Edge, fog_readings);
+        .map(|d| &d.id)
+        .collect();
+    let (fog_sampled, fog_sent) = reading_counts(sim.backend.server().fleet(), &admin, |id| {
+        behind_gateway.contains(id)
+    });
+    path.record_in(Tier::Edge, fog_sampled);
+    path.record_out(Tier::Edge, fog_sent);
     path.record_in(Tier::Fog, fog_readings);
     path.record_out(
         Tier::Fog,
@@ -1224,4 +1225,16 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Readings sampled and sent since boot, summed over the devices `include` picks, as their
+/// heartbeats reported them to the fleet.
+fn reading_counts(fleet: &Fleet, p: &Principal, include: impl Fn(&DeviceId) -> bool) -> (u64, u64) {
+    fleet
+        .devices(p)
+        .filter(|r| include(&r.id))
+        .filter_map(|r| r.readings)
+        .fold((0, 0), |(sampled, sent), t| {
+            (sampled + u64::from(t.sampled), sent + u64::from(t.sent))
+        })
 }
