@@ -442,13 +442,15 @@ impl Bridge {
         }
     }
 
-    /// Disconnects and stops both tasks.
-    pub async fn shutdown(self) {
+    /// Disconnects and stops both tasks; returns the counters as they stand once nothing
+    /// more can change them.
+    pub async fn shutdown(self) -> BridgeCounts {
         let _ = self.client.disconnect().await;
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
+        self.counters.snapshot()
     }
 }
 
