@@ -535,6 +535,17 @@ impl Queues {
         }
     }
 
+    /// Queues a message the backend published for the device: commands, desired-state
+    /// deltas and decommissioning orders are operator traffic, the rest are replies.
+    fn downlink(&mut self, kind: MessageKind, body: Vec<u8>) {
+        match kind {
+            MessageKind::Command | MessageKind::ShadowDelta | MessageKind::Decommission => {
+                self.operator(kind, body)
+            }
+            _ => self.bulk(kind, body),
+        }
+    }
+
     fn bulk(&mut self, kind: MessageKind, body: Vec<u8>) {
         if self.bulk.len() >= BULK_QUEUE {
             self.bulk.pop_front();
@@ -1156,12 +1167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // operator traffic (commands, desired-state deltas, decommissioning) ahead of replies.
         while let Ok(bytes) = uplink.down.try_recv() {
             match OwnedEnvelope::decode(&bytes) {
-                Ok(env) if env.device == device => match env.kind {
-                    MessageKind::Command | MessageKind::ShadowDelta | MessageKind::Decommission => {
-                        queues.operator(env.kind, env.payload)
-                    }
-                    _ => queues.bulk(env.kind, env.payload),
-                },
+                Ok(env) if env.device == device => queues.downlink(env.kind, env.payload),
                 _ => down_foreign += 1,
             }
         }
@@ -1526,6 +1532,40 @@ mod tests {
     /// A flood of device replies, with the device never acknowledging anything, fills the
     /// outbox only up to the reserve: the operator's commands still get in, every one, and
     /// the flood's overflow is dropped and counted.
+    /// What the backend publishes is sorted by kind: a flood of shadow documents (answers to
+    /// forged requests) waits among the replies, the operator's messages in their own queue.
+    #[test]
+    fn backend_messages_are_sorted_by_kind() {
+        let mut queues = Queues::default();
+        for _ in 0..BULK_QUEUE + 10 {
+            queues.downlink(MessageKind::ShadowDocument, vec![1]);
+        }
+        queues.downlink(MessageKind::RegistrationResponse, vec![2]);
+        for kind in [
+            MessageKind::Command,
+            MessageKind::ShadowDelta,
+            MessageKind::Decommission,
+        ] {
+            queues.downlink(kind, vec![3]);
+        }
+        let operator: Vec<MessageKind> = queues.operator.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            operator,
+            [
+                MessageKind::Command,
+                MessageKind::ShadowDelta,
+                MessageKind::Decommission
+            ]
+        );
+        assert_eq!(queues.bulk.len(), BULK_QUEUE);
+        assert_eq!(queues.bulk_dropped, 11);
+        assert_eq!(
+            queues.bulk.back().map(|(k, _)| *k),
+            Some(MessageKind::RegistrationResponse)
+        );
+        assert_eq!(queues.operator_refused, 0);
+    }
+
     #[test]
     fn a_flood_of_device_replies_never_refuses_operator_traffic() {
         let clock = ManualClock::new(0);
