@@ -4,28 +4,8 @@
 # Run from the repository root. Fails (never skips) when a broker cannot be reached.
 set -euo pipefail
 
-export PATH="$PATH:/usr/sbin:/sbin"
-
-if ! command -v mosquitto >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq mosquitto
-fi
-mosquitto -h | head -n 1 || true
-
-# The machine's broker: start the system service if nothing listens on 127.0.0.1:1883.
-broker_up() { (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; }
-if ! broker_up; then
-  service mosquitto start || systemctl start mosquitto || true
-  for _ in $(seq 1 50); do
-    broker_up && break
-    sleep 0.2
-  done
-fi
-if ! broker_up; then
-  echo "mqtt: Mosquitto is not reachable on 127.0.0.1:1883" >&2
-  exit 1
-fi
+# Mosquitto installed, and the machine's broker listening on 127.0.0.1:1883.
+source "$(dirname "$0")/machine_broker.sh"
 
 cargo test -p iot-mqtt --features mosquitto-tests --test mosquitto
 # The real agent and backend (registration, shadow, command, OTA) through the machine's broker.

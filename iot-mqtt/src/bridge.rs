@@ -32,6 +32,15 @@
 //! them (embedded broker, or a broker without `pattern` lines) a client can publish under any
 //! device's topic.
 //!
+//! # Mount point
+//!
+//! [`BridgeConfig::mount_point`] puts the whole layout under a prefix, as Mosquitto's listener
+//! option `mount_point` does for its clients: `{mount}/iot/{device}/up` and
+//! `{mount}/iot/{device}/down` ([`mounted_topic`]). Several fleets, or several test runs,
+//! then share one broker without seeing each other's devices; every publisher of the fleet
+//! (devices, gateways) uses the same prefix. Publishes outside it are refused and counted as
+//! topic refusals.
+//!
 //! Deduplication is per process: after a bridge process dies, a message it did not acknowledge
 //! can reach another member of the group, which delivers it again. A handler that needs
 //! exactly-once across processes checks the message id against its store.
@@ -76,6 +85,10 @@ pub trait EnvelopeHandler: Send + 'static {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BridgeError {
+    /// The mount point is empty, longer than [`MOUNT_POINT_MAX_LEN`], has an empty level or
+    /// a character outside `A-Z a-z 0-9 - _ /`.
+    #[error("invalid mount point {0:?}")]
+    MountPoint(String),
     /// The shared-subscription group name is invalid.
     #[error("invalid group: {0}")]
     Group(#[from] TopicError),
@@ -100,6 +113,7 @@ impl iot_core::error::Error for BridgeError {
     fn kind(&self) -> iot_core::error::ErrorKind {
         match self {
             Self::Group(e) => iot_core::error::Error::kind(e),
+            Self::MountPoint(_) => iot_core::error::ErrorKind::InvalidInput,
             Self::Client(_) => iot_core::error::ErrorKind::Transport,
             Self::Tls(e) => iot_core::error::Error::kind(e),
             Self::Encode(_) => iot_core::error::ErrorKind::Encode,
@@ -118,6 +132,9 @@ pub struct BridgeConfig {
     pub client_id: String,
     /// Shared-subscription group; processes with the same group split the fleet.
     pub group: String,
+    /// A prefix for every topic of the layout (see the [module documentation](self#mount-point));
+    /// `None` (the default) for the layout as documented in [`crate::topic`].
+    pub mount_point: Option<String>,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
     /// TLS with a client certificate; `None` for plain TCP (loopback only).
@@ -139,6 +156,46 @@ pub struct BridgeConfig {
     pub reconnect_delay: Duration,
 }
 
+/// The longest [`BridgeConfig::mount_point`].
+pub const MOUNT_POINT_MAX_LEN: usize = 64;
+
+/// Checks a mount point: 1 to [`MOUNT_POINT_MAX_LEN`] bytes of `A-Z a-z 0-9 - _`, in levels
+/// separated by `/`, none of them empty (so no wildcard, no `$` namespace, no leading or
+/// trailing separator).
+pub fn check_mount_point(mount: &str) -> Result<(), BridgeError> {
+    let ok = mount.len() <= MOUNT_POINT_MAX_LEN
+        && mount.split('/').all(|level| {
+            !level.is_empty()
+                && level
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(BridgeError::MountPoint(mount.to_string()))
+    }
+}
+
+/// The name of `topic` under `mount_point`: `{mount_point}/{topic}`, or the topic itself.
+pub fn mounted_topic(mount_point: Option<&str>, topic: Topic) -> String {
+    let topic = TopicBuf::new(topic);
+    match mount_point {
+        Some(mount) => std::format!("{mount}/{}", topic.as_str()),
+        None => topic.as_str().to_string(),
+    }
+}
+
+/// `name` without the mount point, or `None` when it is not under it.
+fn unmounted<'a>(mount_point: Option<&str>, name: &'a [u8]) -> Option<&'a [u8]> {
+    match mount_point {
+        None => Some(name),
+        Some(mount) => name
+            .strip_prefix(mount.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"/")),
+    }
+}
+
 /// Recent message ids remembered per device for deduplication.
 pub const DEDUP_WINDOW: usize = 256;
 
@@ -150,6 +207,7 @@ impl BridgeConfig {
             port,
             client_id: client_id.into(),
             group: "backend".to_string(),
+            mount_point: None,
             credentials: None,
             tls: None,
             max_envelope: 4096,
@@ -254,6 +312,7 @@ impl Counters {
 pub struct Downlink {
     client: AsyncClient,
     counters: Arc<Counters>,
+    mount_point: Option<Arc<str>>,
 }
 
 impl Downlink {
@@ -261,14 +320,12 @@ impl Downlink {
     /// the envelope asks for at-most-once.
     pub async fn send(&self, envelope: &OwnedEnvelope) -> Result<(), BridgeError> {
         let bytes = envelope.to_vec()?;
-        let topic = TopicBuf::new(Topic::down(envelope.device));
+        let topic = mounted_topic(self.mount_point.as_deref(), Topic::down(envelope.device));
         let qos = match envelope.qos {
             EnvelopeQoS::AtMostOnce => QoS::AtMostOnce,
             _ => QoS::AtLeastOnce,
         };
-        self.client
-            .publish(topic.as_str(), qos, false, bytes)
-            .await?;
+        self.client.publish(topic, qos, false, bytes).await?;
         self.counters.inc(&self.counters.replies);
         Ok(())
     }
@@ -279,6 +336,7 @@ impl Downlink {
 pub struct Bridge {
     client: AsyncClient,
     counters: Arc<Counters>,
+    mount_point: Option<Arc<str>>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -288,7 +346,15 @@ impl Bridge {
         config: BridgeConfig,
         handler: H,
     ) -> Result<Self, BridgeError> {
-        let filter = topic::shared_up_filter(&config.group)?.as_str().to_string();
+        let shared = topic::shared_up_filter(&config.group)?;
+        let filter = match &config.mount_point {
+            Some(mount) => {
+                check_mount_point(mount)?;
+                std::format!("$share/{}/{mount}/{}", config.group, topic::UP_FILTER)
+            }
+            None => shared.as_str().to_string(),
+        };
+        let mount_point: Option<Arc<str>> = config.mount_point.as_deref().map(Arc::from);
         let mut options =
             MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         options.set_keep_alive(config.keepalive);
@@ -334,12 +400,14 @@ impl Bridge {
             Downlink {
                 client: client.clone(),
                 counters: counters.clone(),
+                mount_point: mount_point.clone(),
             },
             config.max_envelope,
         ));
         Ok(Self {
             client,
             counters,
+            mount_point,
             tasks: [event_task, handler_task],
         })
     }
@@ -349,6 +417,7 @@ impl Bridge {
         Downlink {
             client: self.client.clone(),
             counters: self.counters.clone(),
+            mount_point: self.mount_point.clone(),
         }
     }
 
@@ -373,13 +442,15 @@ impl Bridge {
         }
     }
 
-    /// Disconnects and stops both tasks.
-    pub async fn shutdown(self) {
+    /// Disconnects and stops both tasks; returns the counters as they stand once nothing
+    /// more can change them.
+    pub async fn shutdown(self) -> BridgeCounts {
         let _ = self.client.disconnect().await;
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
+        self.counters.snapshot()
     }
 }
 
@@ -431,7 +502,7 @@ async fn run_handler<H: EnvelopeHandler>(
     let counters = downlink.counters.clone();
     let mut seen: HashMap<DeviceId, RecentIds<DEDUP_WINDOW>> = HashMap::new();
     while let Some(publish) = from_loop.recv().await {
-        match check(&publish, max_envelope) {
+        match check(&publish, downlink.mount_point.as_deref(), max_envelope) {
             Err(refusal) => counters.inc(refusal.counter(&counters)),
             Ok((device, envelope)) => {
                 let window = seen.entry(device).or_default();
@@ -466,6 +537,53 @@ impl Refusal {
     }
 }
 
-fn check(publish: &Publish, max_envelope: usize) -> Result<(DeviceId, OwnedEnvelope), Refusal> {
-    check_up(&publish.topic, &publish.payload, max_envelope)
+fn check(
+    publish: &Publish,
+    mount_point: Option<&str>,
+    max_envelope: usize,
+) -> Result<(DeviceId, OwnedEnvelope), Refusal> {
+    let topic =
+        unmounted(mount_point, &publish.topic).ok_or(Refusal::Topic(TopicError::WrongPrefix))?;
+    check_up(topic, &publish.payload, max_envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_nest_the_layout_and_refuse_wildcards() {
+        for good in ["run-1", "ci/qemu_7", &"m".repeat(MOUNT_POINT_MAX_LEN)] {
+            assert!(check_mount_point(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/+",
+            "#",
+            "$SYS",
+            "a b",
+            &"m".repeat(MOUNT_POINT_MAX_LEN + 1),
+        ] {
+            assert!(
+                matches!(check_mount_point(bad), Err(BridgeError::MountPoint(m)) if m == bad),
+                "{bad:?}"
+            );
+        }
+        let device = DeviceId::new("d-1").unwrap();
+        assert_eq!(
+            mounted_topic(Some("ci/7"), Topic::down(device)),
+            "ci/7/iot/d-1/down"
+        );
+        assert_eq!(mounted_topic(None, Topic::up(device)), "iot/d-1/up");
+        assert_eq!(
+            unmounted(Some("ci/7"), b"ci/7/iot/d-1/up"),
+            Some(&b"iot/d-1/up"[..])
+        );
+        assert_eq!(unmounted(Some("ci/7"), b"ci/77/iot/d-1/up"), None);
+        assert_eq!(unmounted(Some("ci/7"), b"iot/d-1/up"), None);
+        assert_eq!(unmounted(None, b"iot/d-1/up"), Some(&b"iot/d-1/up"[..]));
+    }
 }

@@ -37,3 +37,9 @@ fn embedded_broker_listens_on_a_loopback_ephemeral_port() {
     assert_ne!(broker.addr().port(), 1883);
     std::net::TcpStream::connect(broker.addr()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_point_confines_the_bridge_to_its_prefix() {
+    let broker = EmbeddedBroker::start().unwrap();
+    common::mount_point_confines_the_layout(broker.addr()).await;
+}

@@ -162,6 +162,11 @@ async fn machine_broker_shared_subscription_splits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_broker_mount_point_confines_the_bridge() {
+    mount_point_confines_the_layout(machine_broker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_broker_bridge_outage_loses_nothing() {
     bridge_outage_loses_nothing(machine_broker()).await;
 }

@@ -800,3 +800,80 @@ pub async fn bridge_outage_loses_nothing(broker: SocketAddr) {
     assert_eq!(handled_ids, (1..=4).map(|id| (id, 1)).collect());
     bridge.shutdown().await;
 }
+
+/// A bridge with a mount point serves only the layout under it: a device publishing under
+/// the mount point is handled and answered under it, the same device publishing on the bare
+/// layout is not seen, and a publish of a device that names another mount point is not seen
+/// either.
+pub async fn mount_point_confines_the_layout(broker: SocketAddr) {
+    use rumqttc::v5::mqttbytes::QoS as MqttQoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mount = format!("runs/{}", unique("m"));
+    let mut config = bridge_config(broker, &unique("g"));
+    config.mount_point = Some(mount.clone());
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let bridge = Bridge::spawn(config, Recorder { seen: tx }).unwrap();
+    let device = DeviceId::new(&unique("dev")).unwrap();
+    let mut raw = raw_client(broker, device.as_str()).await;
+    let down = format!("{mount}/iot/{device}/down");
+    raw.client
+        .subscribe(down.clone(), MqttQoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let publish = |topic: String, id: u32| {
+        let client = raw.client.clone();
+        async move {
+            let bytes = envelope(device, id, MessageKind::Telemetry)
+                .to_vec()
+                .unwrap();
+            client
+                .publish(topic, MqttQoS::AtLeastOnce, false, bytes)
+                .await
+                .unwrap();
+        }
+    };
+    // Outside the mount point, before and while the bridge subscribes: never handled.
+    publish(format!("iot/{device}/up"), 1).await;
+    publish(format!("other/iot/{device}/up"), 2).await;
+    // Under it, until the bridge's subscription is in place (bounded count and time).
+    let mut got = None;
+    'probing: for id in 100..200u32 {
+        publish(format!("{mount}/iot/{device}/up"), id).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        if let Ok(Some((d, env))) = tokio::time::timeout_at(deadline, handled.recv()).await {
+            assert_eq!(d, device);
+            assert!(
+                env.id.0 >= 100,
+                "a publish outside the mount point was handled"
+            );
+            got = Some(env.id.0);
+            break 'probing;
+        }
+    }
+    let id = got.expect("the bridge never received a publish under its mount point");
+    publish(format!("iot/{device}/up"), 3).await;
+    // The reply comes back on the device's down topic under the mount point.
+    let reply = timeout(WAIT, async {
+        loop {
+            match raw.incoming.recv().await {
+                Some(Packet::Publish(p)) => break p,
+                Some(_) => {}
+                None => panic!("raw client stopped"),
+            }
+        }
+    })
+    .await
+    .expect("a reply under the mount point");
+    assert_eq!(reply.topic, down.as_bytes());
+    assert_eq!(OwnedEnvelope::decode(&reply.payload).unwrap().id.0, id);
+    // Nothing outside the mount point was handled meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok((_, env)) = handled.try_recv() {
+        assert!(
+            env.id.0 >= 100,
+            "a publish outside the mount point was handled"
+        );
+    }
+    raw.stop().await;
+    bridge.shutdown().await;
+}

@@ -1,54 +1,111 @@
-//! Host-side gateway and backend for the QEMU device firmware (`examples/qemu-riscv32`).
+//! Edge gateway for the QEMU device firmware (`examples/qemu-riscv32`), with the backend
+//! behind an MQTT broker and an operator that judges the run.
 //!
-//! Starts `qemu-system-riscv32` with the firmware, speaks iot-transport's framed serial link
-//! over the emulated UART (QEMU's stdio) and runs the backend with iot-fleet's
-//! [`DeviceServer`]. It drives the device-lab scenario and checks every step from the
-//! messages exchanged, never from log text:
+//! Three parts, as in a deployment:
+//!
+//! - **The gateway** starts `qemu-system-riscv32` with the firmware and speaks iot-transport's
+//!   framed serial link over the emulated UART (QEMU's stdio). It translates protocols: each
+//!   envelope the device sends on the serial link is published (MQTT QoS 1) on the device's
+//!   up topic `iot/{device}/up`, and each envelope published on the device's down topic
+//!   `iot/{device}/down` goes to the device on the serial link (the layout of
+//!   `iot_mqtt::topic`). The serial link acknowledges a device message only once the
+//!   gateway's MQTT client has taken it; the client keeps it until the broker's PUBACK and
+//!   sends it again after a reconnect, so a message the device was told is delivered is not
+//!   lost between the two links. On the way down, commands, desired-state deltas and
+//!   decommissioning orders take the gateway's reserved outbox room ahead of replies
+//!   ([`Queues`]).
+//! - **The backend** is iot-mqtt's bridge feeding a `FleetBackend` over iot-fleet's
+//!   `DurableServer` on SQLite (a temporary directory). It receives every device message
+//!   through the broker, never by a call from the gateway; it answers and acknowledges to the
+//!   broker only once the changes are committed. It runs in this process on its own tokio
+//!   tasks and is restarted mid-run like a crashed process: the bridge disconnects, the store
+//!   is closed, then SQLite is reopened and the bridge connects again; the device carries
+//!   on without registering again.
+//! - **The operator** (this scenario) acts on the backend (desired state, commands,
+//!   decommissioning), reads what it leaves to the application (telemetry, command acks,
+//!   audit records, refusals) and judges the run from the messages exchanged, never from log
+//!   text.
+//!
+//! # Identity
+//!
+//! The gateway connects to the broker as itself (its own client id; with a broker that has
+//! ACLs, its own certificate or user name) and is trusted to publish for the devices attached
+//! to its serial ports, on those devices' topics only: an ACL grants it `write
+//! iot/{device}/up` and `read iot/{device}/down` for each attached device, never `iot/+/up`.
+//! It does not judge what a device says: every frame from a port goes to that port's device's
+//! topic, so a frame naming another device arrives at the backend on the wrong topic and the
+//! bridge's identity check (topic device against envelope device) refuses it before any state
+//! changes. What the gateway vouches for is the wiring (which device is on which port), as a
+//! broker with client certificates vouches for a directly connected device.
+//!
+//! # The scenario
 //!
 //! 1. the device registers (challenge, proof, configuration) and reports Active;
 //! 2. it sends heartbeats and telemetry;
 //! 3. a desired LED state is pushed and the device's reported state converges to it;
-//! 4. a command is carried out and acknowledged exactly once;
-//! 5. its simulated battery falls: it reports Degraded and its telemetry slows down;
-//! 6. it is decommissioned: it sends its audit record and falls silent.
+//! 4. the backend restarts; it still knows the device (Active, reported state) and the
+//!    device does not register again;
+//! 5. a command is carried out and acknowledged exactly once;
+//! 6. its simulated battery falls: it reports Degraded and its telemetry slows down;
+//! 7. it is decommissioned: it sends its audit record and falls silent; a backend reopened
+//!    from the file still knows the device's identity was revoked.
 //!
+//! Every device message the broker acknowledged to the gateway must reach the backend (when
+//! the broker keeps the backend's session across its restart: an external broker; the
+//! embedded rumqttd cannot, and the run reports what was published during the restart).
 //! The run passes only if every step holds within a bounded time.
 //!
-//! With `--faults`, between steps 5 and 6 the gateway runs fault phases on the serial link,
+//! With `--faults`, between steps 6 and 7 the gateway runs fault phases on the serial link,
 //! injected on the host side ([`Faults`]): garbage bursts, bit flips, truncated, duplicated
 //! and reordered frames and a long silence toward the device, then a flood of forged traffic
-//! from the device side (spoofed identities, unsolicited acks, shadow requests that make the
-//! backend answer). In each phase the operator changes the desired LED state and sends a
-//! command; after each phase the link is clean again and the run asserts that the shadow
-//! converged, that every command was acknowledged exactly once and no command that was never
-//! sent was, and that the device kept its heartbeat throughout. Operator traffic has its own
-//! queue with reserved room in the gateway's outbox ([`Queues`]), so no flood can make the
-//! gateway refuse it: the run counts such refusals and requires none.
+//! from the device side (spoofed identities, which the backend refuses; unsolicited acks,
+//! which the operator refuses; shadow requests that make the backend answer). In each phase
+//! the operator changes the desired LED state and sends a command; after each phase the link
+//! is clean again and the run asserts that the shadow converged, that every command was
+//! acknowledged exactly once and no command that was never sent was, and that the device
+//! kept its heartbeat throughout. Operator traffic has its own queue with reserved room in
+//! the gateway's outbox ([`Queues`]), so no flood can make the gateway refuse it: the run
+//! counts such refusals and requires none.
 //!
-//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf [--faults]`;
-//! `FAULT_PHASE_MS=60000` makes each fault phase last a minute instead of 5 s.
+//! # Broker
+//!
+//! By default an embedded rumqttd on an ephemeral loopback port (nothing to install);
+//! `--broker HOST:PORT` uses another broker (CI: the machine's Mosquitto), which must be
+//! reachable. Each run puts its topics under a mount point of its own
+//! (`qemu-gateway/{pid}-{ms}/iot/...`, `BridgeConfig::mount_point`) and uses client ids of
+//! its own, so runs sharing a broker never meet.
+//!
+//! Run: `cargo run -p iot-examples --bin qemu-gateway -- path/to/firmware.elf [--faults]
+//! [--broker 127.0.0.1:1883]`; `FAULT_PHASE_MS=60000` makes each fault phase last a minute
+//! instead of 5 s.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use embassy_futures::block_on;
-use iot_core::message::{MessageKind, QoS};
+use iot_core::message::{MessageKind, OwnedEnvelope, QoS};
 use iot_core::telemetry::Telemetry;
 use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId, codec};
-use iot_examples::backend;
 use iot_fleet::durable::DurableServer;
 use iot_fleet::registry::CredentialStatus;
-use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Role, Scope};
+use iot_fleet::{DeviceServer, Fleet, ManufacturingRecord, Principal, Reply, Role, Scope};
 use iot_lifecycle::State;
 use iot_lifecycle::command::{AckOutcome, Command, CommandAck, CommandKind};
 use iot_lifecycle::config::DeviceConfig;
 use iot_lifecycle::registration::{AuditRecord, DecommissionReason};
-use iot_protocol::{Downlink, Heartbeat};
+use iot_mqtt::bridge::{Bridge, BridgeConfig, BridgeCounts, mounted_topic};
+use iot_mqtt::broker::EmbeddedBroker;
+use iot_mqtt::fleet::{FleetBackend, FleetCounts, FleetEvent};
+use iot_mqtt::topic::Topic;
+use iot_protocol::Heartbeat;
 use iot_shadow::Value;
 use iot_store::{GroupCommitConfig, SqliteStore};
 use iot_transport::framing::{DELIMITER, FramedLink, encode_frame};
@@ -56,6 +113,10 @@ use iot_transport::outbox::{OverflowPolicy, Priority};
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::{Link, Rng, SplitMix64};
+use rumqttc::v5::mqttbytes::QoS as MqttQoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::runtime::Runtime;
 
 /// The id the firmware derives from its MAC, and the secret provisioned into it.
 const DEVICE: &str = "qemu-525400123456";
@@ -64,6 +125,8 @@ const BLINK: u32 = 1;
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The run's bound with `--faults`, beside its phases' own time.
 const FAULT_TIMEOUT: Duration = Duration::from_secs(115);
+/// Publishes the gateway's MQTT client takes ahead of the broker's PUBACKs.
+const UPLINK_QUEUE: usize = 64;
 /// The gateway outbox's capacity, and the room in it that only operator traffic may take.
 const OUTBOX: usize = 8;
 const OPERATOR_RESERVE: usize = 3;
@@ -395,8 +458,10 @@ struct Observed {
     acks: BTreeMap<u32, Vec<AckOutcome>>,
     /// Acks naming a command the gateway never sent: refused, never counted as acks.
     unsolicited_acks: u64,
-    /// Messages naming another device than the one on the link: refused.
-    spoofed: u64,
+    /// Registration requests the device sent, and how many it had sent when the backend
+    /// restarted.
+    registrations: u64,
+    registrations_at_restart: Option<u64>,
     /// Message ids of the device's messages observed so far, and how many came again.
     ids: BTreeSet<u32>,
     redelivered: u64,
@@ -449,10 +514,10 @@ enum Step {
 type Gateway = ReliableEndpoint<FramedLink<EmulatorPort, 640>, SplitMix64, OUTBOX, 512, 16>;
 
 /// Two queues in front of the gateway's outbox. Operator and control traffic (shadow deltas,
-/// commands, decommissioning) may take every slot; replies to what the device side sent
-/// (which a forged flood controls) may not take the last [`OPERATOR_RESERVE`] slots, and wait
-/// in a bounded queue of their own whose overflow drops the oldest, counted. So no flood can
-/// make the gateway refuse the operator's next command.
+/// commands, decommissioning: told apart by the envelope's kind) may take every slot; replies
+/// to what the device side sent (which a forged flood controls) may not take the last
+/// [`OPERATOR_RESERVE`] slots, and wait in a bounded queue of their own whose overflow drops
+/// the oldest, counted. So no flood can make the gateway refuse the operator's next command.
 #[derive(Debug, Default)]
 struct Queues {
     operator: VecDeque<(MessageKind, Vec<u8>)>,
@@ -467,6 +532,17 @@ impl Queues {
             self.operator_refused += 1;
         } else {
             self.operator.push_back((kind, body));
+        }
+    }
+
+    /// Queues a message the backend published for the device: commands, desired-state
+    /// deltas and decommissioning orders are operator traffic, the rest are replies.
+    fn downlink(&mut self, kind: MessageKind, body: Vec<u8>) {
+        match kind {
+            MessageKind::Command | MessageKind::ShadowDelta | MessageKind::Decommission => {
+                self.operator(kind, body)
+            }
+            _ => self.bulk(kind, body),
         }
     }
 
@@ -530,8 +606,8 @@ struct Campaign {
     report: Vec<(Fault, u64)>,
 }
 
-fn blink(id: u32) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let command = Command::new(
+fn blink(id: u32) -> Command {
+    Command::new(
         id,
         0,
         Command::NEVER_EXPIRES,
@@ -539,8 +615,7 @@ fn blink(id: u32) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
             times: 3,
             period_ms: 200,
         },
-    );
-    Ok(codec::encode_to_vec(&command)?)
+    )
 }
 
 /// A batch of forged traffic from the device side: a shadow request in the device's name
@@ -599,13 +674,335 @@ fn lab_config() -> DeviceConfig {
     }
 }
 
+/// Counters of the gateway's MQTT session, shared with its event-loop task.
+#[derive(Debug, Default)]
+struct MqttCounts {
+    connects: AtomicU64,
+    subscribed: AtomicU64,
+    /// Device messages the MQTT client took (kept until the broker's PUBACK).
+    published: AtomicU64,
+    /// PUBACKs with reason Success.
+    acked: AtomicU64,
+    /// PUBACKs with an error reason.
+    refused: AtomicU64,
+    /// Publishes received on the device's down topic.
+    down: AtomicU64,
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The gateway's own MQTT session: publishes the device's messages on the device's up topic
+/// (QoS 1) and hands what arrives on its down topic to the serial side.
+struct Uplink {
+    client: AsyncClient,
+    up_topic: String,
+    down: Receiver<Vec<u8>>,
+    counts: Arc<MqttCounts>,
+}
+
+impl Uplink {
+    fn connect(
+        rt: &Runtime,
+        broker: SocketAddr,
+        client_id: &str,
+        mount: &str,
+        device: DeviceId,
+    ) -> Self {
+        let mut options = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        // As the bridge does: without it a publish and its PUBACK wait for delayed ACKs.
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+        let (client, mut eventloop) = AsyncClient::new(options, UPLINK_QUEUE);
+        let down_topic = mounted_topic(Some(mount), Topic::down(device));
+        let (tx, down) = mpsc::channel();
+        let counts = Arc::new(MqttCounts::default());
+        let (task_client, task_counts) = (client.clone(), counts.clone());
+        rt.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        bump(&task_counts.connects);
+                        // Subscribe on every connection: a clean session starts without it.
+                        let _ = task_client.try_subscribe(down_topic.clone(), MqttQoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => bump(&task_counts.subscribed),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        bump(&task_counts.down);
+                        if tx.send(publish.payload.to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if ack.reason == PubAckReason::Success {
+                            bump(&task_counts.acked);
+                        } else {
+                            bump(&task_counts.refused);
+                        }
+                    }
+                    Ok(_) => {}
+                    // rumqttc keeps unacknowledged publishes and sends them again after the
+                    // reconnect that the next poll makes.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Self {
+            client,
+            up_topic: mounted_topic(Some(mount), Topic::up(device)),
+            down,
+            counts,
+        }
+    }
+
+    /// Hands `envelope` to the MQTT client, which keeps it until the broker's PUBACK (and
+    /// sends it again after a reconnect); `false` when the client's queue is full.
+    fn publish(&self, envelope: &EnvelopeRef<'_>) -> bool {
+        let mut body = [0u8; 640];
+        let Ok(n) = envelope.encode_into(&mut body) else {
+            // Cannot happen for a frame that fit the serial link; taken (and so dropped)
+            // rather than retransmitted forever.
+            return true;
+        };
+        let taken = self
+            .client
+            .try_publish(
+                self.up_topic.clone(),
+                MqttQoS::AtLeastOnce,
+                false,
+                body[..n].to_vec(),
+            )
+            .is_ok();
+        if taken {
+            bump(&self.counts.published);
+        }
+        taken
+    }
+
+    /// Waits (bounded) until the broker acknowledged every publish the client took.
+    fn drain(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(&self.counts.acked) + get(&self.counts.refused) < get(&self.counts.published) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the broker acknowledged {} of {} publishes",
+                    get(&self.counts.acked),
+                    get(&self.counts.published)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+/// The backend: iot-mqtt's bridge feeding a `FleetBackend` over the durable server. It
+/// receives everything through the broker; the scenario acts on it only as an operator
+/// (desired state, commands, decommissioning, queries).
+struct Backend {
+    fleet: FleetBackend<DurableServer>,
+    bridge: Bridge,
+    events: tokio::sync::mpsc::Receiver<FleetEvent>,
+}
+
+/// What the backend processes counted, summed over the runs of the backend.
+#[derive(Debug, Default, Clone, Copy)]
+struct BackendTotals {
+    bridge: BridgeCounts,
+    handled: u64,
+    unhandled: u64,
+    refused: u64,
+}
+
+/// Device messages a bridge took from the broker (delivered, duplicate or refused for
+/// identity): every publish of the gateway lands in one of these.
+fn device_messages(b: &BridgeCounts) -> u64 {
+    b.delivered + b.duplicates + b.refused_identity
+}
+
+impl BackendTotals {
+    fn add(&mut self, b: BridgeCounts, f: FleetCounts) {
+        self.bridge.received += b.received;
+        self.bridge.delivered += b.delivered;
+        self.bridge.duplicates += b.duplicates;
+        self.bridge.refused_identity += b.refused_identity;
+        self.bridge.refused_garbage += b.refused_garbage;
+        self.bridge.replies += b.replies;
+        self.bridge.reply_failures += b.reply_failures;
+        self.handled += f.handled;
+        self.unhandled += f.unhandled;
+        self.refused += f.refused;
+    }
+}
+
+impl Backend {
+    fn start(
+        rt: &Runtime,
+        server: DurableServer,
+        config: &BridgeConfig,
+        clock: impl Fn() -> u64 + Send + Sync + 'static,
+        uplink: &Uplink,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let fleet = FleetBackend::new(server).with_clock(clock);
+        let events = fleet.events(4_096);
+        let bridge = {
+            let _runtime = rt.enter();
+            Bridge::spawn(config.clone(), fleet.clone())?
+        };
+        let backend = Self {
+            fleet,
+            bridge,
+            events,
+        };
+        // Probes (garbage the bridge refuses) until one arrives: the subscription is then in
+        // place and no device message can miss it. Bounded count and time.
+        let probe = mounted_topic(
+            config.mount_point.as_deref(),
+            Topic::up(DeviceId::new("qemu-probe")?),
+        );
+        for _ in 0..200 {
+            let _ = uplink.client.try_publish(
+                probe.clone(),
+                MqttQoS::AtMostOnce,
+                false,
+                b"probe".to_vec(),
+            );
+            std::thread::sleep(Duration::from_millis(25));
+            if backend.bridge.counts().refused_garbage > 0 {
+                return Ok(backend);
+            }
+        }
+        Err("the backend's subscription never received a probe".into())
+    }
+
+    /// Stops the backend as a process exit would: the bridge disconnects (the scenario takes
+    /// the events still queued), the durable server commits what is queued and closes the
+    /// store. Adds its counts to `totals`.
+    fn stop(
+        self,
+        rt: &Runtime,
+        mut take: impl FnMut(FleetEvent),
+        totals: &mut BackendTotals,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let Self {
+            fleet,
+            bridge,
+            mut events,
+        } = self;
+        let bridge_counts = rt.block_on(bridge.shutdown());
+        totals.add(bridge_counts, fleet.counts());
+        while let Ok(event) = events.try_recv() {
+            take(event);
+        }
+        drop(events);
+        let server = fleet
+            .into_server()
+            .map_err(|_| "the backend is still shared")?;
+        server.shutdown()?;
+        Ok(())
+    }
+
+    fn state(&self, admin: &Principal, device: &DeviceId) -> Option<State> {
+        self.fleet
+            .with_server(|s| fleet_state(s.server(), admin, device))
+    }
+
+    fn reported(&self, admin: &Principal, device: &DeviceId) -> Option<Value> {
+        self.fleet.with_server(|s| s.reported(admin, device, "led"))
+    }
+
+    /// Sends operator messages to `device` through the broker.
+    fn send(
+        &self,
+        rt: &Runtime,
+        device: DeviceId,
+        messages: Vec<Reply>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        rt.block_on(self.fleet.send(&self.bridge.downlink(), device, messages))?;
+        Ok(())
+    }
+
+    fn set_led(
+        &self,
+        rt: &Runtime,
+        admin: &Principal,
+        device: DeviceId,
+        on: bool,
+        now_ms: u64,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let delta = self
+            .fleet
+            .with_server(|s| s.set_desired(admin, &device, "led", Value::Bool(on), now_ms))?;
+        self.send(rt, device, delta.into_iter().collect())
+    }
+}
+
+/// Where the operator (this scenario) learns what the backend left to the application:
+/// telemetry, command acks, audit records, and refusals.
+fn take_event(event: FleetEvent, seen: &mut Observed, issued: &BTreeSet<u32>, with_faults: bool) {
+    match event {
+        FleetEvent::Unhandled { envelope, .. } => match envelope.kind {
+            MessageKind::CommandAck => match codec::decode::<CommandAck>(&envelope.payload) {
+                Ok(ack) if issued.contains(&ack.command_id) => seen
+                    .acks
+                    .entry(ack.command_id)
+                    .or_default()
+                    .push(ack.outcome),
+                // The operator refuses an ack of a command it never sent.
+                Ok(_) if with_faults => seen.unsolicited_acks += 1,
+                other => seen.protocol_errors.push(format!("ack: {other:?}")),
+            },
+            MessageKind::Decommission => match codec::decode::<AuditRecord>(&envelope.payload) {
+                Ok(record) => {
+                    seen.audit = Some(record);
+                    seen.audit_id = Some(envelope.id.0);
+                }
+                Err(e) => seen.protocol_errors.push(format!("audit record: {e}")),
+            },
+            _ => {}
+        },
+        // Under faults a message the device sent before its audit record can arrive after
+        // it (its first copies were lost): the backend refuses it, as it must.
+        FleetEvent::Refused { .. } if with_faults && seen.audit_id.is_some() => {
+            seen.late_refused += 1;
+        }
+        FleetEvent::Refused { kind, error, .. } => {
+            seen.protocol_errors
+                .push(format!("{kind:?} refused: {error}"));
+        }
+        other => seen.protocol_errors.push(format!("backend: {other:?}")),
+    }
+}
+
+/// The broker of the run: `--broker HOST:PORT` (checked reachable), or the embedded one.
+fn broker(args: &[String]) -> Result<(SocketAddr, Option<EmbeddedBroker>), String> {
+    let Some(at) = args.iter().position(|a| a == "--broker") else {
+        let embedded = EmbeddedBroker::start().map_err(|e| format!("embedded broker: {e}"))?;
+        return Ok((embedded.addr(), Some(embedded)));
+    };
+    let addr = args
+        .get(at + 1)
+        .and_then(|a| a.to_socket_addrs().ok()?.next())
+        .ok_or("--broker needs HOST:PORT")?;
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("no MQTT broker reachable at {addr} (--broker): {e}"))?;
+    Ok((addr, None))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let with_faults = args.iter().any(|a| a == "--faults");
     let firmware = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .ok_or("usage: qemu-gateway FIRMWARE.elf [--faults]")?
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .ok_or("usage: qemu-gateway FIRMWARE.elf [--faults] [--broker HOST:PORT]")?
         .clone();
     let phase_ms = std::env::var("FAULT_PHASE_MS")
         .ok()
@@ -617,6 +1014,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         TIMEOUT
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (broker_addr, embedded) = broker(&args)?;
+    // One run's names: its topics under a mount point of its own and its client ids, so
+    // runs sharing a broker never meet.
+    let run = format!("{}-{}", std::process::id(), iot_mqtt::fleet::unix_ms());
+    let mount = format!("qemu-gateway/{run}");
+    let mut bridge_config = BridgeConfig::new(
+        broker_addr.ip().to_string(),
+        broker_addr.port(),
+        format!("qemu-backend-{run}"),
+    );
+    bridge_config.group = "qemu-backend".into();
+    bridge_config.mount_point = Some(mount.clone());
+    // A broker that keeps the backend's session queues device messages while the backend
+    // restarts; the embedded rumqttd cannot (see `BridgeConfig::session_expiry`).
+    let keeps_session = embedded.is_none();
+    if keeps_session {
+        bridge_config.session_expiry = Some(30);
+    }
+    println!(
+        "broker {broker_addr} ({}), topics under {mount}/",
+        if embedded.is_some() {
+            "embedded rumqttd"
+        } else {
+            "external"
+        }
+    );
+
     let device = DeviceId::new(DEVICE)?;
     let tenant = TenantId::new("lab")?;
     let admin = Principal::new("lab-operator", tenant, Scope::root(), Role::Admin);
@@ -630,11 +1058,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fleet.register_schema(iot_agent::AGENT_SCHEMA);
         DeviceServer::with_os_rng(fleet, lab_config(), NodeId(1))
     };
-    let mut server = DurableServer::open(
-        Box::new(SqliteStore::open(&db)?),
-        fresh_server(),
-        GroupCommitConfig::default(),
-    )?;
+    let started = Instant::now();
+    let clock = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let now = clock;
+    let reopen = || -> Result<DurableServer, Box<dyn std::error::Error>> {
+        Ok(DurableServer::open_at(
+            Box::new(SqliteStore::open(&db)?),
+            fresh_server(),
+            GroupCommitConfig::default(),
+            now(),
+        )?)
+    };
+    let mut server = reopen()?;
     let record = ManufacturingRecord {
         device_id: device,
         secret: SECRET,
@@ -642,6 +1077,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serial: 1,
     };
     server.import_manufacturing(&admin, &"lab/bench".parse()?, vec![record], 0)?;
+    let uplink = Uplink::connect(
+        &rt,
+        broker_addr,
+        &format!("qemu-gateway-{run}"),
+        &mount,
+        device,
+    );
+    let mut backend = Backend::start(&rt, server, &bridge_config, clock, &uplink)?;
+    let mut totals = BackendTotals::default();
+    // The gateway's down subscription is in place before the device says anything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&uplink.counts.subscribed) == 0 {
+        if Instant::now() > deadline {
+            return Err("the gateway never subscribed to the device's down topic".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let faults = Rc::new(RefCell::new(Faults::new()));
     let (mut child, port) = start_emulator(&firmware, faults.clone())?;
@@ -658,11 +1110,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         BackoffPolicy::new(200, 2_000),
         SplitMix64::new(7),
     );
-    let started = Instant::now();
-    let now = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut seen = Observed::default();
     let mut step = Step::Registering;
     let mut silent_since = 0;
+    let mut down_foreign = 0u64;
+    let mut state = State::Provisioning;
     let result = loop {
         if let Some(status) = child.try_wait()? {
             break Err(format!("firmware stopped with {status} at {step:?}"));
@@ -670,24 +1122,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if started.elapsed() > timeout {
             break Err(format!("stuck at {step:?} after {timeout:?}"));
         }
-        let mut inbound = Vec::new();
-        block_on(gateway.poll(now(), |env| {
-            inbound.push((env.device, env.id, env.kind, env.payload.to_vec()));
-        }))?;
-        for (from, id, kind, payload) in inbound {
+        // Serial to MQTT: each of the device's messages goes to its up topic. The serial link
+        // acknowledges a message only once the MQTT client took it (it keeps it until the
+        // broker's PUBACK); one it could not take is left to the device's retransmission.
+        block_on(gateway.poll_taking(now(), |env| {
+            if seen.ids.contains(&env.id.0) {
+                // Sent again because our serial ack was lost: published the first time.
+                seen.redelivered += 1;
+                return true;
+            }
+            if !uplink.publish(&env) {
+                return false;
+            }
+            seen.ids.insert(env.id.0);
+            let (from, id, kind, payload) = (env.device, env.id, env.kind, env.payload);
             if from != device {
-                // The link is wired to one device: anything naming another is forged.
+                // Published for the port's device; the backend refuses it for the identity.
                 if !with_faults {
                     seen.protocol_errors.push(format!("message from {from}"));
                 }
-                seen.spoofed += 1;
-                continue;
-            }
-            // At-least-once: a message the device sent again because our ack was lost was
-            // served the first time (its replies are in the outbox, retried until acked).
-            if !seen.ids.insert(id.0) {
-                seen.redelivered += 1;
-                continue;
+                return true;
             }
             // The device's message ids rise with every message it sends: one above its audit
             // record's was sent after it decommissioned itself (forged ones excepted).
@@ -695,59 +1149,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if !sent_before_audit && id.0 < FORGED_ID_BASE {
                 seen.after_audit += 1;
             }
-            match backend::serve_durable(&mut server, from, kind, &payload, now()) {
-                Ok(replies) => {
-                    for (kind, body) in replies.into_iter().flatten() {
-                        queues.bulk(kind, body);
-                    }
-                }
-                // Under faults a message the device sent before its audit record can arrive
-                // after it (its first copies were lost): the backend refuses it, as it must.
-                Err(_) if with_faults && seen.audit_id.is_some() && sent_before_audit => {
-                    seen.late_refused += 1;
-                }
-                Err(e) => seen.protocol_errors.push(format!("{kind:?}: {e}")),
-            }
-            // The device's state as the backend knows it: from its lifecycle reports.
-            let state =
-                fleet_state(server.server(), &admin, &device).unwrap_or(State::Provisioning);
             match kind {
-                MessageKind::Heartbeat => match codec::decode::<Heartbeat>(&payload) {
+                MessageKind::RegistrationRequest => seen.registrations += 1,
+                MessageKind::Heartbeat => match codec::decode::<Heartbeat>(payload) {
                     Ok(beat) => seen.heartbeats.push((now(), beat.state)),
                     Err(e) => seen.protocol_errors.push(format!("heartbeat: {e}")),
                 },
-                MessageKind::Telemetry => match codec::decode::<Telemetry<3>>(&payload) {
+                MessageKind::Telemetry => match codec::decode::<Telemetry<3>>(payload) {
                     Ok(t) if !t.is_empty() => seen.telemetry.push((now(), state)),
                     other => seen.protocol_errors.push(format!("telemetry: {other:?}")),
                 },
-                MessageKind::CommandAck => match codec::decode::<CommandAck>(&payload) {
-                    Ok(ack) if campaign.issued.contains(&ack.command_id) => seen
-                        .acks
-                        .entry(ack.command_id)
-                        .or_default()
-                        .push(ack.outcome),
-                    Ok(_) if with_faults => seen.unsolicited_acks += 1,
-                    other => seen.protocol_errors.push(format!("ack: {other:?}")),
-                },
-                MessageKind::Decommission => match codec::decode::<AuditRecord>(&payload) {
-                    Ok(record) => {
-                        seen.audit = Some(record);
-                        seen.audit_id = Some(id.0);
-                    }
-                    Err(e) => seen.protocol_errors.push(format!("audit record: {e}")),
-                },
                 _ => {}
             }
+            true
+        }))?;
+        // MQTT to serial: what the backend publishes for the device goes on the serial link,
+        // operator traffic (commands, desired-state deltas, decommissioning) ahead of replies.
+        while let Ok(bytes) = uplink.down.try_recv() {
+            match OwnedEnvelope::decode(&bytes) {
+                Ok(env) if env.device == device => queues.downlink(env.kind, env.payload),
+                _ => down_foreign += 1,
+            }
+        }
+        while let Ok(event) = backend.events.try_recv() {
+            take_event(event, &mut seen, &campaign.issued, with_faults);
         }
         if !seen.protocol_errors.is_empty() {
             break Err(format!("protocol errors: {:?}", seen.protocol_errors));
         }
+        // The device's state as the backend knows it: from its lifecycle reports.
+        state = backend
+            .state(&admin, &device)
+            .unwrap_or(State::Provisioning);
 
         let t = now();
         match step {
-            Step::Registering
-                if fleet_state(server.server(), &admin, &device) == Some(State::Active) =>
-            {
+            Step::Registering if state == State::Active => {
                 println!("[{t:>6} ms] registered, Active, configuration v1 applied");
                 step = Step::Operating;
             }
@@ -757,21 +1194,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     seen.heartbeats.len(),
                     seen.telemetry.len()
                 );
-                if let Some(delta) =
-                    server.set_desired(&admin, &device, "led", Value::Bool(true), t)?
-                {
-                    queues.operator(delta.kind(), delta.to_vec());
-                }
+                backend.set_led(&rt, &admin, device, true, t)?;
                 campaign.desired_led = true;
                 println!("[{t:>6} ms] operator sets desired led = true");
                 step = Step::Converging;
             }
-            Step::Converging
-                if server.reported(&admin, &device, "led") == Some(Value::Bool(true)) =>
-            {
+            Step::Converging if backend.reported(&admin, &device) == Some(Value::Bool(true)) => {
                 println!("[{t:>6} ms] device reports led = true: converged");
+                // The backend restarts mid-run, as after a crash of its process: it reopens
+                // SQLite and carries on with the device, which does not register again.
+                backend.stop(
+                    &rt,
+                    |e| take_event(e, &mut seen, &campaign.issued, with_faults),
+                    &mut totals,
+                )?;
+                backend = Backend::start(&rt, reopen()?, &bridge_config, clock, &uplink)?;
+                seen.registrations_at_restart = Some(seen.registrations);
+                let (state, led) = (
+                    backend.state(&admin, &device),
+                    backend.reported(&admin, &device),
+                );
+                println!(
+                    "[{:>6} ms] backend restarted from {}: device {state:?}, reported led {led:?}",
+                    now(),
+                    db.display()
+                );
+                if state != Some(State::Active) || led != Some(Value::Bool(true)) {
+                    break Err(format!(
+                        "the restarted backend lost the device: {state:?}, led {led:?}"
+                    ));
+                }
                 campaign.issued.insert(BLINK);
-                queues.operator(MessageKind::Command, blink(BLINK)?);
+                backend.send(&rt, device, vec![Reply::Command(blink(BLINK))])?;
                 step = Step::Commanded;
             }
             Step::Commanded if seen.acks.contains_key(&BLINK) => {
@@ -782,7 +1236,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step = Step::AwaitDegraded;
             }
             Step::AwaitDegraded
-                if fleet_state(server.server(), &admin, &device) == Some(State::Degraded)
+                if state == State::Degraded
                     && seen.telemetry_spacing(State::Degraded).is_some() =>
             {
                 println!(
@@ -798,9 +1252,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("[{t:>6} ms] fault phase {:?}", Fault::PHASES[0]);
                     step = Step::Faults;
                 } else {
-                    let order =
-                        Downlink::<Vec<u8>>::Decommission(DecommissionReason::OperatorRequest);
-                    queues.operator(order.kind(), order.to_vec());
+                    let order = Reply::Decommission(DecommissionReason::OperatorRequest);
+                    backend.send(&rt, device, vec![order])?;
                     step = Step::Decommissioning;
                 }
             }
@@ -818,13 +1271,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         // The operator acts while the fault is on.
                         campaign.acted = true;
                         campaign.desired_led = !campaign.desired_led;
-                        let led = Value::Bool(campaign.desired_led);
-                        if let Some(delta) = server.set_desired(&admin, &device, "led", led, t)? {
-                            queues.operator(delta.kind(), delta.to_vec());
-                        }
+                        backend.set_led(&rt, &admin, device, campaign.desired_led, t)?;
                         let id = 100 + campaign.phase as u32;
                         campaign.issued.insert(id);
-                        queues.operator(MessageKind::Command, blink(id)?);
+                        backend.send(&rt, device, vec![Reply::Command(blink(id))])?;
                         println!(
                             "[{t:>6} ms]   operator: led = {}, command {id} (outbox {}/{OUTBOX}, {} device replies waiting)",
                             campaign.desired_led,
@@ -839,7 +1289,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         campaign.cleaned = Some(t);
                     }
                 } else if let Some(cleaned) = campaign.cleaned {
-                    let converged = server.reported(&admin, &device, "led")
+                    let converged = backend.reported(&admin, &device)
                         == Some(Value::Bool(campaign.desired_led))
                         && campaign.issued.iter().all(|id| seen.acks.contains_key(id))
                         && queues.operator.is_empty();
@@ -859,17 +1309,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             faults.borrow_mut().fault = *next;
                             println!("[{t:>6} ms] fault phase {next:?}");
                         } else {
-                            let order = Downlink::<Vec<u8>>::Decommission(
-                                DecommissionReason::OperatorRequest,
-                            );
-                            queues.operator(order.kind(), order.to_vec());
+                            let order = Reply::Decommission(DecommissionReason::OperatorRequest);
+                            backend.send(&rt, device, vec![order])?;
                             step = Step::Decommissioning;
                         }
                     } else if t.saturating_sub(cleaned) > CONVERGE_MS {
                         break Err(format!(
                             "no convergence {CONVERGE_MS} ms after fault phase {fault:?}: desired led {}, reported {:?}, acks {:?} of {:?}",
                             campaign.desired_led,
-                            server.reported(&admin, &device, "led"),
+                            backend.reported(&admin, &device),
                             seen.acks,
                             campaign.issued
                         ));
@@ -877,8 +1325,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             Step::Decommissioning if seen.audit.is_some() => {
-                server.act(&[device], t, |s| {
-                    s.fleet_mut().decommission(&admin, &device, t)
+                backend.fleet.with_server(|s| {
+                    s.act(&[device], t, |s| {
+                        s.fleet_mut().decommission(&admin, &device, t)
+                    })
                 })??;
                 println!("[{t:>6} ms] decommissioned: audit record {:?}", seen.audit);
                 silent_since = t;
@@ -893,6 +1343,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = child.kill();
     let _ = child.wait();
     result?;
+
+    // Everything the gateway published reached the broker and then the backend.
+    uplink.drain()?;
+    let published = get(&uplink.counts.acked);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while device_messages(&totals.bridge) + device_messages(&backend.bridge.counts()) < published
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let audit = backend.fleet.with_server(|s| s.verify_audit())?;
+    backend.stop(
+        &rt,
+        |e| take_event(e, &mut seen, &campaign.issued, with_faults),
+        &mut totals,
+    )?;
 
     // The whole run, judged from what arrived.
     let mut failures = Vec::new();
@@ -914,17 +1380,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             queues.operator_refused
         ));
     }
+    let counts = &uplink.counts;
+    let lost = published.saturating_sub(device_messages(&totals.bridge));
+    println!(
+        "gateway: {} device messages published (QoS 1), {} acknowledged by the broker, {} refused by it; \
+         {} serial redeliveries dropped; {} publishes from the backend forwarded to the device ({} for other devices dropped); {} MQTT connections",
+        get(&counts.published),
+        get(&counts.acked),
+        get(&counts.refused),
+        seen.redelivered,
+        get(&counts.down),
+        down_foreign,
+        get(&counts.connects),
+    );
+    println!(
+        "backend (2 runs): bridge received {}, delivered {}, duplicates {}, refused for identity {}, probes {}; \
+         server handled {}, left to the operator {}, refused {}; replies {} ({} cut off by the restart); device messages lost {lost}",
+        totals.bridge.received,
+        totals.bridge.delivered,
+        totals.bridge.duplicates,
+        totals.bridge.refused_identity,
+        totals.bridge.refused_garbage,
+        totals.handled,
+        totals.unhandled,
+        totals.refused,
+        totals.bridge.replies,
+        totals.bridge.reply_failures,
+    );
+    if get(&counts.refused) > 0 || down_foreign > 0 {
+        failures.push("publishes refused by the broker or misrouted".into());
+    }
+    if lost > 0 {
+        if keeps_session {
+            failures.push(format!(
+                "{lost} device messages acknowledged by the broker never reached the backend"
+            ));
+        } else {
+            // rumqttd keeps no session for the stopped backend: what the gateway published
+            // while the backend restarted had no subscriber.
+            println!(
+                "  ({lost} published while the backend restarted: the embedded broker keeps no session for it)"
+            );
+        }
+    }
+    if seen.registrations_at_restart != Some(seen.registrations) {
+        failures.push(format!(
+            "the device registered again after the backend restarted ({} registration requests, {:?} before)",
+            seen.registrations, seen.registrations_at_restart
+        ));
+    }
     if with_faults {
         let f = faults.borrow();
         println!(
             "faults: {} frames toward the device mangled, {} garbage bytes, {} forged frames; \
-             {} spoofed messages and {} unsolicited acks refused; {} device messages \
-             redelivered (observed once); {} sent before the audit record refused after it; \
+             {} spoofed messages refused by the backend and {} unsolicited acks by the operator; {} device messages \
+             redelivered (published once); {} sent before the audit record refused after it; \
              {} device replies dropped from the bulk queue; operator refusals: {}",
             f.mangled,
             f.garbage_bytes,
             f.forged_frames,
-            seen.spoofed,
+            totals.bridge.refused_identity,
             seen.unsolicited_acks,
             seen.redelivered,
             seen.late_refused,
@@ -957,9 +1472,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if campaign.report.len() != Fault::PHASES.len() {
             failures.push("not every fault phase ran".into());
         }
-        if f.forged_frames == 0 || seen.spoofed == 0 || seen.unsolicited_acks == 0 {
-            failures.push("the forged traffic did not reach the gateway".into());
+        if f.forged_frames == 0 || totals.bridge.refused_identity == 0 || seen.unsolicited_acks == 0
+        {
+            failures.push("the forged traffic did not reach the backend".into());
         }
+    } else if totals.bridge.refused_identity > 0 || seen.unsolicited_acks > 0 {
+        failures.push("forged traffic in a run without faults".into());
     }
     match (
         seen.telemetry_spacing(State::Active),
@@ -978,10 +1496,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seen.after_audit
         ));
     }
-    // The backend's state is in SQLite: the audit chain verifies, and a backend restarted
+    // The backend's state is in SQLite: the audit chain verified, and a backend restarted
     // from the file still knows the device's identity was revoked.
-    let audit = server.verify_audit()?;
-    server.restart(fresh_server(), now())?;
+    let server = reopen()?;
     let revoked = server
         .server()
         .fleet()
@@ -1015,6 +1532,40 @@ mod tests {
     /// A flood of device replies, with the device never acknowledging anything, fills the
     /// outbox only up to the reserve: the operator's commands still get in, every one, and
     /// the flood's overflow is dropped and counted.
+    /// What the backend publishes is sorted by kind: a flood of shadow documents (answers to
+    /// forged requests) waits among the replies, the operator's messages in their own queue.
+    #[test]
+    fn backend_messages_are_sorted_by_kind() {
+        let mut queues = Queues::default();
+        for _ in 0..BULK_QUEUE + 10 {
+            queues.downlink(MessageKind::ShadowDocument, vec![1]);
+        }
+        queues.downlink(MessageKind::RegistrationResponse, vec![2]);
+        for kind in [
+            MessageKind::Command,
+            MessageKind::ShadowDelta,
+            MessageKind::Decommission,
+        ] {
+            queues.downlink(kind, vec![3]);
+        }
+        let operator: Vec<MessageKind> = queues.operator.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            operator,
+            [
+                MessageKind::Command,
+                MessageKind::ShadowDelta,
+                MessageKind::Decommission
+            ]
+        );
+        assert_eq!(queues.bulk.len(), BULK_QUEUE);
+        assert_eq!(queues.bulk_dropped, 11);
+        assert_eq!(
+            queues.bulk.back().map(|(k, _)| *k),
+            Some(MessageKind::RegistrationResponse)
+        );
+        assert_eq!(queues.operator_refused, 0);
+    }
+
     #[test]
     fn a_flood_of_device_replies_never_refuses_operator_traffic() {
         let clock = ManualClock::new(0);
@@ -1039,7 +1590,10 @@ mod tests {
             200 - BULK_QUEUE as u64 - (OUTBOX - OPERATOR_RESERVE) as u64
         );
         for id in 0..OPERATOR_RESERVE as u32 {
-            queues.operator(MessageKind::Command, blink(id).unwrap());
+            queues.operator(
+                MessageKind::Command,
+                codec::encode_to_vec(&blink(id)).unwrap(),
+            );
             queues.pump(&mut gateway, 0);
         }
         assert_eq!(gateway.outbox().len(), OUTBOX);
@@ -1049,7 +1603,10 @@ mod tests {
         );
         assert_eq!(queues.operator_refused, 0);
         // Past the reserve an operator message waits in its own queue; it is not refused.
-        queues.operator(MessageKind::Command, blink(99).unwrap());
+        queues.operator(
+            MessageKind::Command,
+            codec::encode_to_vec(&blink(99)).unwrap(),
+        );
         queues.pump(&mut gateway, 0);
         assert_eq!(queues.operator.len(), 1);
         assert_eq!(queues.operator_refused, 0);
