@@ -63,7 +63,7 @@ impl Error for PathError {
 ///
 /// Held in 67 bytes: the text with a one-byte length, and its depth and longest segment,
 /// measured once by [`Path::new`] (the limit checks ask for them on every write).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Path {
     text: heapless::String<PATH_CAPACITY, u8>,
@@ -143,10 +143,9 @@ impl Path {
 
     /// `true` if `other` lies strictly inside this path (`a` is an ancestor of `a.b`).
     pub fn is_ancestor_of(&self, other: &Path) -> bool {
-        other
-            .as_str()
-            .strip_prefix(self.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
+        let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
+        // The separator right after the prefix is the cheap test: check it first.
+        b.get(a.len()) == Some(&b'.') && b.get(..a.len()).is_some_and(|prefix| prefix == a)
     }
 
     /// `true` if one of the paths is an ancestor of the other: they cannot both be leaves.
@@ -161,7 +160,29 @@ impl Path {
     }
 }
 
+// Depth and longest key are measures of the text: equal texts are equal paths.
+impl PartialEq for Path {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
+        a == b
+    }
+}
+
+impl Eq for Path {}
+
+// Hashes what the derived `Hash` hashed (text, depth, longest key), so hashes stay as they
+// were; the measures follow from the text, so equal paths hash equally.
+impl core::hash::Hash for Path {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+        self.depth.hash(state);
+        self.longest_key.hash(state);
+    }
+}
+
 impl Ord for Path {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
         a.len().cmp(&b.len()).then_with(|| a.cmp(b))
@@ -232,6 +253,7 @@ mod tests {
             let (p, q) = (Path::new(&a).unwrap(), Path::new(&b).unwrap());
             let expected = a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()));
             proptest::prop_assert_eq!(p.cmp(&q), expected);
+            proptest::prop_assert_eq!(p == q, a == b);
             let prefix = |x: &str, y: &str| y.len() > x.len() && y.starts_with(x)
                 && y.as_bytes().get(x.len()) == Some(&b'.');
             proptest::prop_assert_eq!(p.overlaps(&q), prefix(&a, &b) || prefix(&b, &a));
