@@ -160,12 +160,52 @@ impl Path {
     }
 }
 
+/// Byte order of two texts of equal length, read as big-endian integers (so integer order
+/// is byte order) instead of calling `memcmp`: a path is usually one or two words, and
+/// stores compare paths on every lookup.
+#[inline]
+fn cmp_equal_len(a: &[u8], b: &[u8]) -> Ordering {
+    if a.len() >= 8 {
+        let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (p, q) in (&mut x).zip(&mut y) {
+            let (p, q) = (<[u8; 8]>::try_from(p), <[u8; 8]>::try_from(q));
+            if let (Ok(p), Ok(q)) = (p, q) {
+                let (p, q) = (u64::from_be_bytes(p), u64::from_be_bytes(q));
+                if p != q {
+                    return p.cmp(&q);
+                }
+            }
+        }
+        if x.remainder().is_empty() {
+            return Ordering::Equal;
+        }
+        // The last 8 bytes overlap the words already equal: they order the remainder.
+        let (p, q) = (a.last_chunk::<8>(), b.last_chunk::<8>());
+        if let (Some(p), Some(q)) = (p, q) {
+            return u64::from_be_bytes(*p).cmp(&u64::from_be_bytes(*q));
+        }
+    } else if a.len() >= 4 {
+        let (p, q) = (a.first_chunk::<4>(), b.first_chunk::<4>());
+        if let (Some(p), Some(q)) = (p, q) {
+            let (p, q) = (u32::from_be_bytes(*p), u32::from_be_bytes(*q));
+            if p != q {
+                return p.cmp(&q);
+            }
+            let (p, q) = (a.last_chunk::<4>(), b.last_chunk::<4>());
+            if let (Some(p), Some(q)) = (p, q) {
+                return u32::from_be_bytes(*p).cmp(&u32::from_be_bytes(*q));
+            }
+        }
+    }
+    a.iter().cmp(b.iter())
+}
+
 // Depth and longest key are measures of the text: equal texts are equal paths.
 impl PartialEq for Path {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
-        a == b
+        a.len() == b.len() && cmp_equal_len(a, b) == Ordering::Equal
     }
 }
 
@@ -185,7 +225,7 @@ impl Ord for Path {
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
-        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+        a.len().cmp(&b.len()).then_with(|| cmp_equal_len(a, b))
     }
 }
 
