@@ -339,11 +339,16 @@ fn report_bytes() {
         100.0 * ours_b as f64 / json_b as f64,
     );
     eprintln!(
-        "in memory per leaf: ours Leaf {} B + Path {} B; crdts LWWReg<PeerValue, Marker> {} B + String key {} B (+ heap for text)",
+        "in memory per leaf: ours Leaf {} B (Value {} B + Stamp {} B) + Path {} B = {} B per MapStore entry, {} B per FixedStore entry; crdts LWWReg<PeerValue, Marker> {} B + String key {} B (+ heap for text); HashMap LWW entry {} B (+ heap for key and text)",
         size_of::<Leaf>(),
+        size_of::<Value>(),
+        size_of::<Stamp>(),
         size_of::<Path>(),
+        size_of::<(Path, Leaf)>(),
+        size_of::<iot_shadow::FixedEntry>(),
         size_of::<LWWReg<PeerValue, Marker>>(),
         size_of::<String>(),
+        size_of::<(String, (Marker, PeerValue))>(),
     );
 }
 
