@@ -300,6 +300,45 @@ mod tests {
         }
     }
 
+    /// The grammar written the plain way: each byte checked on its own.
+    fn reference(s: &str) -> Result<(usize, usize), PathError> {
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if s.len() > PATH_CAPACITY {
+            return Err(PathError::TooLong {
+                len: s.len(),
+                max: PATH_CAPACITY,
+            });
+        }
+        let bytes = s.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'.' {
+                if i == 0 || bytes[i - 1] == b'.' {
+                    return Err(PathError::EmptySegment);
+                }
+            } else if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(PathError::InvalidCharacter { position: i });
+            }
+        }
+        if s.ends_with('.') {
+            return Err(PathError::EmptySegment);
+        }
+        let longest = s.split('.').map(str::len).max().unwrap_or(0);
+        Ok((s.split('.').count(), longest))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `Path::new` accepts, refuses and measures exactly as the plain grammar does,
+        /// reporting the same first fault.
+        #[test]
+        fn validation_agrees_with_the_grammar(s in "[a-bZ09_.\\- é/]{0,70}") {
+            let got = Path::new(&s).map(|p| (p.depth(), p.longest_key()));
+            proptest::prop_assert_eq!(got, reference(&s));
+        }
+    }
+
     #[test]
     fn validation() {
         assert_eq!(Path::new(""), Err(PathError::Empty));
