@@ -7,11 +7,23 @@
 //! * `ours/map_store/N`, `ours/fixed_store/N`: `Shadow::merge_writes` (last-writer-wins on
 //!   (policy rank, HLC time, node), with its limit, path-overlap, contradiction and
 //!   encoded-size checks before any change).
-//! * `crdts_lww/N`: the LWW map a `crdts` user writes: a `BTreeMap<String, LWWReg<V, M>>`
-//!   with marker `M = (rank, time, node)` (the same order as ours), each incoming register
-//!   checked with `validate_merge` (the contradiction check) and joined with `merge`.
-//!   (`crdts::Map` needs values with `ResetRemove`, which `LWWReg` does not implement, so a
-//!   map of registers is how `crdts` offers an LWW map.)
+//! * `crdts_lww/by_ref/N`: the LWW map a `crdts` user writes: a `BTreeMap<String, LWWReg<V,
+//!   M>>` with marker `M = (rank, time, node)` (the same order as ours), each incoming
+//!   register checked with `validate_merge` (the contradiction check) and joined with
+//!   `merge`, the updates taken by reference (a register is cloned to be merged; a key only
+//!   when it is new). (`crdts::Map` needs values with `ResetRemove`, which `LWWReg` does not
+//!   implement, so a map of registers is how `crdts` offers an LWW map.)
+//! * `crdts_lww/owned/N`: the same, consuming owned updates (freeing their keys is timed).
+//! * `hashmap_lww/N`: `std::collections::HashMap<String, (M, V)>`, by reference, the same
+//!   contradiction check (equal markers with different values are refused).
+//! * `vec_lww/N`: a plain `Vec<(String, M, V)>` searched front to back, by reference, the
+//!   same check.
+//!
+//! Every peer is checked to reach our state before timing. The replica each iteration
+//! merges into is cloned outside the timed routine, and nothing is freed inside it.
+//!
+//! With `INSTR_BENCH=<id>` it runs one routine a fixed number of times instead of criterion,
+//! for `scripts/instr-counts.sh` (instruction counts under callgrind).
 //!
 //! Before timing it prints the bytes per operation (one update of 3 leaves) on the wire:
 //! ours canonical CBOR against the `crdts` update serialised through serde as CBOR
@@ -25,12 +37,12 @@
     clippy::panic
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::time::Duration;
 
 use crdts::{CvRDT, LWWReg};
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use iot_shadow::cbor::{self, Header, Kind};
 use iot_shadow::iot_core::{HlcTimestamp, NodeId};
 use iot_shadow::{
@@ -41,6 +53,9 @@ use iot_shadow::{
 #[path = "../../benches/ten_field_shadow.rs"]
 mod ten_field_shadow;
 use ten_field_shadow::FIELDS;
+#[path = "../../benches/instr.rs"]
+mod instr;
+use instr::{Routine, instruction_mode, timed};
 const T0_MS: u64 = 1_763_000_000_000;
 const PER_UPDATE: usize = 3;
 
@@ -169,12 +184,114 @@ fn peer_merge(map: &mut PeerMap, updates: Vec<PeerUpdate>) {
     }
 }
 
+/// `crdts` registers merged from updates held by reference.
+fn peer_merge_ref(map: &mut PeerMap, updates: &[PeerUpdate]) {
+    for u in updates {
+        for (key, reg) in u {
+            match map.get_mut(key.as_str()) {
+                Some(existing) => {
+                    existing.validate_merge(reg).unwrap();
+                    existing.merge(reg.clone());
+                }
+                None => {
+                    map.insert(key.clone(), reg.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A std `HashMap` LWW map: (marker, value) per key.
+type HashLww = HashMap<String, (Marker, PeerValue)>;
+
+/// Equal markers with different values: the contradiction `validate_merge` refuses.
+#[derive(Debug)]
+struct Contradiction;
+
+/// Last writer wins for one register: replaces when `marker` is newer.
+fn lww(
+    slot_marker: &mut Marker,
+    slot_value: &mut PeerValue,
+    marker: Marker,
+    value: &PeerValue,
+) -> Result<(), Contradiction> {
+    if marker > *slot_marker {
+        *slot_marker = marker;
+        value.clone_into(slot_value);
+    } else if marker == *slot_marker && value != slot_value {
+        return Err(Contradiction);
+    }
+    Ok(())
+}
+
+fn hash_merge(map: &mut HashLww, updates: &[PeerUpdate]) {
+    for u in updates {
+        for (key, reg) in u {
+            match map.get_mut(key.as_str()) {
+                Some((m, v)) => lww(m, v, reg.marker, &reg.val).unwrap(),
+                None => {
+                    map.insert(key.clone(), (reg.marker, reg.val.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A plain vector LWW map, searched front to back.
+type VecLww = Vec<(String, Marker, PeerValue)>;
+
+fn vec_merge(map: &mut VecLww, updates: &[PeerUpdate]) {
+    for u in updates {
+        for (key, reg) in u {
+            match map.iter_mut().find(|(k, _, _)| k == key) {
+                Some((_, m, v)) => lww(m, v, reg.marker, &reg.val).unwrap(),
+                None => map.push((key.clone(), reg.marker, reg.val.clone())),
+            }
+        }
+    }
+}
+
+fn hash_base() -> HashLww {
+    peer_base()
+        .into_iter()
+        .map(|(k, r)| (k, (r.marker, r.val)))
+        .collect()
+}
+
+fn vec_base() -> VecLww {
+    peer_base()
+        .into_iter()
+        .map(|(k, r)| (k, r.marker, r.val))
+        .collect()
+}
+
 fn check_agreement(n: usize) {
     let ups = updates(n);
     let mut mine = ours(MapStore::new());
     our_merge(&mut mine, &ups);
+    let peer_ups: Vec<PeerUpdate> = ups.iter().map(|u| peer_update(u)).collect();
     let mut theirs = peer_base();
-    peer_merge(&mut theirs, ups.iter().map(|u| peer_update(u)).collect());
+    peer_merge(&mut theirs, peer_ups.clone());
+    let mut by_ref = peer_base();
+    peer_merge_ref(&mut by_ref, &peer_ups);
+    assert_eq!(by_ref, theirs, "crdts by reference = crdts owned");
+    let mut hash = hash_base();
+    hash_merge(&mut hash, &peer_ups);
+    let mut vec = vec_base();
+    vec_merge(&mut vec, &peer_ups);
+    for (k, r) in &theirs {
+        assert_eq!(
+            hash.get(k),
+            Some(&(r.marker, r.val.clone())),
+            "hash LWW = crdts"
+        );
+        let found = vec
+            .iter()
+            .find(|(vk, _, _)| vk == k)
+            .map(|(_, m, v)| (*m, v));
+        assert_eq!(found, Some((r.marker, &r.val)), "vec LWW = crdts");
+    }
+    assert_eq!((hash.len(), vec.len()), (theirs.len(), theirs.len()));
     let mine: Vec<(String, PeerValue, Marker)> = mine
         .section(Section::Reported)
         .map(|(p, l): (&Path, &Leaf)| {
@@ -222,11 +339,16 @@ fn report_bytes() {
         100.0 * ours_b as f64 / json_b as f64,
     );
     eprintln!(
-        "in memory per leaf: ours Leaf {} B + Path {} B; crdts LWWReg<PeerValue, Marker> {} B + String key {} B (+ heap for text)",
+        "in memory per leaf: ours Leaf {} B (Value {} B + Stamp {} B) + Path {} B = {} B per MapStore entry, {} B per FixedStore entry; crdts LWWReg<PeerValue, Marker> {} B + String key {} B (+ heap for text); HashMap LWW entry {} B (+ heap for key and text)",
         size_of::<Leaf>(),
+        size_of::<Value>(),
+        size_of::<Stamp>(),
         size_of::<Path>(),
+        size_of::<(Path, Leaf)>(),
+        size_of::<iot_shadow::FixedEntry>(),
         size_of::<LWWReg<PeerValue, Marker>>(),
         size_of::<String>(),
+        size_of::<(String, (Marker, PeerValue))>(),
     );
 }
 
@@ -243,29 +365,57 @@ fn bench(c: &mut Criterion) {
         let base_map = ours(MapStore::new());
         let base_fixed = ours(FixedStore::<16>::new());
         let base_peer = peer_base();
+        let base_hash = hash_base();
+        let base_vec = vec_base();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("ours/map_store", n), &ups, |b, ups| {
             b.iter_batched_ref(
                 || base_map.clone(),
-                |s| our_merge(s, black_box(ups)),
+                |s| timed(|| our_merge(s, black_box(ups))),
                 BatchSize::SmallInput,
             )
         });
         g.bench_with_input(BenchmarkId::new("ours/fixed_store", n), &ups, |b, ups| {
             b.iter_batched_ref(
                 || base_fixed.clone(),
-                |s| our_merge(s, black_box(ups)),
+                |s| timed(|| our_merge(s, black_box(ups))),
                 BatchSize::SmallInput,
             )
         });
-        // The peer consumes its updates (owned registers), so their clone is set-up, not timed.
-        g.bench_with_input(BenchmarkId::new("crdts_lww", n), &peer_ups, |b, ups| {
-            b.iter_batched(
-                || (base_peer.clone(), ups.clone()),
-                |(mut m, u)| {
-                    peer_merge(&mut m, black_box(u));
-                    m
-                },
+        g.bench_with_input(
+            BenchmarkId::new("crdts_lww/by_ref", n),
+            &peer_ups,
+            |b, ups| {
+                b.iter_batched_ref(
+                    || base_peer.clone(),
+                    |m| timed(|| peer_merge_ref(m, black_box(ups))),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        // Owned updates: their clone is set-up, freeing what they leave is timed.
+        g.bench_with_input(
+            BenchmarkId::new("crdts_lww/owned", n),
+            &peer_ups,
+            |b, ups| {
+                b.iter_batched_ref(
+                    || (base_peer.clone(), ups.clone()),
+                    |(m, u)| timed(|| peer_merge(m, black_box(std::mem::take(u)))),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        g.bench_with_input(BenchmarkId::new("hashmap_lww", n), &peer_ups, |b, ups| {
+            b.iter_batched_ref(
+                || base_hash.clone(),
+                |m| timed(|| hash_merge(m, black_box(ups))),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_with_input(BenchmarkId::new("vec_lww", n), &peer_ups, |b, ups| {
+            b.iter_batched_ref(
+                || base_vec.clone(),
+                |m| timed(|| vec_merge(m, black_box(ups))),
                 BatchSize::SmallInput,
             )
         });
@@ -273,5 +423,85 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// The routines of [`bench`] for instruction counts (`merge/<id>/<n>`): the replica is
+/// cloned outside `timed`.
+fn instruction_routines() -> bool {
+    let Ok(name) = std::env::var("INSTR_BENCH") else {
+        return false;
+    };
+    let n: usize = name
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16);
+    let ups = updates(n);
+    let peer_ups: Vec<PeerUpdate> = ups.iter().map(|u| peer_update(u)).collect();
+    let base_map = ours(MapStore::new());
+    let base_fixed = ours(FixedStore::<16>::new());
+    let base_peer = peer_base();
+    let base_hash = hash_base();
+    let base_vec = vec_base();
+    let id = |what: &str| format!("merge/{what}/{n}");
+    let names = [
+        id("ours/map_store"),
+        id("ours/fixed_store"),
+        id("crdts_lww/by_ref"),
+        id("crdts_lww/owned"),
+        id("hashmap_lww"),
+        id("vec_lww"),
+    ];
+    let routines: Vec<Routine<'_>> = vec![
+        (
+            &names[0],
+            Box::new(|| {
+                let mut s = base_map.clone();
+                timed(|| our_merge(&mut s, &ups));
+            }),
+        ),
+        (
+            &names[1],
+            Box::new(|| {
+                let mut s = base_fixed.clone();
+                timed(|| our_merge(&mut s, &ups));
+            }),
+        ),
+        (
+            &names[2],
+            Box::new(|| {
+                let mut m = base_peer.clone();
+                timed(|| peer_merge_ref(&mut m, &peer_ups));
+            }),
+        ),
+        (
+            &names[3],
+            Box::new(|| {
+                let (mut m, u) = (base_peer.clone(), peer_ups.clone());
+                timed(|| peer_merge(&mut m, u));
+            }),
+        ),
+        (
+            &names[4],
+            Box::new(|| {
+                let mut m = base_hash.clone();
+                timed(|| hash_merge(&mut m, &peer_ups));
+            }),
+        ),
+        (
+            &names[5],
+            Box::new(|| {
+                let mut m = base_vec.clone();
+                timed(|| vec_merge(&mut m, &peer_ups));
+            }),
+        ),
+    ];
+    instruction_mode(routines)
+}
+
+fn main() {
+    if instruction_routines() {
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

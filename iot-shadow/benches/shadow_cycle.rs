@@ -8,13 +8,22 @@
 //!
 //! * `ours/map_store`: iot-shadow's engine over `MapStore` (the backend store), canonical CBOR.
 //! * `ours/fixed_store`: the same engine over `FixedStore<32>` (the device store).
-//! * `serde_json`: `serde_json::Value` documents in the AWS IoT shadow shape, the update
+//! * `serde_json/value`: `serde_json::Value` documents in the AWS IoT shadow shape, the update
 //!   applied as a JSON merge patch (RFC 7386) with `metadata.<path>.timestamp` per written
 //!   leaf, the delta computed by a recursive comparison of `desired` with `reported`, the
 //!   responses serialised with `serde_json::to_vec` — the straightforward way.
+//! * `serde_json/typed`: the same documents as typed structs (`#[derive(Serialize,
+//!   Deserialize)]`, `benches/aws_typed_peer.rs`), updated field by field — the fastest way a
+//!   user who knows the schema at compile time would write it. It writes the same JSON
+//!   (checked).
 //!
-//! Before timing it prints the encoded sizes of the update, the ack, the delta and the whole
-//! document in both encodings (the encoded-size ratio).
+//! Before timing it checks that the three agree (same delta, same version, the two JSON
+//! peers the same ack, delta and document) and prints the encoded sizes of the update, the
+//! ack, the delta and the whole document: ours, AWS JSON, and the same AWS documents in CBOR
+//! (ciborium through serde), to tell the saving of a binary encoding from that of our format.
+//!
+//! With `INSTR_BENCH=<id>` it runs one routine a fixed number of times instead of criterion,
+//! for `scripts/instr-counts.sh` (instruction counts under callgrind).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -27,7 +36,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion};
 use iot_shadow::cbor::{self, Header, Kind};
 use iot_shadow::iot_core::{HlcTimestamp, NodeId};
 use iot_shadow::{
@@ -170,6 +179,12 @@ fn our_cycle<S: FieldStore>(
 #[path = "../../benches/aws_json_peer.rs"]
 mod aws_json_peer;
 use aws_json_peer::{json_value, merge_patch, set_nested};
+#[path = "../../benches/aws_typed_peer.rs"]
+mod aws_typed_peer;
+use aws_typed_peer::{Document, typed_cycle};
+#[path = "../../benches/instr.rs"]
+mod instr;
+use instr::{Routine, instruction_mode, timed};
 
 /// The same document as AWS IoT stores it: state, metadata timestamps (seconds), version.
 fn peer_document() -> Json {
@@ -302,6 +317,22 @@ fn report_sizes() {
     let peer_delta = peer_delta.unwrap();
     let peer_doc = serde_json::to_vec(&doc).unwrap();
 
+    // The typed peer writes the same JSON as the untyped one.
+    let mut typed = typed_document();
+    let (typed_ack, typed_delta) = typed_cycle(&mut typed, &peer_update, T1_MS / 1000);
+    let parse = |b: &[u8]| serde_json::from_slice::<Json>(b).unwrap();
+    assert_eq!(
+        parse(&typed_ack),
+        parse(&peer_ack),
+        "typed ack = untyped ack"
+    );
+    assert_eq!(
+        parse(&typed_delta.unwrap()),
+        parse(&peer_delta),
+        "typed delta = untyped delta"
+    );
+    assert_eq!(serde_json::to_value(&typed).unwrap(), doc, "typed document");
+
     // Both sides must agree on the result: same delta leaves, same version.
     let ours_delta: Vec<String> = shadow.delta().map(|(p, _)| p.to_string()).collect();
     let theirs: Json = serde_json::from_slice(&peer_delta).unwrap();
@@ -314,19 +345,42 @@ fn report_sizes() {
 
     let total_ours = update.len() + out.ack + out.delta;
     let total_peer = peer_update.len() + peer_ack.len() + peer_delta.len();
-    eprintln!("encoded sizes (bytes)   ours CBOR   AWS JSON   ours/JSON");
-    for (name, a, b) in [
-        ("update", update.len(), peer_update.len()),
-        ("accepted ack", out.ack, peer_ack.len()),
-        ("delta", out.delta, peer_delta.len()),
-        ("cycle total", total_ours, total_peer),
-        ("document", doc_len, peer_doc.len()),
+    // The same AWS documents in CBOR (ciborium through serde: text keys, smallest exact
+    // floats and integers).
+    let cbor_len = |json: &[u8]| {
+        let mut out = Vec::new();
+        ciborium::into_writer(&parse(json), &mut out).unwrap();
+        out.len()
+    };
+    let total_cbor = cbor_len(&peer_update) + cbor_len(&peer_ack) + cbor_len(&peer_delta);
+    eprintln!(
+        "encoded sizes (bytes)   ours CBOR   AWS JSON   AWS CBOR   ours/JSON   ours/AWS CBOR   AWS CBOR/JSON"
+    );
+    for (name, a, b, c) in [
+        (
+            "update",
+            update.len(),
+            peer_update.len(),
+            cbor_len(&peer_update),
+        ),
+        ("accepted ack", out.ack, peer_ack.len(), cbor_len(&peer_ack)),
+        ("delta", out.delta, peer_delta.len(), cbor_len(&peer_delta)),
+        ("cycle total", total_ours, total_peer, total_cbor),
+        ("document", doc_len, peer_doc.len(), cbor_len(&peer_doc)),
     ] {
+        let pct = |x: usize, y: usize| 100.0 * x as f64 / y as f64;
         eprintln!(
-            "  {name:<20} {a:>9} {b:>10} {:>10.1}%",
-            100.0 * a as f64 / b as f64
+            "  {name:<20} {a:>9} {b:>10} {c:>10} {:>10.1}% {:>14.1}% {:>14.1}%",
+            pct(a, b),
+            pct(a, c),
+            pct(c, b)
         );
     }
+}
+
+/// The stored document as the typed peer holds it (the untyped peer's, read through serde).
+fn typed_document() -> Document {
+    serde_json::from_value(peer_document()).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -336,6 +390,7 @@ fn bench(c: &mut Criterion) {
     let base_map = ours(MapStore::new());
     let base_fixed = ours(FixedStore::<32>::new());
     let base_json = peer_document();
+    let base_typed = typed_document();
 
     let mut g = c.benchmark_group("shadow_cycle");
     g.sample_size(50);
@@ -345,26 +400,88 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ours/map_store", |b| {
         b.iter_batched_ref(
             || base_map.clone(),
-            |s| black_box(our_cycle(s, black_box(&update), &mut ack, &mut dl)),
+            |s| timed(|| our_cycle(s, black_box(&update), &mut ack, &mut dl)),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("ours/fixed_store", |b| {
         b.iter_batched_ref(
             || base_fixed.clone(),
-            |s| black_box(our_cycle(s, black_box(&update), &mut ack, &mut dl)),
+            |s| timed(|| our_cycle(s, black_box(&update), &mut ack, &mut dl)),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("serde_json", |b| {
+    // The peers' responses are returned, so freeing them is not timed (ours write into
+    // buffers the caller owns).
+    g.bench_function("serde_json/typed", |b| {
+        b.iter_batched_ref(
+            || base_typed.clone(),
+            |d| timed(|| typed_cycle(d, black_box(&peer_update), T1_MS / 1000)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("serde_json/value", |b| {
         b.iter_batched_ref(
             || base_json.clone(),
-            |d| black_box(peer_cycle(d, black_box(&peer_update))),
+            |d| timed(|| peer_cycle(d, black_box(&peer_update))),
             BatchSize::SmallInput,
         )
     });
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// The routines of [`bench`] for instruction counts: the same set-up, then one `timed` call.
+/// The document each call works on is cloned outside `timed`; the peers' responses are
+/// freed outside it too.
+fn instruction_routines() -> bool {
+    let update = encoded_update();
+    let peer_update = peer_update();
+    let base_map = ours(MapStore::new());
+    let base_fixed = ours(FixedStore::<32>::new());
+    let base_json = peer_document();
+    let base_typed = typed_document();
+    let routines: Vec<Routine<'_>> = vec![
+        (
+            "shadow_cycle/ours/map_store",
+            Box::new(|| {
+                let mut s = base_map.clone();
+                let (mut a, mut d) = ([0u8; 2048], [0u8; 2048]);
+                timed(|| our_cycle(&mut s, &update, &mut a, &mut d));
+            }),
+        ),
+        (
+            "shadow_cycle/ours/fixed_store",
+            Box::new(|| {
+                let mut s = base_fixed.clone();
+                let (mut a, mut d) = ([0u8; 2048], [0u8; 2048]);
+                timed(|| our_cycle(&mut s, &update, &mut a, &mut d));
+            }),
+        ),
+        (
+            "shadow_cycle/serde_json/typed",
+            Box::new(|| {
+                let mut d = base_typed.clone();
+                let out = timed(|| typed_cycle(&mut d, &peer_update, T1_MS / 1000));
+                drop(out);
+            }),
+        ),
+        (
+            "shadow_cycle/serde_json/value",
+            Box::new(|| {
+                let mut d = base_json.clone();
+                let out = timed(|| peer_cycle(&mut d, &peer_update));
+                drop(out);
+            }),
+        ),
+    ];
+    instruction_mode(routines)
+}
+
+fn main() {
+    if instruction_routines() {
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

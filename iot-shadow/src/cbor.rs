@@ -663,21 +663,59 @@ where
     R: Iterator<Item = Item<'a>> + Clone,
 {
     let (table, default) = prepare(&desired, &reported);
-    let needed = prepared_len(header, (&table, default), desired.clone(), reported.clone());
-    if needed > buf.len() {
-        return Err(EncodeError::BufferTooSmall {
-            needed,
-            available: buf.len(),
-        });
+    let leaves = desired
+        .clone()
+        .count()
+        .saturating_add(reported.clone().count());
+    // The exact length is a pass over every leaf: measure only when the buffer might be
+    // short (usual buffers hold the largest message of their leaf count).
+    let needed = || prepared_len(header, (&table, default), desired.clone(), reported.clone());
+    let available = buf.len();
+    if available < length_bound(header, leaves) {
+        let needed = needed();
+        if needed > available {
+            return Err(EncodeError::BufferTooSmall { needed, available });
+        }
     }
     let mut e = Encoder::new(SliceWriter { buf, pos: 0 });
-    encode_parts(&mut e, header, (&table, default), desired, reported).map_err(|_| {
-        EncodeError::BufferTooSmall {
-            needed,
-            available: 0,
-        }
-    })?;
-    Ok(e.into_writer().pos)
+    match encode_parts(
+        &mut e,
+        header,
+        (&table, default),
+        desired.clone(),
+        reported.clone(),
+    ) {
+        Ok(()) => Ok(e.into_writer().pos),
+        // Unreachable while `length_bound` bounds every message; an error, not a panic.
+        Err(_) => Err(EncodeError::BufferTooSmall {
+            needed: needed(),
+            available,
+        }),
+    }
+}
+
+/// An upper bound of the encoded length of a message of `leaves` leaves, from the header
+/// and the count alone: every leaf at its largest (the longest path, the largest value, a
+/// reference of 9 bytes and a clock of its own in the table, 9 + 5 bytes).
+fn length_bound(header: &Header<'_>, leaves: usize) -> usize {
+    const KEY: usize = uint_len(crate::path::PATH_CAPACITY as u64) + crate::path::PATH_CAPACITY;
+    const TEXT: usize = uint_len(crate::value::TEXT_CAPACITY as u64) + crate::value::TEXT_CAPACITY;
+    const VALUE: usize = if TEXT > crate::value::ARRAY_CAPACITY {
+        if TEXT > 9 { TEXT } else { 9 }
+    } else if crate::value::ARRAY_CAPACITY > 9 {
+        crate::value::ARRAY_CAPACITY
+    } else {
+        9
+    };
+    const LEAF: usize = KEY + 1 + VALUE + 9 + 9 + 5;
+    // Map head, kind, version, clock table head and default, both section heads.
+    const FIXED: usize = 1 + 2 + (1 + 9) + (1 + 9 + 9) + 2 * (1 + 9);
+    let token = header
+        .client_token
+        .map_or(0, |t| 1usize.saturating_add(text_len(t.len())));
+    FIXED
+        .saturating_add(token)
+        .saturating_add(leaves.saturating_mul(LEAF))
 }
 
 /// A minicbor writer into a byte slice. CBOR is written in pieces of 1 to 9 bytes (heads,
@@ -994,6 +1032,55 @@ mod tests {
             .iter()
             .map(|x| LeafCost::of(x.section, &x.path, &x.value, &x.stamp));
         assert_eq!(message_len(&header, costs), n);
+    }
+
+    /// The bound that lets `encode_into` skip measuring holds for the largest messages,
+    /// and a buffer below the bound (measured first) gets the same bytes as one above it.
+    #[test]
+    fn largest_messages_stay_within_the_length_bound() {
+        let key = |i: usize| {
+            let mut p = std::format!("{i:02}");
+            while p.len() < crate::path::PATH_CAPACITY {
+                p.push('k');
+            }
+            p
+        };
+        let text = "t".repeat(crate::value::TEXT_CAPACITY);
+        let token = "x".repeat(crate::policy::CLIENT_TOKEN_CAPACITY);
+        for n in 0..=16usize {
+            let writes: std::vec::Vec<Write> = (0..n)
+                .map(|i| {
+                    let section = if i % 2 == 0 {
+                        Section::Desired
+                    } else {
+                        Section::Reported
+                    };
+                    let mut x = w(section, &key(i), Value::text(&text).unwrap(), 0);
+                    x.stamp.time = u64::MAX - i as u64;
+                    x.stamp.node = NodeId(u32::MAX - i as u32);
+                    x
+                })
+                .collect();
+            let header = Header {
+                kind: Kind::Document,
+                version: Some(u64::MAX),
+                client_token: Some(&token),
+            };
+            let mut big = std::vec![0u8; 4096];
+            let len = encode_writes(&header, &writes, &mut big).unwrap();
+            assert!(len <= length_bound(&header, n), "{n} leaves: {len} bytes");
+            let mut exact = std::vec![0u8; len];
+            assert_eq!(encode_writes(&header, &writes, &mut exact), Ok(len));
+            assert_eq!(exact.as_slice(), &big[..len]);
+            let mut short = std::vec![0u8; len - 1];
+            assert_eq!(
+                encode_writes(&header, &writes, &mut short),
+                Err(EncodeError::BufferTooSmall {
+                    needed: len,
+                    available: len - 1
+                })
+            );
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Error for PathError {
 ///
 /// Held in 67 bytes: the text with a one-byte length, and its depth and longest segment,
 /// measured once by [`Path::new`] (the limit checks ask for them on every write).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Path {
     text: heapless::String<PATH_CAPACITY, u8>,
@@ -143,10 +143,9 @@ impl Path {
 
     /// `true` if `other` lies strictly inside this path (`a` is an ancestor of `a.b`).
     pub fn is_ancestor_of(&self, other: &Path) -> bool {
-        other
-            .as_str()
-            .strip_prefix(self.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
+        let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
+        // The separator right after the prefix is the cheap test: check it first.
+        b.get(a.len()) == Some(&b'.') && b.get(..a.len()).is_some_and(|prefix| prefix == a)
     }
 
     /// `true` if one of the paths is an ancestor of the other: they cannot both be leaves.
@@ -161,10 +160,72 @@ impl Path {
     }
 }
 
+/// Byte order of two texts of equal length, read as big-endian integers (so integer order
+/// is byte order) instead of calling `memcmp`: a path is usually one or two words, and
+/// stores compare paths on every lookup.
+#[inline]
+fn cmp_equal_len(a: &[u8], b: &[u8]) -> Ordering {
+    if a.len() >= 8 {
+        let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (p, q) in (&mut x).zip(&mut y) {
+            let (p, q) = (<[u8; 8]>::try_from(p), <[u8; 8]>::try_from(q));
+            if let (Ok(p), Ok(q)) = (p, q) {
+                let (p, q) = (u64::from_be_bytes(p), u64::from_be_bytes(q));
+                if p != q {
+                    return p.cmp(&q);
+                }
+            }
+        }
+        if x.remainder().is_empty() {
+            return Ordering::Equal;
+        }
+        // The last 8 bytes overlap the words already equal: they order the remainder.
+        let (p, q) = (a.last_chunk::<8>(), b.last_chunk::<8>());
+        if let (Some(p), Some(q)) = (p, q) {
+            return u64::from_be_bytes(*p).cmp(&u64::from_be_bytes(*q));
+        }
+    } else if a.len() >= 4 {
+        let (p, q) = (a.first_chunk::<4>(), b.first_chunk::<4>());
+        if let (Some(p), Some(q)) = (p, q) {
+            let (p, q) = (u32::from_be_bytes(*p), u32::from_be_bytes(*q));
+            if p != q {
+                return p.cmp(&q);
+            }
+            let (p, q) = (a.last_chunk::<4>(), b.last_chunk::<4>());
+            if let (Some(p), Some(q)) = (p, q) {
+                return u32::from_be_bytes(*p).cmp(&u32::from_be_bytes(*q));
+            }
+        }
+    }
+    a.iter().cmp(b.iter())
+}
+
+// Depth and longest key are measures of the text: equal texts are equal paths.
+impl PartialEq for Path {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
+        a.len() == b.len() && cmp_equal_len(a, b) == Ordering::Equal
+    }
+}
+
+impl Eq for Path {}
+
+// Hashes what the derived `Hash` hashed (text, depth, longest key), so hashes stay as they
+// were; the measures follow from the text, so equal paths hash equally.
+impl core::hash::Hash for Path {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+        self.depth.hash(state);
+        self.longest_key.hash(state);
+    }
+}
+
 impl Ord for Path {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         let (a, b) = (self.text.as_bytes(), other.text.as_bytes());
-        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+        a.len().cmp(&b.len()).then_with(|| cmp_equal_len(a, b))
     }
 }
 
@@ -232,9 +293,49 @@ mod tests {
             let (p, q) = (Path::new(&a).unwrap(), Path::new(&b).unwrap());
             let expected = a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()));
             proptest::prop_assert_eq!(p.cmp(&q), expected);
+            proptest::prop_assert_eq!(p == q, a == b);
             let prefix = |x: &str, y: &str| y.len() > x.len() && y.starts_with(x)
                 && y.as_bytes().get(x.len()) == Some(&b'.');
             proptest::prop_assert_eq!(p.overlaps(&q), prefix(&a, &b) || prefix(&b, &a));
+        }
+    }
+
+    /// The grammar written the plain way: each byte checked on its own.
+    fn reference(s: &str) -> Result<(usize, usize), PathError> {
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if s.len() > PATH_CAPACITY {
+            return Err(PathError::TooLong {
+                len: s.len(),
+                max: PATH_CAPACITY,
+            });
+        }
+        let bytes = s.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'.' {
+                if i == 0 || bytes[i - 1] == b'.' {
+                    return Err(PathError::EmptySegment);
+                }
+            } else if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(PathError::InvalidCharacter { position: i });
+            }
+        }
+        if s.ends_with('.') {
+            return Err(PathError::EmptySegment);
+        }
+        let longest = s.split('.').map(str::len).max().unwrap_or(0);
+        Ok((s.split('.').count(), longest))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `Path::new` accepts, refuses and measures exactly as the plain grammar does,
+        /// reporting the same first fault.
+        #[test]
+        fn validation_agrees_with_the_grammar(s in "[a-bZ09_.\\- é/]{0,70}") {
+            let got = Path::new(&s).map(|p| (p.depth(), p.longest_key()));
+            proptest::prop_assert_eq!(got, reference(&s));
         }
     }
 
