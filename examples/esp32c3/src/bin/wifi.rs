@@ -56,6 +56,8 @@ const WIFI_BACKOFF: Backoff = Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(60),
 };
+/// Bound on TCP connect plus TLS handshake, on `CONNACK` and on `SUBACK`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// TLS record buffers: a received record can be 16 KiB plus overhead; what the device
 /// writes (its certificate, MQTT packets of at most one envelope) is far smaller.
 const TLS_READ: usize = 16_640;
@@ -137,10 +139,12 @@ async fn main(spawner: Spawner) -> ! {
     let broker = resolve_broker(stack).await;
     println!("broker {}", broker);
     let (mqtt_rx, mqtt_tx) = MQTT_BUFFERS.init(([0; MQTT_RX], [0; MQTT_TX]));
-    let session = match Session::new(
-        DeviceConfig::new(broker, device),
-        Buffers::new(mqtt_rx, mqtt_tx),
-    ) {
+    let config = DeviceConfig {
+        // The bound covers the TLS handshake too: three P-256 operations in software.
+        connect_timeout: CONNECT_TIMEOUT,
+        ..DeviceConfig::new(broker, device)
+    };
+    let session = match Session::new(config, Buffers::new(mqtt_rx, mqtt_tx)) {
         Ok(session) => SESSION.init(session),
         Err(e) => halt(format_args!("MQTT configuration refused: {}", e)).await,
     };
