@@ -3,6 +3,10 @@
 //! port that is not a number) fails the build; a missing one leaves the firmware waiting,
 //! telling why on the console.
 
+use core::hint::black_box;
+
+use iot_mqtt::device_tls::DeviceIdentity;
+
 /// `IOT_WIFI_SSID`: the network to join (station mode).
 pub const WIFI_SSID: &str = or_empty(option_env!("IOT_WIFI_SSID"));
 /// `IOT_WIFI_PASSWORD`: its WPA2 passphrase; empty for an open network.
@@ -48,19 +52,35 @@ pub mod tls {
 }
 
 /// What the build is missing to go online, if anything.
+///
+/// The values are read through [`black_box`]: in a build without them (CI's) the compiler
+/// must not prove the online path dead and drop it, or that build's size would not be the
+/// firmware's.
 pub fn missing() -> Option<&'static str> {
-    if WIFI_SSID.is_empty() {
+    let given = |value: &[u8]| !black_box(value).is_empty();
+    if !given(WIFI_SSID.as_bytes()) {
         Some("IOT_WIFI_SSID")
-    } else if MQTT_HOST.is_empty() {
+    } else if !given(MQTT_HOST.as_bytes()) {
         Some("IOT_MQTT_HOST")
-    } else if tls::CA_DER.is_empty() {
+    } else if !given(tls::CA_DER) {
         Some("IOT_TLS_CA")
-    } else if tls::CERT_DER.is_empty() {
+    } else if !given(tls::CERT_DER) {
         Some("IOT_TLS_CERT")
-    } else if tls::KEY_DER.is_empty() {
+    } else if !given(tls::KEY_DER) {
         Some("IOT_TLS_KEY")
     } else {
         None
+    }
+}
+
+/// The built-in TLS identity, the broker named `IOT_MQTT_TLS_NAME` (read through
+/// [`black_box`] for the reason given at [`missing`]).
+pub fn tls_identity() -> DeviceIdentity<'static> {
+    DeviceIdentity {
+        ca_der: black_box(tls::CA_DER),
+        cert_der: black_box(tls::CERT_DER),
+        key_pkcs8_der: black_box(tls::KEY_DER),
+        server_name: black_box(MQTT_TLS_NAME),
     }
 }
 

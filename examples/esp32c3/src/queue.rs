@@ -1,12 +1,14 @@
 //! The agent's [`Outbound`] over MQTT: each message becomes an encoded envelope of this
 //! device, numbered and queued until the MQTT session takes it. The session keeps QoS 1
 //! envelopes until the broker acknowledges them and republishes them after a reconnect;
-//! this queue holds what the session could not take yet (connection down, its outbox full).
+//! this queue holds what the session could not take yet (connection down, its outbox full),
+//! and `Link::send_queued` drains it.
 
 use heapless::{Deque, Vec};
 use iot_agent::Outbound;
 use iot_core::DeviceId;
 use iot_core::message::{EnvelopeRef, MessageId, MessageKind, QoS};
+use iot_mqtt::device::SendQueue;
 
 /// Why [`EnvelopeQueue`] refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,16 +37,6 @@ impl<const N: usize, const E: usize> EnvelopeQueue<N, E> {
         }
     }
 
-    /// The oldest unsent envelope.
-    pub fn front(&self) -> Option<&[u8]> {
-        self.queue.front().map(Vec::as_slice)
-    }
-
-    /// Drops the oldest unsent envelope (the session took it, or refused it for good).
-    pub fn pop_front(&mut self) {
-        self.queue.pop_front();
-    }
-
     /// Envelopes waiting to be sent.
     pub fn len(&self) -> usize {
         self.queue.len()
@@ -53,6 +45,16 @@ impl<const N: usize, const E: usize> EnvelopeQueue<N, E> {
     /// Whether nothing waits to be sent.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+impl<const N: usize, const E: usize> SendQueue for EnvelopeQueue<N, E> {
+    fn front(&self) -> Option<&[u8]> {
+        self.queue.front().map(Vec::as_slice)
+    }
+
+    fn pop_front(&mut self) {
+        self.queue.pop_front();
     }
 }
 

@@ -17,9 +17,11 @@
 #![no_std]
 #![no_main]
 
+use core::convert::Infallible;
 use core::net::{IpAddr, SocketAddr};
 
 use embassy_executor::Spawner;
+use embassy_futures::select::{Either, select};
 use embassy_net::dns::DnsQueryType;
 use embassy_net::tcp::client::{TcpClient, TcpClientState};
 use embassy_net::{Runner, Stack, StackResources};
@@ -36,10 +38,12 @@ use esp_radio::wifi::{
 use iot_core::message::EnvelopeRef;
 use iot_device_app::{Hardware, Lab, MESSAGE_CAPACITY};
 use iot_esp32c3_lab::board::{FIRMWARE_VERSION, LabBoard, SECRET, device_id};
-use iot_esp32c3_lab::net_config::{self, MQTT_HOST, MQTT_PORT, MQTT_TLS_NAME, tls};
+use iot_esp32c3_lab::net_config::{self, MQTT_HOST, MQTT_PORT};
 use iot_esp32c3_lab::queue::EnvelopeQueue;
-use iot_mqtt::device::{Backoff, DeviceConfig, DeviceError, DeviceSession, Duration, Link};
-use iot_mqtt::device_tls::{DeviceIdentity, TlsTcp};
+use iot_mqtt::device::{
+    Backoff, DeviceConfig, DeviceError, DeviceSession, Duration, Flushed, Link,
+};
+use iot_mqtt::device_tls::TlsTcp;
 use iot_mqtt::minimq::Buffers;
 use static_cell::StaticCell;
 
@@ -136,7 +140,27 @@ async fn main(spawner: Spawner) -> ! {
         _ => halt(format_args!("the network tasks could not be spawned")).await,
     }
 
-    let broker = resolve_broker(stack).await;
+    let lab = match Lab::new(device, FIRMWARE_VERSION, SECRET) {
+        Some(lab) => LAB.init(lab),
+        None => halt(format_args!("the lab's default configuration was refused")).await,
+    };
+    // A new first message id at every boot: the backend drops ids it has seen.
+    let mut queue = Queue::new(device, trng.random());
+    if let Err(e) = lab.start(board.now_ms(), &mut queue) {
+        println!("registration could not start: {:?}", e);
+    }
+
+    // The agent keeps its duties (health checks, LED blinks, telemetry into the queue) while
+    // the device is offline.
+    let broker = match select(
+        resolve_broker(stack),
+        run_offline(lab, &mut board, &mut queue),
+    )
+    .await
+    {
+        Either::First(broker) => broker,
+        Either::Second(never) => match never {},
+    };
     println!("broker {}", broker);
     let (mqtt_rx, mqtt_tx) = MQTT_BUFFERS.init(([0; MQTT_RX], [0; MQTT_TX]));
     let config = DeviceConfig {
@@ -150,32 +174,24 @@ async fn main(spawner: Spawner) -> ! {
     };
     let tcp = TcpClient::new(stack, TCP_STATE.init(TcpClientState::new()));
     let (tls_read, tls_write) = TLS_BUFFERS.init(([0; TLS_READ], [0; TLS_WRITE]));
-    let identity = DeviceIdentity {
-        ca_der: tls::CA_DER,
-        cert_der: tls::CERT_DER,
-        key_pkcs8_der: tls::KEY_DER,
-        server_name: MQTT_TLS_NAME,
-    };
+    let identity = net_config::tls_identity();
     let mut connector = match TlsTcp::new(&tcp, identity, trng.clone(), tls_read, tls_write) {
         Ok(connector) => connector,
         Err(e) => halt(format_args!("IOT_TLS_KEY: {}", e)).await,
     };
 
-    let lab = match Lab::new(device, FIRMWARE_VERSION, SECRET) {
-        Some(lab) => LAB.init(lab),
-        None => halt(format_args!("the lab's default configuration was refused")).await,
-    };
-    // A new first message id at every boot: the backend drops ids it has seen.
-    let mut queue = Queue::new(device, trng.random());
-    if let Err(e) = lab.start(board.now_ms(), &mut queue) {
-        println!("registration could not start: {:?}", e);
-    }
-
     let mut buf = [0u8; MESSAGE_CAPACITY];
     loop {
-        stack.wait_config_up().await;
-        // Waits the session's backoff first when the previous attempt failed.
-        match session.connect(&mut connector).await {
+        let connect = async {
+            stack.wait_config_up().await;
+            // Waits the session's backoff first when the previous attempt failed.
+            session.connect(&mut connector).await
+        };
+        let attempt = match select(connect, run_offline(lab, &mut board, &mut queue)).await {
+            Either::First(attempt) => attempt,
+            Either::Second(never) => match never {},
+        };
+        match attempt {
             Ok(mut link) => {
                 println!("connected to the broker");
                 let end = serve(&mut link, lab, &mut board, &mut queue, &mut buf).await;
@@ -205,11 +221,7 @@ where
         if let Err(e) = flush(link, queue).await {
             return e;
         }
-        let now = board.now_ms();
-        let wait = next.map_or(MAX_WAIT, |at| {
-            Duration::from_millis(at.saturating_sub(now)).min(MAX_WAIT)
-        });
-        match link.recv_timeout(buf, wait).await {
+        match link.recv_timeout(buf, until(next, board.now_ms())).await {
             Ok(None) => {}
             Ok(Some(n)) => match buf.get(..n).map(EnvelopeRef::decode) {
                 Some(Ok(envelope)) => {
@@ -224,8 +236,23 @@ where
     }
 }
 
-/// Hands the session what the agent queued, oldest first. Stops (keeping the rest) when the
-/// session's outbox or minimq's slots are full; an error means the connection is lost.
+/// Runs the agent's duties while there is no connection; what it sends waits in the queue
+/// (its oldest entries are kept, later ones refused, while it is full).
+async fn run_offline(lab: &mut Lab, board: &mut LabBoard<'_>, queue: &mut Queue) -> Infallible {
+    loop {
+        let next = lab.poll(board, queue);
+        Timer::after(until(next, board.now_ms())).await;
+    }
+}
+
+/// How long to wait for the agent's next deadline `next`, at most [`MAX_WAIT`].
+fn until(next: Option<u64>, now_ms: u64) -> Duration {
+    next.map_or(MAX_WAIT, |at| {
+        Duration::from_millis(at.saturating_sub(now_ms)).min(MAX_WAIT)
+    })
+}
+
+/// Hands the session what the agent queued; an error means the connection is lost.
 async fn flush<IO>(
     link: &mut Link<'_, '_, IO, SESSION_OUTBOX, MESSAGE_CAPACITY, 16>,
     queue: &mut Queue,
@@ -233,28 +260,12 @@ async fn flush<IO>(
 where
     IO: embedded_io_async::Read + embedded_io_async::Write,
 {
-    while let Some(front) = queue.front() {
-        let id = EnvelopeRef::decode(front).map(|e| e.id).ok();
-        match link.send(front).await {
-            Ok(()) => queue.pop_front(),
-            // Taken into the session's outbox: it is republished from there.
-            Err(e) if id.is_some_and(|id| link.is_unacknowledged(id)) => {
-                queue.pop_front();
-                return if e.is_connection_lost() {
-                    Err(e)
-                } else {
-                    Ok(())
-                };
-            }
-            Err(DeviceError::OutboxFull { .. } | DeviceError::Busy) => return Ok(()),
-            Err(e) if e.is_connection_lost() => return Err(e),
-            Err(e) => {
-                println!("envelope dropped: {}", e);
-                queue.pop_front();
-            }
-        }
+    let mut flushed = Flushed::default();
+    let result = link.send_queued(queue, &mut flushed).await;
+    if flushed.refused > 0 {
+        println!("{} envelopes refused by the session", flushed.refused);
     }
-    Ok(())
+    result
 }
 
 /// Resolves `IOT_MQTT_HOST` once the network is up, retrying with backoff.
