@@ -25,7 +25,7 @@ use iot_agent::{Board, LabAgent, Outbound};
 use iot_core::id::DeviceId;
 use iot_core::message::{EnvelopeRef, MessageId, MessageKind, QoS};
 
-use crate::device::{Connector, DeviceError, DeviceSession, Duration};
+use crate::device::{Connector, DeviceError, DeviceSession, Duration, Flushed, SendQueue};
 
 /// Why the [`AgentOutbox`] refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +188,16 @@ pub enum DriveEnd {
     Failed(DeviceError),
 }
 
+impl SendQueue for AgentOutbox {
+    fn front(&self) -> Option<&[u8]> {
+        self.queue.front().map(Vec::as_slice)
+    }
+
+    fn pop_front(&mut self) {
+        self.queue.pop_front();
+    }
+}
+
 /// Sends what is queued; returns `false` when the connection is lost.
 async fn flush<IO, const O: usize, const E: usize, const D: usize>(
     link: &mut crate::device::Link<'_, '_, IO, O, E, D>,
@@ -197,29 +207,11 @@ async fn flush<IO, const O: usize, const E: usize, const D: usize>(
 where
     IO: embedded_io_async::Read + embedded_io_async::Write,
 {
-    while let Some(front) = outbox.queue.front() {
-        let id = EnvelopeRef::decode(front).map(|e| e.id).ok();
-        match link.send(front).await {
-            Ok(()) => {
-                outbox.queue.pop_front();
-                stats.sent = stats.sent.saturating_add(1);
-            }
-            // Taken into the session's outbox: it is republished from there.
-            Err(e) if id.is_some_and(|id| link.is_unacknowledged(id)) => {
-                outbox.queue.pop_front();
-                stats.sent = stats.sent.saturating_add(1);
-                return !e.is_connection_lost();
-            }
-            // Kept here until the broker acknowledges something or the next connection.
-            Err(DeviceError::OutboxFull { .. } | DeviceError::Busy) => return true,
-            Err(e) if e.is_connection_lost() => return false,
-            Err(_) => {
-                outbox.queue.pop_front();
-                stats.send_refused = stats.send_refused.saturating_add(1);
-            }
-        }
-    }
-    true
+    let mut flushed = Flushed::default();
+    let result = link.send_queued(outbox, &mut flushed).await;
+    stats.sent = stats.sent.saturating_add(flushed.sent);
+    stats.send_refused = stats.send_refused.saturating_add(flushed.refused);
+    result.is_ok()
 }
 
 /// Runs `host`'s agent over `session` until `stop` completes: connects through `connector`,

@@ -219,6 +219,24 @@ impl<T: TcpConnect> Connector for Tcp<'_, T> {
     }
 }
 
+/// Encoded envelopes waiting to be sent, oldest first: an agent's outbound queue, drained
+/// by [`Link::send_queued`].
+pub trait SendQueue {
+    /// The oldest waiting envelope.
+    fn front(&self) -> Option<&[u8]>;
+    /// Removes the oldest waiting envelope.
+    fn pop_front(&mut self);
+}
+
+/// What [`Link::send_queued`] did with the queue, added up over calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Envelopes the session took.
+    pub sent: u32,
+    /// Envelopes the session refused for good and that were dropped.
+    pub refused: u32,
+}
+
 /// Exponential reconnect backoff: `initial`, doubled after each failed attempt up to `max`,
 /// back to zero after a successful connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,6 +622,46 @@ where
     /// Whether the envelope with message id `id` is still waiting for the broker's `PUBACK`.
     pub fn is_unacknowledged(&self, id: MessageId) -> bool {
         self.outbox.iter().any(|entry| entry.id == id)
+    }
+
+    /// Hands the envelopes waiting in `queue` to the session, oldest first, with
+    /// [`Link::send`]. An envelope leaves the queue once the session took it (a QoS 1 one
+    /// then stays in the session's outbox until acknowledged, also when sending it failed) or
+    /// refused it for good (too large, not an envelope, another device's: counted in
+    /// [`Flushed::refused`]). Stops, keeping the rest queued, when the session's outbox or
+    /// minimq's in-flight slots are full: call again after the broker acknowledged something.
+    /// An error means the connection is lost; what is still queued goes on the next one.
+    pub async fn send_queued<Q: SendQueue + ?Sized>(
+        &mut self,
+        queue: &mut Q,
+        flushed: &mut Flushed,
+    ) -> Result<(), DeviceError> {
+        while let Some(front) = queue.front() {
+            let id = EnvelopeRef::decode(front).map(|e| e.id).ok();
+            match self.send(front).await {
+                Ok(()) => {
+                    queue.pop_front();
+                    bump(&mut flushed.sent);
+                }
+                // Taken into the session's outbox: it is republished from there.
+                Err(e) if id.is_some_and(|id| self.is_unacknowledged(id)) => {
+                    queue.pop_front();
+                    bump(&mut flushed.sent);
+                    return if e.is_connection_lost() {
+                        Err(e)
+                    } else {
+                        Ok(())
+                    };
+                }
+                Err(DeviceError::OutboxFull { .. } | DeviceError::Busy) => return Ok(()),
+                Err(e) if e.is_connection_lost() => return Err(e),
+                Err(_) => {
+                    queue.pop_front();
+                    bump(&mut flushed.refused);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the next envelope on this device's down topic and copies it into `buf`

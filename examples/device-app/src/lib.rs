@@ -12,8 +12,9 @@
 
 use iot_agent::Storage;
 use iot_agent::runner::{EndpointOutbound, PersistError, Runner};
-use iot_agent::{Agent, Vitals};
+use iot_agent::{Agent, AgentError, Outbound, Vitals};
 use iot_core::DeviceId;
+use iot_core::message::EnvelopeRef;
 use iot_core::telemetry::Measurement;
 use iot_lifecycle::command::{CommandHandler, HandlerResult, RejectReason};
 use iot_lifecycle::config::DeviceConfig;
@@ -216,24 +217,20 @@ pub enum StartError<E> {
     Link(EndpointError<E>),
 }
 
-/// The device-lab application: the `iot-lifecycle` agent over an at-least-once endpoint.
-pub struct App<L: Link, R: Rng> {
+/// The lab without a link: the agent and the board-level state (an LED blink in
+/// progress). [`App`] runs it over an at-least-once endpoint (serial links); a transport
+/// that delivers messages itself (MQTT QoS 1 with the broker's acknowledgements) feeds it
+/// envelopes with [`Lab::handle`] and sends what it queues in any [`Outbound`].
+pub struct Lab {
     agent: LabAgent,
-    endpoint: ReliableEndpoint<L, R, OUTBOX_CAPACITY, MESSAGE_CAPACITY, DEDUP_WINDOW>,
-    runner: Runner<INBOX_CAPACITY, MESSAGE_CAPACITY>,
     blink: Option<Blink>,
 }
 
-impl<L: Link, R: Rng> App<L, R> {
-    /// An application for `device`, proving its identity with `secret` (provisioned at
-    /// manufacture and known only to the device and the backend), sending over `link`.
-    pub fn new(
-        link: L,
-        device: DeviceId,
-        firmware_version: u32,
-        secret: [u8; 32],
-        rng: R,
-    ) -> Result<Self, StartError<L::Error>> {
+impl Lab {
+    /// The lab for `device`, proving its identity with `secret` (provisioned at manufacture
+    /// and known only to the device and the backend); `None` if the default configuration
+    /// is refused.
+    pub fn new(device: DeviceId, firmware_version: u32, secret: [u8; 32]) -> Option<Self> {
         let initial = LabState {
             telemetry_interval_ms: DeviceConfig::DEFAULT.telemetry_interval_ms,
             led: false,
@@ -247,7 +244,100 @@ impl<L: Link, R: Rng> App<L, R> {
             DeviceConfig::DEFAULT,
             initial,
         )
-        .map_err(|_| StartError::Config)?;
+        .ok()?;
+        Some(Self { agent, blink: None })
+    }
+
+    /// The agent, for its state, statistics and configuration.
+    pub fn agent(&self) -> &LabAgent {
+        &self.agent
+    }
+
+    /// Starts registration at `now_ms`, queueing the request in `out`.
+    pub fn start<O: Outbound + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        self.agent.start(now_ms, out)
+    }
+
+    /// Handles one inbound envelope; replies go to `out`. Call [`Lab::poll`] afterwards.
+    pub fn handle<H: Hardware, O: Outbound + ?Sized>(
+        &mut self,
+        hw: &mut H,
+        envelope: &EnvelopeRef<'_>,
+        out: &mut O,
+    ) -> Result<(), AgentError> {
+        let now = hw.now_ms();
+        let mut board = LabBoard {
+            hw,
+            blink: &mut self.blink,
+        };
+        self.agent.handle(now, envelope, &mut board, out)
+    }
+
+    /// Runs the agent's duties due now and carries out LED blinks; returns when to call
+    /// again at the latest (`None`: only a message can wake it).
+    pub fn poll<H: Hardware, O: Outbound + ?Sized>(
+        &mut self,
+        hw: &mut H,
+        out: &mut O,
+    ) -> Option<u64> {
+        let now = hw.now_ms();
+        let next = {
+            let mut board = LabBoard {
+                hw: &mut *hw,
+                blink: &mut self.blink,
+            };
+            self.agent.poll(now, &mut board, out)
+        };
+        earliest(next, run_blink(&mut self.blink, hw, now))
+    }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Carries out the LED blink in progress; returns when the next toggle is due.
+fn run_blink<H: Hardware>(slot: &mut Option<Blink>, hw: &mut H, now: u64) -> Option<u64> {
+    let blink = slot.as_mut()?;
+    while blink.toggles_left > 0 && now >= blink.next_toggle_ms {
+        blink.on = !blink.on;
+        hw.set_led(blink.on);
+        blink.toggles_left = blink.toggles_left.saturating_sub(1);
+        blink.next_toggle_ms = blink.next_toggle_ms.saturating_add(blink.half_period_ms);
+    }
+    if blink.toggles_left == 0 {
+        *slot = None;
+        None
+    } else {
+        Some(blink.next_toggle_ms)
+    }
+}
+
+/// The device-lab application: the `iot-lifecycle` agent over an at-least-once endpoint.
+pub struct App<L: Link, R: Rng> {
+    lab: Lab,
+    endpoint: ReliableEndpoint<L, R, OUTBOX_CAPACITY, MESSAGE_CAPACITY, DEDUP_WINDOW>,
+    runner: Runner<INBOX_CAPACITY, MESSAGE_CAPACITY>,
+}
+
+impl<L: Link, R: Rng> App<L, R> {
+    /// An application for `device`, proving its identity with `secret` (provisioned at
+    /// manufacture and known only to the device and the backend), sending over `link`.
+    pub fn new(
+        link: L,
+        device: DeviceId,
+        firmware_version: u32,
+        secret: [u8; 32],
+        rng: R,
+    ) -> Result<Self, StartError<L::Error>> {
+        let lab = Lab::new(device, firmware_version, secret).ok_or(StartError::Config)?;
         let endpoint = ReliableEndpoint::new(
             link,
             device,
@@ -258,16 +348,15 @@ impl<L: Link, R: Rng> App<L, R> {
         // Command acks, lifecycle reports and registration always find room.
         .with_reserved_control(CONTROL_RESERVED);
         Ok(Self {
-            agent,
+            lab,
             endpoint,
             runner: Runner::new(),
-            blink: None,
         })
     }
 
     /// The agent, for its state, statistics and configuration.
     pub fn agent(&self) -> &LabAgent {
-        &self.agent
+        &self.lab.agent
     }
 
     /// Writes what the application must keep across a reboot (the agent's record and the
@@ -279,7 +368,7 @@ impl<L: Link, R: Rng> App<L, R> {
         scratch: &mut [u8],
     ) -> Result<bool, PersistError<St::Error>> {
         self.runner
-            .save(&mut self.agent, &self.endpoint, storage, scratch)
+            .save(&mut self.lab.agent, &self.endpoint, storage, scratch)
     }
 
     /// At boot, instead of [`App::start`] when it returns `Ok(true)`: resumes from what
@@ -294,25 +383,25 @@ impl<L: Link, R: Rng> App<L, R> {
         let now = hw.now_ms();
         let mut board = LabBoard {
             hw,
-            blink: &mut self.blink,
+            blink: &mut self.lab.blink,
         };
         let restored = self.runner.restore(
             now,
-            &mut self.agent,
+            &mut self.lab.agent,
             &mut self.endpoint,
             &mut board,
             storage,
             scratch,
         )?;
         if restored {
-            self.endpoint.set_next_id(self.agent.first_message_id());
+            self.endpoint.set_next_id(self.lab.agent.first_message_id());
         }
         Ok(restored)
     }
 
     /// Starts registration at `now_ms`.
     pub fn start(&mut self, now_ms: u64) -> Result<(), StartError<L::Error>> {
-        self.agent
+        self.lab
             .start(now_ms, &mut EndpointOutbound::new(&mut self.endpoint))
             .map_err(|_| StartError::Config)
     }
@@ -328,32 +417,12 @@ impl<L: Link, R: Rng> App<L, R> {
         let next = {
             let mut board = LabBoard {
                 hw: &mut *hw,
-                blink: &mut self.blink,
+                blink: &mut self.lab.blink,
             };
             self.runner
-                .step(now, &mut self.agent, &mut self.endpoint, &mut board)
+                .step(now, &mut self.lab.agent, &mut self.endpoint, &mut board)
                 .await?
         };
-        let blink_next = self.run_blink(hw, now);
-        Ok(match (next, blink_next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    }
-
-    fn run_blink<H: Hardware>(&mut self, hw: &mut H, now: u64) -> Option<u64> {
-        let blink = self.blink.as_mut()?;
-        while blink.toggles_left > 0 && now >= blink.next_toggle_ms {
-            blink.on = !blink.on;
-            hw.set_led(blink.on);
-            blink.toggles_left = blink.toggles_left.saturating_sub(1);
-            blink.next_toggle_ms = blink.next_toggle_ms.saturating_add(blink.half_period_ms);
-        }
-        if blink.toggles_left == 0 {
-            self.blink = None;
-            None
-        } else {
-            Some(blink.next_toggle_ms)
-        }
+        Ok(earliest(next, run_blink(&mut self.lab.blink, hw, now)))
     }
 }

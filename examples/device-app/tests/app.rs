@@ -9,10 +9,11 @@
 )]
 
 use embassy_futures::block_on;
+use iot_agent::Outbound;
 use iot_core::message::{MessageKind, QoS};
 use iot_core::time::{Clock, ManualClock};
 use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId, codec};
-use iot_device_app::{App, Battery, Climate, Hardware, SensorFault};
+use iot_device_app::{App, Battery, Climate, Hardware, Lab, SensorFault};
 use iot_fleet::{
     DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope, Session,
 };
@@ -56,15 +57,15 @@ impl Hardware for FakeHardware<'_> {
     }
 }
 
-#[test]
-fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link() {
-    let clock = ManualClock::new(0);
-    let config = SimConfig::ideal(20)
-        .with_loss(200, 2)
-        .with_duplication(100)
-        .with_jitter(10);
-    let net: SimNetwork<_, 32, 700> = SimNetwork::new(&clock, config, 5);
-    let (device_link, gateway_link) = net.endpoints();
+/// The fleet's device server knowing the lab device `lab-7` from its manufacturing record.
+struct Backend {
+    device: DeviceId,
+    admin: Principal,
+    server: DeviceServer,
+    session: Session,
+}
+
+fn backend() -> Backend {
     let device = DeviceId::new("lab-7").unwrap();
     let admin = Principal::new(
         "op",
@@ -90,7 +91,7 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     fleet
         .import_manufacturing(&admin, &"lab".parse().unwrap(), vec![record], 0)
         .unwrap();
-    let mut server = DeviceServer::with_os_rng(
+    let server = DeviceServer::with_os_rng(
         fleet,
         DeviceConfig {
             version: 1,
@@ -100,6 +101,29 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     );
     // The gateway's link is wired to this one device: it authenticates the session.
     let session = Session::authenticated(device, 1);
+    Backend {
+        device,
+        admin,
+        server,
+        session,
+    }
+}
+
+#[test]
+fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link() {
+    let clock = ManualClock::new(0);
+    let config = SimConfig::ideal(20)
+        .with_loss(200, 2)
+        .with_duplication(100)
+        .with_jitter(10);
+    let net: SimNetwork<_, 32, 700> = SimNetwork::new(&clock, config, 5);
+    let (device_link, gateway_link) = net.endpoints();
+    let Backend {
+        device,
+        admin,
+        mut server,
+        session,
+    } = backend();
 
     let mut app = App::new(device_link, device, 1, SECRET, SplitMix64::new(1)).unwrap();
     let mut hw = FakeHardware {
@@ -236,4 +260,100 @@ fn the_lab_application_registers_obeys_and_is_decommissioned_over_a_lossy_link()
     let audit = audit.expect("the device sent its audit record");
     assert_eq!((audit.device, audit.from), (device, State::Active));
     assert_eq!(app.agent().state(), State::Decommissioned);
+}
+
+/// Collects what the agent sends, as a transport that delivers messages itself would take it.
+#[derive(Default)]
+struct Sent(Vec<(MessageKind, Vec<u8>)>);
+
+impl Outbound for Sent {
+    type Error = core::convert::Infallible;
+    fn send(
+        &mut self,
+        kind: MessageKind,
+        _qos: QoS,
+        payload: &[u8],
+        _now_ms: u64,
+    ) -> Result<(), Self::Error> {
+        self.0.push((kind, payload.to_vec()));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_lab_without_a_link_registers_and_obeys_a_command_fed_envelope_by_envelope() {
+    let clock = ManualClock::new(0);
+    let Backend {
+        device,
+        admin,
+        mut server,
+        session,
+    } = backend();
+    let mut lab = Lab::new(device, 1, SECRET).unwrap();
+    let mut hw = FakeHardware {
+        clock: &clock,
+        led: Vec::new(),
+    };
+    let mut sent = Sent::default();
+    lab.start(0, &mut sent).unwrap();
+    let mut acks = Vec::new();
+    let mut commanded = false;
+    for _ in 0..10_000 {
+        let now = clock.now_ms();
+        lab.poll(&mut hw, &mut sent);
+        // Every message reaches the backend once and every reply comes back once, as MQTT
+        // QoS 1 with deduplication delivers them.
+        let mut downlink = Vec::new();
+        for (kind, payload) in sent.0.drain(..) {
+            let env = EnvelopeRef {
+                device,
+                seq: 0,
+                id: MessageId(0),
+                qos: QoS::AtLeastOnce,
+                kind,
+                payload: &payload,
+            };
+            if let Handled::Replies(replies) = server.handle(&session, &env, now).unwrap() {
+                downlink.extend(replies.iter().map(|r| (r.kind(), r.to_vec())));
+            }
+            if kind == MessageKind::CommandAck {
+                acks.push(codec::decode::<CommandAck>(&payload).unwrap());
+            }
+        }
+        let active = server.fleet().device(&admin, &device).map(|r| r.state) == Ok(State::Active);
+        if active && !commanded {
+            let blink = Command::new(
+                9,
+                now,
+                Command::NEVER_EXPIRES,
+                CommandKind::BlinkLed {
+                    times: 1,
+                    period_ms: 100,
+                },
+            );
+            downlink.push((MessageKind::Command, codec::encode_to_vec(&blink).unwrap()));
+            commanded = true;
+        }
+        for (kind, payload) in downlink {
+            let env = EnvelopeRef {
+                device,
+                seq: 0,
+                id: MessageId(0),
+                qos: QoS::AtLeastOnce,
+                kind,
+                payload: &payload,
+            };
+            lab.handle(&mut hw, &env, &mut sent).unwrap();
+        }
+        clock.advance(10);
+    }
+    assert!(commanded, "the backend saw the device active");
+    assert_eq!(lab.agent().state(), State::Active);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(
+        (acks[0].command_id, &acks[0].outcome),
+        (9, &AckOutcome::Accepted)
+    );
+    // One blink: on, then off, driven by `poll`.
+    assert_eq!(hw.led, [true, false]);
 }
