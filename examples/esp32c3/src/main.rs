@@ -10,6 +10,7 @@
 
 use embassy_time::{Duration, Instant as TimerInstant, Timer};
 use esp_backtrace as _;
+use esp_hal::rng::{Trng, TrngSource};
 use esp_hal::timer::timg::TimerGroup;
 use esp_hal::uart::{Config as UartConfig, Uart};
 use esp_println::println;
@@ -25,11 +26,21 @@ const LINK_POLL: Duration = Duration::from_millis(20);
 
 #[esp_rtos::main]
 async fn main(_spawner: embassy_executor::Spawner) -> ! {
-    let peripherals = esp_hal::init(esp_hal::Config::default());
+    let mut peripherals = esp_hal::init(esp_hal::Config::default());
     let timg0 = TimerGroup::new(peripherals.TIMG0);
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
-    let (device, mac) = device_id();
+    let (device, _mac) = device_id();
+    // The retry jitter's seed from the hardware RNG, with the ADC as its entropy source while
+    // it is drawn (the ADC then goes to the battery reading): devices that boot together do
+    // not retry in step, and nothing about the seed follows from the MAC.
+    let seed = {
+        let _entropy = TrngSource::new(peripherals.RNG.reborrow(), peripherals.ADC1.reborrow());
+        match Trng::try_new() {
+            Ok(trng) => u64::from(trng.random()) << 32 | u64::from(trng.random()),
+            Err(e) => panic!("the ADC entropy source is enabled: {:?}", e),
+        }
+    };
     println!("device {}", device);
 
     let mut board = LabBoard::new(
@@ -51,7 +62,6 @@ async fn main(_spawner: embassy_executor::Spawner) -> ! {
     .with_rx(peripherals.GPIO5)
     .into_async();
     let link: FramedLink<_, FRAME_CAPACITY> = FramedLink::new(uart, 115_200);
-    let seed = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
     let mut app = match App::new(
         link,
         device,
