@@ -80,11 +80,11 @@ enum Effect {
 }
 
 /// The largest encoded path: a text of [`PATH_CAPACITY`](crate::path::PATH_CAPACITY) bytes.
-const MAX_KEY_LEN: usize =
-    cbor::uint_len(crate::path::PATH_CAPACITY as u64).saturating_add(crate::path::PATH_CAPACITY);
+const MAX_KEY_LEN: usize = crate::value::uint_len(crate::path::PATH_CAPACITY as u64)
+    .saturating_add(crate::path::PATH_CAPACITY);
 /// The largest encoded value: full text, a full array or a 9-byte number.
 const MAX_VALUE_LEN: usize = {
-    let text = cbor::uint_len(crate::value::TEXT_CAPACITY as u64)
+    let text = crate::value::uint_len(crate::value::TEXT_CAPACITY as u64)
         .saturating_add(crate::value::TEXT_CAPACITY);
     let array = crate::value::ARRAY_CAPACITY;
     let max = if text > array { text } else { array };
@@ -479,7 +479,7 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
             .store
             .len()
             .saturating_add(items.clone().count().saturating_mul(2));
-        let reference = cbor::uint_len((leaves as u64).saturating_mul(8).saturating_add(8));
+        let reference = crate::value::uint_len((leaves as u64).saturating_mul(8).saturating_add(8));
         // First the bound from the leaf count alone (no leaf is read): enough for every
         // document far below the limit, which is the common case.
         let largest = MAX_KEY_LEN
@@ -492,7 +492,7 @@ impl<S: FieldStore + ?Sized, R: Resolver, const T: usize> Shadow<S, R, T> {
             return quick;
         }
         let leaf = |key: usize, value: usize| {
-            cbor::text_len(key)
+            crate::value::text_len(key)
                 .saturating_add(1)
                 .saturating_add(value)
                 .saturating_add(reference)
@@ -1289,6 +1289,6 @@ mod tests {
         let path: heapless::String<{ crate::path::PATH_CAPACITY }> =
             core::iter::repeat_n('p', crate::path::PATH_CAPACITY).collect();
         let path = Path::new(&path).unwrap();
-        assert_eq!(cbor::text_len(path.as_str().len()), MAX_KEY_LEN);
+        assert_eq!(crate::value::text_len(path.as_str().len()), MAX_KEY_LEN);
     }
 }

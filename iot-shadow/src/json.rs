@@ -26,6 +26,7 @@ use iot_core::time::HlcTimestamp;
 use iot_core::{Error, ErrorKind};
 use serde_json::{Map, Number, Value as Json};
 
+use crate::cbor::OwnedMessage;
 use crate::cbor::{Header, Item, Kind};
 use crate::engine::Shadow;
 use crate::path::{Path, PathError};
@@ -34,7 +35,7 @@ use crate::stamp::{Origin, Policy, Stamp};
 use crate::store::{FieldStore, Section};
 #[cfg(test)]
 use crate::update::Update;
-use crate::update::{OwnedMessage, Write};
+use crate::update::Write;
 use crate::value::{Scalar, Value, ValueError};
 
 /// Why JSON could not be read or written.

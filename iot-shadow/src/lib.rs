@@ -34,6 +34,8 @@ pub mod typed;
 pub mod update;
 pub mod value;
 
+#[cfg(feature = "alloc")]
+pub use cbor::OwnedMessage;
 pub use device::{DeviceShadow, Handled};
 pub use engine::{MemoryVersionStore, Shadow, VersionStore, Volatile};
 pub use error::ShadowError;
@@ -45,8 +47,6 @@ pub use store::MapStore;
 pub use store::{
     FieldStore, FixedEntry, FixedStore, FixedStoreInner, FixedStoreView, Leaf, Section,
 };
-#[cfg(feature = "alloc")]
-pub use update::OwnedMessage;
 pub use update::{Outcome, Update, Write};
 pub use value::Value;
 

@@ -30,11 +30,12 @@ use iot_core::id::NodeId;
 use iot_core::time::HlcTimestamp;
 
 use crate::cbor::Kind;
+use crate::cbor::OwnedMessage;
 use crate::path::Path;
 use crate::policy::CLIENT_TOKEN_CAPACITY;
 use crate::stamp::{Origin, Policy, Stamp};
 use crate::store::Section;
-use crate::update::{OwnedMessage, Write};
+use crate::update::Write;
 use crate::value::{Scalar, Value};
 
 /// `iot.v1.ShadowPolicy`

@@ -22,7 +22,6 @@ use core::fmt;
 
 use iot_core::codec::invalid_value;
 
-use crate::cbor::{text_len, uint_len};
 use iot_core::{Error, ErrorKind};
 use minicbor::data::Type;
 use minicbor::encode::Write;
@@ -471,6 +470,26 @@ pub(crate) fn value_len(v: &Value) -> usize {
         Value::Text(t) => text_len(t.len()),
         Value::Array(a) => a.as_cbor().len(),
     }
+}
+
+/// The CBOR length of an unsigned integer's head (and of every length prefix).
+pub(crate) const fn uint_len(n: u64) -> usize {
+    if n < 24 {
+        1
+    } else if n <= 0xff {
+        2
+    } else if n <= 0xffff {
+        3
+    } else if n <= 0xffff_ffff {
+        5
+    } else {
+        9
+    }
+}
+
+/// The CBOR length of a text of `len` bytes.
+pub(crate) fn text_len(len: usize) -> usize {
+    uint_len(len as u64).saturating_add(len)
 }
 
 #[cfg(test)]
