@@ -19,6 +19,7 @@ pub use iot_core;
 pub mod command;
 pub mod config;
 pub mod health;
+#[cfg(feature = "testkit")]
 pub mod mem_flash;
 pub mod ota;
 pub mod registration;

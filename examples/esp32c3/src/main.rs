@@ -21,9 +21,9 @@ use esp_hal::timer::timg::TimerGroup;
 use esp_hal::uart::{Config as UartConfig, Uart};
 use esp_println::println;
 use iot_core::DeviceId;
+use iot_device_app::sht3x::{ADDRESS_DEFAULT, Sht3x};
 use iot_device_app::{App, Battery, Climate, FRAME_CAPACITY, Hardware, SensorFault};
 use iot_transport::SplitMix64;
-use iot_transport::bus::sht3x::{ADDRESS_DEFAULT, Sht3x};
 use iot_transport::framing::FramedLink;
 
 esp_bootloader_esp_idf::esp_app_desc!();
