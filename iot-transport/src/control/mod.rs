@@ -1,5 +1,5 @@
 //! Medium control: one trait per medium for what a datagram [`crate::Link`] cannot express
-//! (joining networks, radio parameters, power saving); [`crate::sim`] (feature `testkit`)
+//! (joining networks, radio parameters, power saving); `sim` (feature `testkit`)
 //! holds a simulated implementation of each.
 //!
 //! * [`wifi::WifiControl`]: scan, join with credentials, leave, RSSI.
