@@ -34,7 +34,6 @@ impl Link for ReplayLink {
     fn info(&self) -> LinkInfo {
         LinkInfo {
             medium: Medium::Simulated,
-            protocol: None,
             mtu: MTU,
             bitrate_bps: 9_600,
             latency_ms: 10,

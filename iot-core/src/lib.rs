@@ -19,7 +19,6 @@ pub mod error;
 pub mod flow;
 pub mod id;
 pub mod message;
-pub mod power;
 #[cfg(feature = "protobuf")]
 pub mod proto;
 pub mod telemetry;

@@ -25,13 +25,11 @@ pub mod fleet;
 pub mod gateway;
 pub mod health;
 pub mod metering;
-pub mod planning;
 pub mod proof;
 pub mod registry;
 pub mod retention;
 pub mod rollout;
 pub mod server;
-pub mod topology;
 
 pub use access::{AccessError, Principal, Role, Scope};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog};
@@ -39,7 +37,7 @@ pub use fleet::{
     ClassPolicies, Decommissioned, Fleet, FleetError, RolloutTimeouts, ScopedRollout, ServerShadow,
 };
 pub use health::{HealthCounts, HealthPolicy, HealthReport, HealthStatus};
-pub use metering::{CostModel, Sla, Usage};
+pub use metering::{Sla, Usage};
 pub use proof::{ChallengeAnswer, LifecycleHmac, Nonce, ProofVerifier, answer};
 pub use registry::{
     AssignmentRule, DeviceRecord, ManufacturingRecord, Matcher, ReadingTally, Registration,

@@ -20,6 +20,7 @@ pub mod command;
 pub mod config;
 pub mod duty;
 pub mod health;
+#[cfg(feature = "testkit")]
 pub mod mem_flash;
 pub mod ota;
 pub mod registration;

@@ -1,5 +1,6 @@
-//! An in-memory NOR flash for tests and simulations, with the real thing's rules: erase sets
-//! whole sectors to `0xFF`, writes must be aligned and may only clear bits.
+//! Test double (feature `testkit`): an in-memory NOR flash for tests and simulations, with
+//! the real thing's rules: erase sets whole sectors to `0xFF`, writes must be aligned and may
+//! only clear bits.
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,

@@ -413,7 +413,6 @@ impl<T, const N: usize> FramedLink<T, N> {
 fn serial_info(mtu: usize, bitrate_bps: u32) -> LinkInfo {
     LinkInfo {
         medium: Medium::Serial,
-        protocol: Some(crate::profile::Protocol::Uart),
         mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
         bitrate_bps,
         latency_ms: 1,

@@ -27,11 +27,12 @@ pub mod monitor;
 #[cfg(feature = "nal")]
 pub mod nal;
 pub mod outbox;
-pub mod profile;
 pub mod qos;
 pub mod retry;
 pub mod rng;
 pub mod select;
+/// Test doubles; not for production builds.
+#[cfg(feature = "testkit")]
 pub mod sim;
 
 pub use iot_core;

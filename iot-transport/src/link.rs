@@ -8,8 +8,6 @@
 //! The trait is async first (native `async fn`), with a non-blocking
 //! [`Link::try_receive`] for poll loops.
 
-use crate::profile::Protocol;
-
 /// The physical or logical medium of a link.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,8 +50,6 @@ pub enum LinkState {
 pub struct LinkInfo {
     /// The medium.
     pub medium: Medium,
-    /// The protocol profile this link follows, if one applies.
-    pub protocol: Option<Protocol>,
     /// Largest datagram, in bytes, the link carries in one piece now.
     pub mtu: u16,
     /// Current bitrate in bits per second.
@@ -73,6 +69,23 @@ pub struct LinkInfo {
 }
 
 impl LinkInfo {
+    /// An up link on `medium` carrying datagrams of up to `mtu` bytes, every other figure
+    /// zero or unknown; set the rest with struct update syntax
+    /// (`LinkInfo { bitrate_bps: 250, ..LinkInfo::new(Medium::Lora, 51) }`).
+    pub const fn new(medium: Medium, mtu: u16) -> Self {
+        Self {
+            medium,
+            mtu,
+            bitrate_bps: 0,
+            latency_ms: 0,
+            energy_nj_per_byte: 0,
+            cost_micro_per_kib: 0,
+            rssi_dbm: None,
+            snr_db: None,
+            state: LinkState::Up,
+        }
+    }
+
     /// Whether the link can carry traffic now.
     pub const fn is_up(&self) -> bool {
         matches!(self.state, LinkState::Up)
@@ -211,7 +224,6 @@ mod tests {
     fn info() -> LinkInfo {
         LinkInfo {
             medium: Medium::Lora,
-            protocol: None,
             mtu: 51,
             bitrate_bps: 250,
             latency_ms: 100,

@@ -49,7 +49,7 @@ pub struct UdpLink<S> {
 
 impl<S: ConnectedUdp> UdpLink<S> {
     /// Wraps `socket`, reporting `info` (for example
-    /// `Protocol::Wifi.profile().typical_link_info()` with live RSSI filled in).
+    /// `iot-planning`'s `Protocol::Wifi.profile().typical_link_info()`, live RSSI filled in).
     pub const fn new(socket: S, info: LinkInfo) -> Self {
         Self { socket, info }
     }
@@ -122,7 +122,7 @@ mod tests {
     use embassy_futures::block_on;
 
     use super::*;
-    use crate::profile::Protocol;
+    use crate::link::Medium;
 
     /// A socket whose peer is a queue; receive is pending when empty.
     struct FakeSocket {
@@ -159,7 +159,7 @@ mod tests {
                 inbox: VecDeque::new(),
                 sent: Vec::new(),
             },
-            Protocol::Wifi.profile().typical_link_info(),
+            LinkInfo::new(Medium::Wifi, 1472),
         );
         let mut buf = [0u8; 16];
         assert_eq!(link.try_receive(&mut buf), Ok(None));
@@ -176,7 +176,7 @@ mod tests {
         let mut sock = link.into_inner();
         assert_eq!(sock.sent, [b"up".to_vec()]);
         sock.inbox.push_back(b"down".to_vec());
-        let mut link = UdpLink::new(sock, Protocol::Ethernet.profile().typical_link_info());
+        let mut link = UdpLink::new(sock, LinkInfo::new(Medium::Ethernet, 1472));
         assert_eq!(link.try_receive(&mut buf), Ok(Some(4)));
         link.into_inner().inbox.push_back(b"x".to_vec());
     }

@@ -4,15 +4,20 @@
 //!
 //! ```
 //! use iot_transport::outbox::Priority;
-//! use iot_transport::profile::Protocol;
 //! use iot_transport::select::{LinkSelector, Need, Objective};
-//! use iot_transport::LinkState;
+//! use iot_transport::{LinkInfo, LinkState, Medium};
 //!
-//! let mut links = [
-//!     Protocol::Wifi.profile().typical_link_info(),
-//!     Protocol::LoRaWan.profile().typical_link_info(),
-//!     Protocol::NbIot.profile().typical_link_info(),
-//! ];
+//! // Typical figures: Wi-Fi, LoRaWAN at SF12, NB-IoT (`iot-planning`'s catalogue has them).
+//! let wifi = LinkInfo { bitrate_bps: 20_000_000, latency_ms: 5, energy_nj_per_byte: 280, ..LinkInfo::new(Medium::Wifi, 1472) };
+//! let lora = LinkInfo { bitrate_bps: 250, latency_ms: 1_500, energy_nj_per_byte: 3_840_000, ..LinkInfo::new(Medium::Lora, 51) };
+//! let nb_iot = LinkInfo {
+//!     bitrate_bps: 60_000,
+//!     latency_ms: 1_600,
+//!     energy_nj_per_byte: 93_000,
+//!     cost_micro_per_kib: 200,
+//!     ..LinkInfo::new(Medium::Cellular, 1358)
+//! };
+//! let mut links = [wifi, lora, nb_iot];
 //! let mut selector: LinkSelector<3, 16> = LinkSelector::new(Objective::Energy, 0);
 //! let need = Need::new(40, Priority::Normal).with_max_latency_ms(10_000);
 //! assert_eq!(selector.select(&need, &links, 0)?.index, 0); // Wi-Fi: least energy
@@ -336,14 +341,30 @@ impl<const L: usize, const W: usize> LinkSelector<L, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::LinkState;
-    use crate::profile::Protocol;
+    use crate::link::{LinkState, Medium};
 
+    /// Wi-Fi, LoRaWAN at SF12 and LTE-M with their typical figures.
     fn links() -> [LinkInfo; 3] {
         [
-            Protocol::Wifi.profile().typical_link_info(),
-            Protocol::LoRaWan.profile().typical_link_info(),
-            Protocol::LteM.profile().typical_link_info(),
+            LinkInfo {
+                bitrate_bps: 20_000_000,
+                latency_ms: 5,
+                energy_nj_per_byte: 280,
+                ..LinkInfo::new(Medium::Wifi, 1472)
+            },
+            LinkInfo {
+                bitrate_bps: 250,
+                latency_ms: 1_500,
+                energy_nj_per_byte: 3_840_000,
+                ..LinkInfo::new(Medium::Lora, 51)
+            },
+            LinkInfo {
+                bitrate_bps: 375_000,
+                latency_ms: 100,
+                energy_nj_per_byte: 15_000,
+                cost_micro_per_kib: 150,
+                ..LinkInfo::new(Medium::Cellular, 1358)
+            },
         ]
     }
 

@@ -15,10 +15,9 @@ use iot_transport::control::ControlError;
 use iot_transport::control::cellular::{CellularControl, MockCellularControl, RegistrationStatus};
 use iot_transport::control::lora::{DataRate, LoraControl, MockLoraControl};
 use iot_transport::control::wifi::{MockWifiControl, WifiControl, WifiCredentials};
-use iot_transport::link::{Link, LinkError, MockLink};
+use iot_transport::link::{Link, LinkError, LinkInfo, Medium, MockLink};
 use iot_transport::mockall::predicate::eq;
 use iot_transport::outbox::{OverflowPolicy, Priority};
-use iot_transport::profile::Protocol;
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::rng::MockRng;
@@ -27,7 +26,7 @@ use iot_transport::rng::MockRng;
 fn mock_link_drives_a_reliable_endpoint() {
     let mut link = MockLink::new();
     link.expect_info()
-        .returning(|| Protocol::Wifi.profile().typical_link_info());
+        .returning(|| LinkInfo::new(Medium::Wifi, 1472));
     link.expect_try_receive().returning(|_| Ok(None));
     // The first transmission fails, the retransmission succeeds.
     let mut seq = iot_transport::mockall::Sequence::new();

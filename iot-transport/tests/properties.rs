@@ -234,7 +234,6 @@ mod selection {
         )
             .prop_map(|(mtu, bps, latency, nj, cost, up)| LinkInfo {
                 medium: Medium::Simulated,
-                protocol: None,
                 mtu,
                 bitrate_bps: bps,
                 latency_ms: latency,

@@ -14,10 +14,11 @@
 use iot_core::{DeviceId, TenantId};
 use iot_fleet::metering::Availability;
 use iot_fleet::{
-    AssignmentRule, CostModel, Fleet, HealthPolicy, ManufacturingRecord, Matcher, Principal, Role,
-    Scope, Sla, Usage, answer,
+    AssignmentRule, Fleet, HealthPolicy, ManufacturingRecord, Matcher, Principal, Role, Scope, Sla,
+    Usage, answer,
 };
 use iot_lifecycle::{Event, State};
+use iot_planning::pricing::{CostModel, MeteredUsage};
 
 const HOUR: u64 = 3_600_000;
 
@@ -263,7 +264,11 @@ fn metering_counts_messages_and_storage_per_tenant_and_estimates_cost() {
     let m = fleet.metering(&hq, &Scope::root(), month).unwrap();
     assert_eq!(m.devices, 4);
     assert_eq!(m.usage.messages, 4 * 129_600);
-    let cost = CostModel::default().per_device_month_from_usage(m.usage, m.devices, month);
+    let usage = MeteredUsage {
+        messages: m.usage.messages,
+        stored_bytes: m.usage.stored_bytes,
+    };
+    let cost = CostModel::default().per_device_month_from_usage(usage, m.devices, month);
     assert!((cost.total - 0.21).abs() < 0.01, "{cost:?}");
     // A building only sees its own devices' usage.
     let b0 = Principal::new("b", hq.tenant, "north/b0".parse().unwrap(), Role::Viewer);

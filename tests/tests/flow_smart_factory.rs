@@ -9,7 +9,7 @@
     missing_docs
 )]
 
-use iot_fleet::topology::{NodeKind, ReferenceLevel, Tier, Topology};
+use iot_planning::topology::{NodeKind, ReferenceLevel, Tier, Topology};
 
 fn smart_factory() -> Topology {
     let mut factory = Topology::new("SmartFactory");

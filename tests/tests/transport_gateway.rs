@@ -15,14 +15,15 @@ use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 
 use iot_core::{Clock, DeviceId, EnvelopeRef, ManualClock, MessageKind, QoS};
-use iot_transport::control::lora::{DataRate, LoraControl, LoraJoin, SimLora};
+use iot_planning::catalogue::Protocol;
+use iot_transport::control::lora::{DataRate, LoraControl, LoraJoin};
 use iot_transport::fragment::{Feed, Fragmenter, Reassembler};
 use iot_transport::framing::FramedLink;
 use iot_transport::outbox::{OverflowPolicy, Priority};
-use iot_transport::profile::Protocol;
 use iot_transport::qos::ReliableEndpoint;
 use iot_transport::retry::BackoffPolicy;
 use iot_transport::select::{LinkSelector, Need, Objective};
+use iot_transport::sim::SimLora;
 use iot_transport::sim::{SerialWire, Side, SimConfig, SimNetwork};
 use iot_transport::{Link, SplitMix64};
 

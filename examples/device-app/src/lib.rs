@@ -10,6 +10,11 @@
     )
 )]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod sht3x;
+
 use iot_agent::Storage;
 use iot_agent::runner::{EndpointOutbound, PersistError, Runner};
 use iot_agent::{Agent, AgentError, Outbound, Vitals};

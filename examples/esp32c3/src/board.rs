@@ -9,8 +9,8 @@ use esp_hal::i2c::master::{Config as I2cConfig, ConfigError, I2c};
 use esp_hal::peripherals::{ADC1, GPIO3, GPIO6, GPIO7, GPIO10, I2C0};
 use esp_hal::time::Instant;
 use iot_core::DeviceId;
+use iot_device_app::sht3x::{ADDRESS_DEFAULT, Sht3x};
 use iot_device_app::{Battery, Climate, Hardware, SensorFault};
-use iot_transport::bus::sht3x::{ADDRESS_DEFAULT, Sht3x};
 
 /// Cell voltage read as empty and as full (single Li-ion cell).
 const EMPTY_MV: u32 = 3_300;

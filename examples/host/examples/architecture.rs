@@ -6,10 +6,10 @@
 //! Run: `cargo run -p iot-examples --example architecture`
 
 use iot_examples::{Outcome, check, section};
-use iot_fleet::planning::{
+use iot_planning::resources::{
     Architecture, Distribution, Latency, Processing, Requirements, recommend,
 };
-use iot_fleet::topology::{NodeKind, ReferenceLevel, Tier, Topology};
+use iot_planning::topology::{NodeKind, ReferenceLevel, Tier, Topology};
 
 fn main() -> Outcome {
     section("deployment");

@@ -9,9 +9,6 @@
 //!
 //! Run: `cargo run -p iot-examples --example lifecycle`
 
-use iot_core::power::{
-    Battery, DutyCycle, ESP32_C3_WIFI, LOW_POWER_LORA_NODE, PowerProfile, estimate_lifetime,
-};
 use iot_core::{DeviceId, TenantId};
 use iot_examples::{Outcome, check, clock, section};
 use iot_fleet::health::HealthPolicy;
@@ -25,6 +22,9 @@ use iot_lifecycle::registration::{
     ChallengeAnswer, DecommissionReason, DeviceSecret, Wipe, decommission, registration_proof,
 };
 use iot_lifecycle::state::{Event, Lifecycle, State};
+use iot_planning::power::{
+    Battery, DutyCycle, ESP32_C3_WIFI, LOW_POWER_LORA_NODE, PowerProfile, estimate_lifetime,
+};
 
 const HOUR: u64 = 3_600_000;
 

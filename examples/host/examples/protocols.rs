@@ -9,9 +9,9 @@
 use embassy_futures::block_on;
 use iot_core::{Clock, DeviceId, ManualClock, MessageKind, QoS};
 use iot_examples::{Outcome, check, section};
+use iot_planning::catalogue::{CATALOGUE, Protocol};
 use iot_transport::monitor::{Health, LinkMonitor, QosTarget};
 use iot_transport::outbox::{OverflowPolicy, Priority};
-use iot_transport::profile::{CATALOGUE, Protocol};
 use iot_transport::qos::{MONITOR_WINDOW, ReliableEndpoint};
 use iot_transport::retry::{BackoffPolicy, Jitter};
 use iot_transport::select::{LinkSelector, Need, Objective};

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use iot_core::power::{
+use iot_examples::{Outcome, check, section};
+use iot_planning::power::{
     Battery, DutyCycle, ESP32_C3_WIFI, LOW_POWER_LORA_NODE, estimate_lifetime, max_active_ms_for,
 };
-use iot_examples::{Outcome, check, section};
-use iot_fleet::planning::{DeviceLoad, GatewayCapacity, ResourcePlan, Resources, balance};
+use iot_planning::resources::{DeviceLoad, GatewayCapacity, ResourcePlan, Resources, balance};
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
@@ -201,7 +201,7 @@ fn load_balancing() -> Outcome {
     Ok(())
 }
 
-fn print_assignment(plan: &iot_fleet::planning::Assignment) {
+fn print_assignment(plan: &iot_planning::resources::Assignment) {
     for (name, g) in &plan.gateways {
         println!(
             "  {name}: {:>3} msg/min ({:>3} permille) {}",

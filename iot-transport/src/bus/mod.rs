@@ -3,9 +3,6 @@
 //! These are thin, allocation-free functions generic over
 //! [`embedded_hal::i2c::I2c`], [`embedded_hal::spi::SpiDevice`] and their async twins in
 //! `embedded-hal-async`, so any HAL's bus works. Serial links live in [`crate::framing`].
-//! [`sht3x`] is a complete driver built on them.
-
-pub mod sht3x;
 
 /// The most bytes a single register write carries (after the register address).
 pub const MAX_WRITE: usize = 32;

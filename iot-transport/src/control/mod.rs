@@ -1,5 +1,6 @@
 //! Medium control: one trait per medium for what a datagram [`crate::Link`] cannot express
-//! (joining networks, radio parameters, power saving), each with a simulated implementation.
+//! (joining networks, radio parameters, power saving); `sim` (feature `testkit`)
+//! holds a simulated implementation of each.
 //!
 //! * [`wifi::WifiControl`]: scan, join with credentials, leave, RSSI.
 //! * [`lora::LoraControl`]: OTAA/ABP join, data rate / spreading factor, duty-cycle budget,

@@ -2,7 +2,7 @@
 //! load balancing of devices across gateways, and the deployment decision guide.
 //!
 //! ```
-//! use iot_fleet::planning::{
+//! use iot_planning::resources::{
 //!     Architecture, Distribution, Latency, Processing, Requirements, Resources, ResourcePlan,
 //!     recommend,
 //! };
@@ -20,7 +20,7 @@
 //!     distribution: Distribution::SingleSite,
 //! });
 //! assert_eq!(guide.architecture, Architecture::EdgeFog);
-//! # Ok::<(), iot_fleet::planning::PlanningError>(())
+//! # Ok::<(), iot_planning::resources::PlanningError>(())
 //! ```
 
 use alloc::collections::{BTreeMap, BTreeSet};

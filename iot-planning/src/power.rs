@@ -7,7 +7,7 @@
 //! 128-bit intermediates) keeps the estimate exact, `const`-friendly and free of floating point.
 //!
 //! ```
-//! use iot_core::power::{Battery, DutyCycle, LOW_POWER_LORA_NODE, estimate_lifetime};
+//! use iot_planning::power::{Battery, DutyCycle, LOW_POWER_LORA_NODE, estimate_lifetime};
 //!
 //! let cell = Battery::new(3_000, 85, 3_600)?;
 //! // Awake 5 s a minute (sleeping 55 s) versus never sleeping.
@@ -17,19 +17,18 @@
 //! let weeks = estimate_lifetime(&LOW_POWER_LORA_NODE, &cell, &always_on)?;
 //! assert!(years.days() > 365);
 //! assert!(weeks.days() < 90);
-//! # Ok::<(), iot_core::power::PowerError>(())
+//! # Ok::<(), iot_planning::power::PowerError>(())
 //! ```
 
 use core::time::Duration;
 
-use crate::error::{Error, ErrorKind};
+use iot_core::{Error, ErrorKind};
 
 /// Microamp-milliseconds in one milliamp-hour: 1000 uA x 3 600 000 ms.
 const UA_MS_PER_MAH: u128 = 1_000 * 3_600_000;
 
 /// Currents drawn in each phase of a duty cycle, in microamps at the battery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PowerProfile {
     /// CPU running, radio off (sensing, filtering, preparing a message).
@@ -67,7 +66,6 @@ pub const LOW_POWER_LORA_NODE: PowerProfile = PowerProfile {
 
 /// A battery: nominal capacity, the share of it the device can use, and nominal voltage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Battery {
     capacity_mah: u32,
@@ -120,7 +118,6 @@ impl Battery {
 /// One period of a duty cycle: `active_ms` of CPU work, `radio_ms` of radio, and sleep for
 /// the rest of `period_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DutyCycle {
     period_ms: u32,
@@ -176,7 +173,6 @@ impl DutyCycle {
 
 /// What a device draws on average and how long its battery lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Lifetime {
     /// Average current in nanoamps.
@@ -197,7 +193,6 @@ impl Lifetime {
 /// Why a lifetime cannot be estimated.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PowerError {
     /// The period is zero or shorter than the awake phases.
     #[error("duty cycle phases exceed the period")]

@@ -2,10 +2,12 @@
 //!
 //! The numbers are typical engineering figures (datasheets, specifications and operator
 //! price lists rounded to an order of magnitude), good enough to *rank* options; a real link
-//! reports its live figures through [`crate::LinkInfo`], which [`crate::select`] uses.
+//! reports its live figures through [`iot_transport::LinkInfo`], which
+//! `iot_transport::select` uses; [`ProtocolProfile::typical_link_info`] turns an entry into
+//! such figures for simulations and what-if selection.
 //!
 //! ```
-//! use iot_transport::profile::{Protocol, CATALOGUE, Layer};
+//! use iot_planning::catalogue::{Protocol, CATALOGUE, Layer};
 //!
 //! assert!(CATALOGUE.len() >= 20);
 //! let lora = Protocol::LoRaWan.profile();
@@ -14,11 +16,10 @@
 //! assert_eq!(Protocol::Mqtt.profile().layer, Layer::Application);
 //! ```
 
-use crate::link::{LinkInfo, LinkState, Medium};
+use iot_transport::{LinkInfo, LinkState, Medium};
 
 /// Where a protocol sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Layer {
     /// An on-board or short wired bus between chips.
@@ -34,7 +35,6 @@ pub enum Layer {
 /// A protocol or medium in the catalogue.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Protocol {
     /// Inter-Integrated Circuit.
@@ -87,7 +87,6 @@ pub enum Protocol {
 
 /// The catalogue entry of one protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ProtocolProfile {
     /// Which protocol.
@@ -120,7 +119,6 @@ impl ProtocolProfile {
     pub const fn typical_link_info(&self) -> LinkInfo {
         LinkInfo {
             medium: self.medium,
-            protocol: Some(self.protocol),
             mtu: self.mtu,
             bitrate_bps: self.bitrate_bps,
             latency_ms: self.latency_ms,
@@ -249,7 +247,8 @@ mod tests {
         assert!(Protocol::NbIot.profile().cost_micro_per_kib > 0);
         assert_eq!(Protocol::Wifi.profile().cost_micro_per_kib, 0);
         let info = Protocol::LteM.profile().typical_link_info();
-        assert_eq!(info.protocol, Some(Protocol::LteM));
+        assert_eq!(info.medium, Medium::Cellular);
+        assert_eq!(info.mtu, Protocol::LteM.profile().mtu);
         assert!(info.is_up());
     }
 }

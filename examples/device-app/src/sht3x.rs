@@ -1,12 +1,12 @@
 //! A Sensirion SHT3x (SHT30/31/35) temperature and humidity driver over I2C, blocking and
 //! async, with the sensor's CRC-8 checked on every word.
 //!
-//! It exists to prove the bus helpers on a real driver shape: a 16-bit command, a
-//! measurement delay, a 6-byte read of two CRC-protected words, and fixed-point conversion.
+//! The ESP32-C3 board reads its climate sensor with it: a 16-bit command, a measurement
+//! delay, a 6-byte read of two CRC-protected words, and fixed-point conversion.
 //!
 //! ```
 //! use embedded_hal_mock::eh1::{delay::NoopDelay, i2c::{Mock, Transaction}};
-//! use iot_transport::bus::sht3x::{Sht3x, ADDRESS_DEFAULT, crc8};
+//! use iot_device_app::sht3x::{Sht3x, ADDRESS_DEFAULT, crc8};
 //!
 //! // 0x6666 -> 25.000 degC, 0x8000 -> 50.0 %RH (datasheet conversion).
 //! let t = [0x66, 0x66];
@@ -21,7 +21,7 @@
 //! assert_eq!(m.temperature_milli_c, 25_000);
 //! assert_eq!(m.humidity_milli_pct, 50_000);
 //! sensor.release().0.done();
-//! # Ok::<(), iot_transport::bus::sht3x::Sht3xError<embedded_hal::i2c::ErrorKind>>(())
+//! # Ok::<(), iot_device_app::sht3x::Sht3xError<embedded_hal::i2c::ErrorKind>>(())
 //! ```
 
 use crc::{CRC_8_NRSC_5, Crc};
@@ -41,7 +41,6 @@ pub fn crc8(word: &[u8]) -> u8 {
 
 /// Measurement repeatability: higher is less noisy and slower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Repeatability {
     /// 15 ms measurement.
     #[default]
@@ -77,8 +76,6 @@ const CMD_READ_STATUS: [u8; 2] = [0xF3, 0x2D];
 
 /// One measurement in fixed point (no floats needed on the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Measurement {
     /// Temperature in thousandths of a degree Celsius.
     pub temperature_milli_c: i32,
@@ -121,7 +118,6 @@ impl Measurement {
 /// Why a reading failed.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Sht3xError<E> {
     /// The I2C bus failed (for example the sensor did not acknowledge).
     #[error("I2C error: {0:?}")]

@@ -1,5 +1,7 @@
-//! Simulated links and serial wires for tests and examples: loss, latency, jitter
-//! (reordering), duplication and outages, all driven by an injected clock and seed.
+//! Test doubles (feature `testkit`): simulated links and serial wires with loss, latency,
+//! jitter (reordering), duplication and outages, all driven by an injected clock and seed,
+//! and a simulated implementation of each medium control trait ([`SimWifi`], [`SimLora`],
+//! [`SimCellular`]).
 //!
 //! Nothing here sleeps. Time moves when the test moves its [`iot_core::ManualClock`];
 //! randomness comes from a seeded [`SplitMix64`], so every run is reproducible.
@@ -19,6 +21,14 @@
 //! assert_eq!(b.try_receive(&mut buf), Ok(Some(4)));
 //! assert_eq!(&buf[..4], b"ping");
 //! ```
+
+mod cellular;
+mod lora;
+mod wifi;
+
+pub use cellular::SimCellular;
+pub use lora::SimLora;
+pub use wifi::SimWifi;
 
 use core::cell::RefCell;
 
@@ -58,7 +68,6 @@ impl SimConfig {
             duplicate_per_mille: 0,
             info: LinkInfo {
                 medium: Medium::Simulated,
-                protocol: None,
                 mtu: 1024,
                 bitrate_bps: 1_000_000,
                 latency_ms: 0,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use iot_fleet::planning::{
+use iot_planning::resources::{
     DeviceLoad, Distribution, GatewayCapacity, Latency, Processing, Requirements, ResourcePlan,
     Resources, balance, recommend,
 };

@@ -2,7 +2,7 @@
 //! model, the links between them, gateway detection, data-flow paths and system statistics.
 //!
 //! ```
-//! use iot_fleet::topology::{NodeKind, Tier, Topology};
+//! use iot_planning::topology::{NodeKind, Tier, Topology};
 //!
 //! let mut factory = Topology::new("SmartFactory");
 //! factory.add_node("temp-1", NodeKind::Sensor, Tier::Edge)?;
@@ -17,7 +17,7 @@
 //! assert_eq!(factory.gateways(), ["fog-gw"]);
 //! let stats = factory.stats();
 //! assert_eq!((stats.nodes, stats.links, stats.gateways), (4, 3, 1));
-//! # Ok::<(), iot_fleet::topology::TopologyError>(())
+//! # Ok::<(), iot_planning::topology::TopologyError>(())
 //! ```
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
