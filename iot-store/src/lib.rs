@@ -141,7 +141,7 @@ pub trait Store {
     ) -> Result<Option<Lease>, StoreError>;
 
     /// Gives up `holder`'s lease on `name` so another claimer may take it at once; `false`
-    /// when `holder` did not hold it.
+    /// when `holder` did not hold it or gave it up already.
     fn release(&mut self, name: &str, holder: &str) -> Result<bool, StoreError>;
 
     /// The lease `name` as stored (expired or not), if it was ever claimed.

@@ -505,7 +505,7 @@ pub(crate) const CLAIM: &str = "INSERT INTO leases (name, holder, expires_at_ms,
 
 /// Gives a lease up: it stays (so its token keeps growing) but has run out.
 pub(crate) const RELEASE: &str =
-    "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2";
+    "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND expires_at_ms > 0";
 
 fn append_audit(conn: &Connection, event: &AuditEvent) -> Result<OpOutcome, StoreError> {
     let (seq, prev): (i64, Vec<u8>) = conn

@@ -935,6 +935,10 @@ pub(crate) fn leases_hand_work_over_once<H: Harness>(h: &H) {
     assert!(!a.release("rollout-ticks", "node-a").unwrap());
     // Release hands over at once, before the expiry.
     assert!(b.release("rollout-ticks", "node-b").unwrap());
+    assert!(
+        !b.release("rollout-ticks", "node-b").unwrap(),
+        "released twice"
+    );
     let back = a
         .claim("rollout-ticks", "node-a", 2_001, 500)
         .unwrap()
