@@ -15,6 +15,7 @@ fi
 cargo clippy -p iot-store --all-targets --features postgres-tests -- -D warnings
 cargo test -p iot-store --features postgres-tests --test postgres
 
-# The durable fleet backend on PostgreSQL: an outage and the recovery when it returns.
+# The durable fleet backend on PostgreSQL: an outage and the recovery when it returns;
+# several nodes sharing one fleet (stale copies refused and read again, work under leases).
 cargo clippy -p iot-tests --all-targets --features postgres-tests -- -D warnings
-cargo test -p iot-tests --features postgres-tests --test durable_postgres
+cargo test -p iot-tests --features postgres-tests --test durable_postgres --test durable_nodes

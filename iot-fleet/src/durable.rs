@@ -50,7 +50,7 @@ use iot_lifecycle::registration::DecommissionReason;
 use iot_shadow::Value;
 use iot_store::audit::AuditEvent;
 use iot_store::{
-    Batch, GroupCommit, GroupCommitConfig, GroupCommitHandle, MAX_PAGE, Op, PendingAll,
+    Batch, GroupCommit, GroupCommitConfig, GroupCommitHandle, Lease, MAX_PAGE, Op, PendingAll,
     ShadowExpect, Store, StoreError,
 };
 
@@ -90,6 +90,11 @@ pub enum DurableError {
     /// [`DurableServer::open`] was given a server whose fleet already holds devices.
     #[error("the server's fleet must be empty when it is opened from a store")]
     NotEmpty,
+    /// Another node sharing the store changed a record this node's copy of was stale
+    /// ([`DurableServer::open_shared`]): nothing of the message or action was kept or
+    /// acknowledged, the node read those records again, and it may be sent again.
+    #[error("another node changed the records this needs; they were read again, send it again")]
+    Conflict,
 }
 
 /// One device message handed to [`DurableServer::submit`].
@@ -112,6 +117,40 @@ pub struct Ticket {
     results: Vec<Result<Handled, DurableError>>,
     /// Per message, the index of its batch in the submission (`None`: nothing to save).
     slots: Vec<Option<usize>>,
+    /// Per batch, what it wrote or relied on (shared mode only).
+    touched: Vec<Touched>,
+}
+
+/// The records a batch wrote or relied on: what a node sharing the store reads again when
+/// the batch found them changed by another node.
+#[derive(Debug, Default)]
+struct Touched {
+    devices: BTreeSet<DeviceId>,
+    /// Store ids.
+    rollouts: BTreeSet<u64>,
+}
+
+/// What a node that shares its store with other nodes keeps besides the fleet.
+struct Shared {
+    /// A second connection, for reading records again while the writer owns the first.
+    reader: Box<dyn Store + Send>,
+    /// The revision ([`Op::Revise`]) each cached device record was read or written at; a
+    /// device not here is read from the store before this node serves it.
+    devices: BTreeMap<DeviceId, u64>,
+    /// The revision of each cached rollout, by store id.
+    rollouts: BTreeMap<u64, u64>,
+}
+
+fn device_key(device: &DeviceId) -> String {
+    let mut key = String::from("device/");
+    key.push_str(device.as_str());
+    key
+}
+
+fn rollout_key(id: u64) -> String {
+    let mut key = String::from("rollout/");
+    key.push_str(&id.to_string());
+    key
 }
 
 /// What a stored device record's credential blob holds.
@@ -229,6 +268,8 @@ pub struct DurableServer {
     rollout_keys: BTreeMap<(TenantId, u32), u64>,
     next_rollout_key: u64,
     stopped: bool,
+    /// Present when other nodes write the same store ([`DurableServer::open_shared`]).
+    shared: Option<Shared>,
 }
 
 impl core::fmt::Debug for DurableServer {
@@ -286,7 +327,179 @@ impl DurableServer {
             rollout_keys,
             next_rollout_key,
             stopped: false,
+            shared: None,
         })
+    }
+
+    /// [`DurableServer::open`] for one of several backend nodes that share `store`'s
+    /// database (PostgreSQL), each with its own fleet in memory. The fleet is then a cache:
+    ///
+    /// - every batch carries, beside the shadow compare-and-swap, a revision check
+    ///   ([`Op::Revise`]) of the served device's record and a revision bump of every device
+    ///   record and rollout it rewrites, so a node whose copy is stale cannot overwrite
+    ///   another node's change;
+    /// - when a batch finds another node's change, nothing of it is kept, the node reads the
+    ///   records it touched again through `reader` (a second connection to the same
+    ///   database), and the message is answered with [`DurableError::Conflict`] instead of
+    ///   a reply: the device sends it again and it is served from the fresh copy. The node
+    ///   goes on serving (a single node instead stops, see [`DurableError::Stopped`]);
+    /// - a device this node has not served yet is read from the store first.
+    ///
+    /// Rollouts should be started through one node (their store ids come from that node's
+    /// count); [`DurableServer::refresh_rollouts`] lets the others learn of them.
+    pub fn open_shared(
+        store: Box<dyn Store + Send>,
+        reader: Box<dyn Store + Send>,
+        server: DeviceServer,
+        config: GroupCommitConfig,
+    ) -> Result<Self, DurableError> {
+        let mut opened = Self::open(store, server, config)?;
+        opened.shared = Some(Shared {
+            reader,
+            devices: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+        });
+        Ok(opened)
+    }
+
+    /// Whether this node shares its store with others ([`DurableServer::open_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Reads every stored rollout again (shared mode; a no-op otherwise), so this node
+    /// serves rollouts that another node started or advanced.
+    pub fn refresh_rollouts(&mut self) -> Result<(), DurableError> {
+        let Some(shared) = self.shared.as_mut() else {
+            return Ok(());
+        };
+        let mut touched = Touched::default();
+        let mut after = None;
+        loop {
+            let page = shared.reader.rollouts(after, MAX_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            touched.rollouts.extend(page.iter().map(|r| r.id));
+        }
+        self.reload(&touched)
+    }
+
+    /// Puts the revision checks and bumps of shared mode in front of `batch` (see
+    /// [`DurableServer::open_shared`]) and returns what it touched; `None` for a single node.
+    fn fence(&mut self, batch: &mut Batch, served: &[DeviceId]) -> Option<Touched> {
+        let shared = self.shared.as_mut()?;
+        let mut touched = Touched::default();
+        let mut written = BTreeSet::new();
+        for op in &batch.ops {
+            match op {
+                Op::PutDevice(d) => {
+                    written.insert(d.id);
+                }
+                Op::PutShadow { shadow, .. } => {
+                    touched.devices.insert(shadow.device);
+                }
+                Op::DeleteShadow { device, .. } => {
+                    touched.devices.insert(*device);
+                }
+                Op::PutRollout(r) => {
+                    touched.rollouts.insert(r.id);
+                }
+                _ => {}
+            }
+        }
+        touched.devices.extend(served.iter().copied());
+        touched.devices.extend(written.iter().copied());
+        let mut ops = Vec::with_capacity(
+            batch
+                .ops
+                .len()
+                .saturating_add(touched.devices.len())
+                .saturating_add(touched.rollouts.len()),
+        );
+        for device in served.iter().chain(&written).collect::<BTreeSet<_>>() {
+            let seen = shared.devices.get(device).copied().unwrap_or(0);
+            let bump = written.contains(device);
+            if bump {
+                shared.devices.insert(*device, seen.saturating_add(1));
+            }
+            ops.push(Op::Revise {
+                key: device_key(device),
+                expected: seen,
+                bump,
+            });
+        }
+        for id in &touched.rollouts {
+            let seen = shared.rollouts.get(id).copied().unwrap_or(0);
+            shared.rollouts.insert(*id, seen.saturating_add(1));
+            ops.push(Op::Revise {
+                key: rollout_key(*id),
+                expected: seen,
+                bump: true,
+            });
+        }
+        ops.append(&mut batch.ops);
+        batch.ops = ops;
+        Some(touched)
+    }
+
+    /// Reads the touched records again from the store into the fleet, with the revisions
+    /// they are at (the revision first: a record read after it is at least that new, so a
+    /// later write from this copy can only conflict, never overwrite).
+    fn reload(&mut self, touched: &Touched) -> Result<(), DurableError> {
+        let Self {
+            shared,
+            server,
+            rollout_keys,
+            next_rollout_key,
+            ..
+        } = self;
+        let Some(shared) = shared.as_mut() else {
+            return Ok(());
+        };
+        for device in &touched.devices {
+            let revision = shared.reader.revision(&device_key(device))?;
+            if let Some(stored) = shared.reader.device(device)? {
+                let saved: StoredCredential = decode("device record", &stored.credential)?;
+                server
+                    .fleet_mut()
+                    .restore_identity(*device, saved.identity, saved.record);
+            }
+            let fleet = server.fleet_mut();
+            fleet.forget_shadow(device);
+            if let Some(shadow) = shared.reader.shadow(device, "")? {
+                fleet
+                    .restore_shadow(device, &shadow.document, shadow.version)
+                    .map_err(|e| DurableError::Decode {
+                        what: "shadow",
+                        detail: e.to_string(),
+                    })?;
+            }
+            shared.devices.insert(*device, revision);
+        }
+        for id in &touched.rollouts {
+            let revision = shared.reader.revision(&rollout_key(*id))?;
+            if let Some(stored) = shared.reader.rollout(*id)? {
+                let saved: StoredRollout = decode("rollout", &stored.plan)?;
+                rollout_keys.insert((stored.tenant, saved.id), stored.id);
+                *next_rollout_key = (*next_rollout_key).max(stored.id.saturating_add(1));
+                server
+                    .fleet_mut()
+                    .restore_rollout(stored.tenant, saved.id, saved.scoped);
+            }
+            shared.rollouts.insert(*id, revision);
+        }
+        Ok(())
+    }
+
+    /// Reloads what a conflicting batch touched; a node that cannot read its store stops.
+    fn after_conflict(&mut self, touched: &Touched) -> DurableError {
+        match self.reload(touched) {
+            Ok(()) => DurableError::Conflict,
+            Err(e) => {
+                self.stopped = true;
+                e
+            }
+        }
     }
 
     /// [`DurableServer::open`], and every device that was online when its record was last
@@ -331,6 +544,13 @@ impl DurableServer {
         match Self::open_or_return(store, server, self.config) {
             Ok(mut reopened) => {
                 reopened.server.fleet_mut().assume_seen(now_ms);
+                // A shared node starts over with no cached revision: every device is read
+                // again before it is served.
+                reopened.shared = self.shared.take().map(|s| Shared {
+                    reader: s.reader,
+                    devices: BTreeMap::new(),
+                    rollouts: BTreeMap::new(),
+                });
                 *self = reopened;
                 Ok(())
             }
@@ -408,6 +628,7 @@ impl DurableServer {
             pending: None,
             results: Vec::with_capacity(messages.len()),
             slots: Vec::with_capacity(messages.len()),
+            touched: Vec::new(),
         };
         if self.stopped {
             ticket
@@ -419,16 +640,36 @@ impl DurableServer {
         let mut batches = Vec::new();
         for m in messages {
             let device = m.session.device();
+            if let Some(shared) = &self.shared
+                && !shared.devices.contains_key(&device)
+            {
+                let touched = Touched {
+                    devices: BTreeSet::from([device]),
+                    rollouts: BTreeSet::new(),
+                };
+                if let Err(e) = self.reload(&touched) {
+                    self.stopped = true;
+                    ticket.slots.push(None);
+                    ticket.results.push(Err(e));
+                    continue;
+                }
+            }
             let before = self.shadow_version(&device);
             let result = self
                 .server
                 .handle(&m.session, &m.envelope, m.now_ms)
                 .map_err(DurableError::from);
             match self.collect(Some((device, before)), m.now_ms) {
-                Ok(batch) if batch.ops.is_empty() => ticket.slots.push(None),
-                Ok(batch) => {
-                    ticket.slots.push(Some(batches.len()));
-                    batches.push(batch);
+                Ok(mut batch) => {
+                    if let Some(touched) = self.fence(&mut batch, &[device]) {
+                        ticket.touched.push(touched);
+                    }
+                    if batch.ops.is_empty() {
+                        ticket.slots.push(None);
+                    } else {
+                        ticket.slots.push(Some(batches.len()));
+                        batches.push(batch);
+                    }
                 }
                 Err(e) => {
                     self.stopped = true;
@@ -459,9 +700,35 @@ impl DurableServer {
             pending,
             mut results,
             slots,
+            touched,
         } = ticket;
         let outcome = pending.map(PendingAll::wait);
         match outcome {
+            Some(Ok(outcomes)) if self.shared.is_some() => {
+                // Another node changed what a batch relied on: read it again, and refuse
+                // (without a reply) the messages of the batches that were not kept.
+                let failed: BTreeSet<usize> = outcomes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| !o.committed)
+                    .map(|(i, _)| i)
+                    .collect();
+                if !failed.is_empty() {
+                    let mut stale = Touched::default();
+                    for i in &failed {
+                        if let Some(t) = touched.get(*i) {
+                            stale.devices.extend(t.devices.iter().copied());
+                            stale.rollouts.extend(t.rollouts.iter().copied());
+                        }
+                    }
+                    let error = self.after_conflict(&stale);
+                    for (result, slot) in results.iter_mut().zip(&slots) {
+                        if slot.is_some_and(|i| failed.contains(&i)) {
+                            *result = Err(error.clone());
+                        }
+                    }
+                }
+            }
             Some(Ok(outcomes)) => {
                 let lost = slots
                     .iter()
@@ -646,19 +913,8 @@ impl DurableServer {
             }
         };
         batch.ops.extend(extra);
-        if !batch.ops.is_empty() {
-            match self.handle.commit(batch) {
-                Ok(outcome) if outcome.committed => {}
-                Ok(_) => {
-                    self.stopped = true;
-                    return Err(DurableError::Stopped);
-                }
-                Err(e) => {
-                    self.stopped = true;
-                    return Err(e.into());
-                }
-            }
-        }
+        let served: Vec<DeviceId> = device.map(|(d, _)| d).into_iter().collect();
+        self.commit_batch(batch, &served)?;
         Ok(result?)
     }
 
@@ -710,15 +966,25 @@ impl DurableServer {
     }
 
     fn commit_ops(&mut self, ops: Vec<Op>) -> Result<(), DurableError> {
-        if ops.is_empty() {
+        self.commit_batch(Batch::atomic(ops), &[])
+    }
+
+    /// Commits an operator action's batch (with shared mode's revision checks for `served`
+    /// and what it writes) and waits for it.
+    fn commit_batch(&mut self, mut batch: Batch, served: &[DeviceId]) -> Result<(), DurableError> {
+        if batch.ops.is_empty() {
             return Ok(());
         }
-        match self.handle.commit(Batch::atomic(ops)) {
+        let touched = self.fence(&mut batch, served);
+        match self.handle.commit(batch) {
             Ok(outcome) if outcome.committed => Ok(()),
-            Ok(_) => {
-                self.stopped = true;
-                Err(DurableError::Stopped)
-            }
+            Ok(_) => match touched {
+                Some(touched) => Err(self.after_conflict(&touched)),
+                None => {
+                    self.stopped = true;
+                    Err(DurableError::Stopped)
+                }
+            },
             Err(e) => {
                 self.stopped = true;
                 Err(e.into())
@@ -852,6 +1118,76 @@ impl DurableServer {
             }
         };
         self.commit_ops(batch.ops)?;
+        Ok(value)
+    }
+
+    /// Claims (or renews) the lease `name` for `holder` until `now_ms + ttl_ms` through the
+    /// shared store ([`Store::claim`]): work that must happen once across the nodes (rollout
+    /// ticks, offline sweeps, OTA dispatch) runs on the node holding its lease, through
+    /// [`DurableServer::once`]. `None` while another node's lease runs. Only for a node
+    /// opened with [`DurableServer::open_shared`].
+    pub fn claim(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, DurableError> {
+        let shared = self.shared.as_mut().ok_or(StoreError::InvalidInput(
+            "leases are for nodes opened with open_shared",
+        ))?;
+        Ok(shared.reader.claim(name, holder, now_ms, ttl_ms)?)
+    }
+
+    /// Gives a lease up at once (a node shutting down), so another node takes the work over
+    /// without waiting for it to run out. `false` when it was not held.
+    pub fn release(&mut self, lease: &Lease) -> Result<bool, DurableError> {
+        let shared = self.shared.as_mut().ok_or(StoreError::InvalidInput(
+            "leases are for nodes opened with open_shared",
+        ))?;
+        Ok(shared.reader.release(&lease.name, &lease.holder)?)
+    }
+
+    /// [`DurableServer::act`] for once-only work under `lease`: what `f` changed is kept only
+    /// if this node still holds the lease with its token ([`Op::HoldsLease`] in the same
+    /// transaction). A node that stalled past its lease while another took the work over is
+    /// refused with [`DurableError::Conflict`] and keeps nothing, so no effect happens twice;
+    /// so is a node whose copy of a record `f` rewrote was stale (it reads it again; run `f`
+    /// again to decide from the fresh copy).
+    pub fn once<T>(
+        &mut self,
+        lease: &Lease,
+        shadows_of: &[DeviceId],
+        now_ms: u64,
+        f: impl FnOnce(&mut DeviceServer) -> T,
+    ) -> Result<T, DurableError> {
+        self.running()?;
+        if self.shared.is_none() {
+            return Err(
+                StoreError::InvalidInput("leases are for nodes opened with open_shared").into(),
+            );
+        }
+        let before: Vec<(DeviceId, u64)> = shadows_of
+            .iter()
+            .map(|d| (*d, self.shadow_version(d)))
+            .collect();
+        let value = f(&mut self.server);
+        let mut batch = match self.collect_all(&before, now_ms) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.stopped = true;
+                return Err(e);
+            }
+        };
+        batch.ops.insert(
+            0,
+            Op::HoldsLease {
+                name: lease.name.clone(),
+                holder: lease.holder.clone(),
+                fence: lease.fence,
+            },
+        );
+        self.commit_batch(batch, &[])?;
         Ok(value)
     }
 

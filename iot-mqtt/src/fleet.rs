@@ -50,7 +50,10 @@
 //! `FleetEvent::NotDurable`; the durable server then stops acknowledging anything until it is
 //! reopened from its store (a process restart, or
 //! `DurableServer::restart` through
-//! [`FleetBackend::with_server`]). Devices carry on across such a restart: their records,
+//! [`FleetBackend::with_server`]). A node opened with `DurableServer::open_shared` (several
+//! nodes on one database) reports another node's change as `NotDurable` with
+//! `DurableError::Conflict` and goes on: it read the records again, and the device's next
+//! send of the message is served from them. Devices carry on across such a restart: their records,
 //! shadows and rollouts come back from the store, so they need not register again, and
 //! the message ids of the restarted backend's replies do not repeat (below). Operator actions
 //! go through [`FleetBackend::with_server`], which hands out the `DurableServer` itself, so
@@ -177,7 +180,8 @@ pub enum FleetEvent {
         error: ServerError,
     },
     /// The durable server could not commit what the message changed: it was answered with
-    /// nothing, and the server acknowledges nothing more until it is reopened from its store.
+    /// nothing, and the server acknowledges nothing more until it is reopened from its store
+    /// (except after `DurableError::Conflict` on a shared node, which goes on).
     #[cfg(feature = "durable")]
     NotDurable {
         /// The device (from the topic).

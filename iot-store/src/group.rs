@@ -373,6 +373,24 @@ mod tests {
         fn audit_range(&mut self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn revision(&mut self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn claim(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: u64,
+            _: u64,
+        ) -> Result<Option<crate::Lease>, StoreError> {
+            Ok(None)
+        }
+        fn release(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn lease(&mut self, _: &str) -> Result<Option<crate::Lease>, StoreError> {
+            Ok(None)
+        }
     }
 
     fn gated() -> (GroupCommit, Receiver<usize>, Sender<Result<(), StoreError>>) {

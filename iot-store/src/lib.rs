@@ -23,8 +23,8 @@ pub use audit::{AuditEvent, AuditHead, AuditRecord};
 pub use error::StoreError;
 pub use group::{GroupCommit, GroupCommitConfig, GroupCommitHandle, Pending, PendingAll};
 pub use model::{
-    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, MAX_BLOB_LEN, MAX_SHADOW_NAME_LEN, Op,
-    OpOutcome, OtaProgress, Rollout, Shadow, ShadowExpect, Tenant,
+    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, Lease, MAX_BLOB_LEN, MAX_KEY_LEN,
+    MAX_SHADOW_NAME_LEN, Op, OpOutcome, OtaProgress, Rollout, Shadow, ShadowExpect, Tenant,
 };
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -33,7 +33,7 @@ use iot_core::id::{DeviceId, TenantId};
 
 /// The schema version this build creates and understands. A database at a higher version is
 /// refused ([`StoreError::SchemaTooNew`]); a lower one is migrated when opened.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The most records one page of a listing returns, whatever limit the caller asks for: keeps
 /// every read bounded in memory.
@@ -120,6 +120,32 @@ pub trait Store {
     /// Up to `limit` (at most [`MAX_PAGE`]) audit records with `seq >= from_seq`, in order, as
     /// stored (not re-verified).
     fn audit_range(&mut self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// The revision counter `key` ([`Op::Revise`]): 0 when it was never bumped.
+    fn revision(&mut self, key: &str) -> Result<u64, StoreError>;
+
+    /// Claims the lease `name` for `holder` until `now_ms + ttl_ms`, in one statement: it is
+    /// taken when nobody holds it, when its holder's time ran out (`expires_at_ms <= now_ms`)
+    /// or when `holder` holds it already (a renewal). Returns the lease held, or `None` when
+    /// another holder's lease is still running. The fencing token grows whenever the lease
+    /// changes hands and stays put on a renewal.
+    ///
+    /// The claimers' clocks should agree to well within `ttl_ms`; exactly-once effects do not
+    /// depend on that, since they are committed with [`Op::HoldsLease`].
+    fn claim(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Gives up `holder`'s lease on `name` so another claimer may take it at once; `false`
+    /// when `holder` did not hold it or gave it up already.
+    fn release(&mut self, name: &str, holder: &str) -> Result<bool, StoreError>;
+
+    /// The lease `name` as stored (expired or not), if it was ever claimed.
+    fn lease(&mut self, name: &str) -> Result<Option<Lease>, StoreError>;
 
     /// Applies one batch in its own transaction. A conflict of an op is returned as
     /// [`StoreError::Conflict`] (after the rest of an independent batch was committed; see
@@ -243,6 +269,36 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn audit_range(&mut self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         (**self).audit_range(from_seq, limit)
     }
+    fn revision(&mut self, key: &str) -> Result<u64, StoreError> {
+        (**self).revision(key)
+    }
+    fn claim(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        (**self).claim(name, holder, now_ms, ttl_ms)
+    }
+    fn release(&mut self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        (**self).release(name, holder)
+    }
+    fn lease(&mut self, name: &str) -> Result<Option<Lease>, StoreError> {
+        (**self).lease(name)
+    }
+}
+
+/// The expiry of a lease claimed at `now_ms` for `ttl_ms`, checked against the stores'
+/// signed integers.
+pub(crate) fn lease_expiry(now_ms: u64, ttl_ms: u64) -> Result<(i64, i64), StoreError> {
+    let expires = now_ms
+        .checked_add(ttl_ms)
+        .ok_or(StoreError::InvalidInput("lease expiry overflows"))?;
+    Ok((
+        to_i64(now_ms, "now_ms exceeds i64::MAX")?,
+        to_i64(expires, "lease expiry exceeds i64::MAX")?,
+    ))
 }
 
 /// Converts an unsigned value to the signed 64-bit integer both databases store.

@@ -146,6 +146,60 @@ pub enum Op {
     PutOtaProgress(OtaProgress),
     /// Appends an entry to the audit trail; the store assigns its sequence number and hash.
     Audit(AuditEvent),
+    /// Compares the revision counter `key` with `expected` (an absent counter is at 0) and,
+    /// with `bump`, moves it to `expected + 1`; otherwise reports [`OpOutcome::Conflict`]
+    /// naming the stored revision. Backend nodes that cache records put one beside every
+    /// write (and every read-only answer) of a cached record, so a node whose copy is stale
+    /// finds out in the same transaction instead of overwriting another node's change.
+    Revise {
+        /// The counter's name (for example `device/<id>`), at most 128 bytes.
+        key: String,
+        /// The revision the writer's copy was read at.
+        expected: u64,
+        /// Whether the batch changes the record (a check only when `false`).
+        bump: bool,
+    },
+    /// Checks that `holder` still holds the lease `name` with fencing token `fence`;
+    /// otherwise reports [`OpOutcome::Conflict`] naming the stored token (`None`: no such
+    /// lease). In an atomic batch beside the effects of once-only work, it makes those effects
+    /// happen exactly once even when a holder stalls past its lease and another node took
+    /// the work over: the stalled holder's batch is rolled back.
+    HoldsLease {
+        /// The lease's name, at most 128 bytes.
+        name: String,
+        /// The holder's name, at most 128 bytes.
+        holder: String,
+        /// The token [`crate::Store::claim`] returned.
+        fence: u64,
+    },
+}
+
+/// The longest revision key, lease name or lease holder in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// A lease on once-only work ([`crate::Store::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The work's name.
+    pub name: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Until when, in milliseconds of the claimers' clock.
+    pub expires_at_ms: u64,
+    /// The fencing token: it grows every time the lease changes hands, so effects committed
+    /// with [`Op::HoldsLease`] carry the holder's token and a former holder's are refused.
+    pub fence: u64,
+}
+
+/// Checks a revision key, lease name or holder against [`MAX_KEY_LEN`].
+pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        Err(StoreError::InvalidInput(
+            "revision key, lease name or holder must be 1 to 128 bytes",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 impl Op {
@@ -211,6 +265,19 @@ impl Op {
                 fits_i64(p.rollout, "rollout id exceeds i64::MAX")?;
                 fits_i64(p.updated_at_ms, "updated_at_ms exceeds i64::MAX")?;
                 blob(p.detail.len(), "OTA detail larger than 1 MiB")
+            }
+            Self::Revise { key, expected, .. } => {
+                validate_key(key)?;
+                fits_i64(expected.saturating_add(1), "revision exceeds i64::MAX")
+            }
+            Self::HoldsLease {
+                name,
+                holder,
+                fence,
+            } => {
+                validate_key(name)?;
+                validate_key(holder)?;
+                fits_i64(*fence, "fence exceeds i64::MAX")
             }
             Self::Audit(e) => {
                 fits_i64(e.at_ms, "audit time exceeds i64::MAX")?;
@@ -282,9 +349,10 @@ pub enum OpOutcome {
         /// The entry's chain hash.
         hash: [u8; 32],
     },
-    /// The shadow was not as expected: nothing of this op was written.
+    /// The shadow (or revision counter, or lease) was not as expected: nothing of this op
+    /// was written.
     Conflict {
-        /// The stored version (`None`: no such shadow).
+        /// The stored version, revision or fencing token (`None`: no such shadow or lease).
         current: Option<u64>,
     },
     /// The op was part of an atomic batch that was rolled back, or was not tried after the

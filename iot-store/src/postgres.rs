@@ -20,15 +20,18 @@ use postgres::{Client, NoTls, Statement, Transaction};
 
 use crate::audit::{AuditEvent, AuditHead, AuditRecord, chain_hash};
 use crate::model::{
-    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, Op, OpOutcome, OtaProgress, Rollout,
-    Shadow, ShadowExpect, Tenant,
+    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, Lease, Op, OpOutcome, OtaProgress,
+    Rollout, Shadow, ShadowExpect, Tenant, validate_key,
 };
-use crate::sqlite::{APP, RawAudit, RawDevice, parse_hash, parse_tenant_id, rolled_back};
-use crate::{SCHEMA_VERSION, Store, StoreError, from_i64, page_limit, to_i64};
+use crate::sqlite::{
+    APP, RawAudit, RawDevice, lease_check, lease_row, parse_hash, parse_tenant_id, rolled_back,
+};
+use crate::{SCHEMA_VERSION, Store, StoreError, from_i64, lease_expiry, page_limit, to_i64};
 
 /// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`. They run with
 /// `search_path` set to the store's schema.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE store_meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);
 CREATE TABLE tenants (id TEXT COLLATE "C" PRIMARY KEY, config BYTEA NOT NULL);
 CREATE TABLE devices (
@@ -56,7 +59,13 @@ CREATE TABLE audit (
 CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL,
     hash BYTEA NOT NULL);
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
-"#];
+"#,
+    r#"
+CREATE TABLE revisions (key TEXT COLLATE "C" PRIMARY KEY, revision BIGINT NOT NULL);
+CREATE TABLE leases (name TEXT COLLATE "C" PRIMARY KEY, holder TEXT COLLATE "C" NOT NULL,
+    expires_at_ms BIGINT NOT NULL, fence BIGINT NOT NULL);
+"#,
+];
 
 /// Serialises migrations of concurrent openers (an arbitrary constant naming this crate).
 const MIGRATION_LOCK: i64 = 0x696f_745f_7374_6f72;
@@ -115,6 +124,18 @@ impl PgConfig {
     }
 }
 
+/// How many times [`PgStore`] runs a commit again after the server aborted it for a deadlock
+/// or a serialization failure.
+const MAX_COMMIT_RETRIES: u32 = 8;
+
+/// The marker [`pg`] puts before the message of a transaction the server aborted for a
+/// deadlock or a serialization failure.
+const RETRYABLE: &str = "transaction aborted by the server, may be run again: ";
+
+fn is_retryable(message: &str) -> bool {
+    message.starts_with(RETRYABLE)
+}
+
 fn pg(e: postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::ConnectionLost(e.to_string());
@@ -133,6 +154,10 @@ fn pg(e: postgres::Error) -> StoreError {
             || code.code().starts_with("08")
         {
             return StoreError::ConnectionLost(db.to_string());
+        }
+        if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        {
+            return StoreError::Backend(format!("{RETRYABLE}{db}"));
         }
         return StoreError::Backend(db.to_string());
     }
@@ -527,6 +552,60 @@ fn exec(tx: &mut Transaction<'_>, st: &mut Statements, op: &Op) -> Result<OpOutc
             )?;
         }
         Op::Audit(event) => return append_audit(tx, st, event),
+        Op::Revise {
+            key,
+            expected,
+            bump,
+        } => {
+            let expected_i = to_i64(*expected, "revision")?;
+            let changed = if !*bump {
+                None
+            } else if *expected == 0 {
+                Some(st.execute(
+                    tx,
+                    "INSERT INTO revisions (key, revision) VALUES ($1, 1) \
+                     ON CONFLICT (key) DO UPDATE SET revision = 1 WHERE revisions.revision = 0",
+                    &[key],
+                )?)
+            } else {
+                Some(st.execute(
+                    tx,
+                    "UPDATE revisions SET revision = revision + 1 \
+                     WHERE key = $1 AND revision = $2",
+                    &[key, &expected_i],
+                )?)
+            };
+            if changed == Some(1) {
+                return Ok(OpOutcome::Applied);
+            }
+            let statement = st.get(tx, "SELECT revision FROM revisions WHERE key = $1")?;
+            let current: u64 = tx
+                .query_opt(&statement, &[key])
+                .map_err(pg)?
+                .map(|r| r.try_get::<_, i64>(0))
+                .transpose()
+                .map_err(pg)?
+                .map_or(Ok(0), |v| from_i64(v, "revision"))?;
+            if current != *expected || changed.is_some() {
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                });
+            }
+        }
+        Op::HoldsLease {
+            name,
+            holder,
+            fence,
+        } => {
+            let statement = st.get(tx, "SELECT holder, fence FROM leases WHERE name = $1")?;
+            let stored = tx
+                .query_opt(&statement, &[name])
+                .map_err(pg)?
+                .map(|r| Ok::<_, postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
+                .transpose()
+                .map_err(pg)?;
+            return lease_check(stored, holder, *fence);
+        }
     }
     Ok(OpOutcome::Applied)
 }
@@ -575,6 +654,21 @@ fn append_audit(
 fn commit_on(conn: &mut Conn, batches: &[Batch]) -> Result<Vec<BatchOutcome>, StoreError> {
     let st = &mut conn.statements;
     let mut tx = conn.client.transaction().map_err(pg)?;
+    // Several nodes commit into one database: a transaction that appends to the audit trail
+    // locks the chain's head before any other row, so no two transactions can each hold a row
+    // the other waits for through the head (row locks among shadows can still deadlock; the
+    // server then aborts one transaction and `commit` runs it again).
+    if batches
+        .iter()
+        .flat_map(|b| &b.ops)
+        .any(|o| matches!(o, Op::Audit(_)))
+    {
+        let statement = st.get(
+            &mut tx,
+            "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE",
+        )?;
+        tx.query_one(&statement, &[]).map_err(pg)?;
+    }
     let mut outcomes = Vec::with_capacity(batches.len());
     let mut run = ShadowRun::default();
     for batch in batches {
@@ -787,7 +881,19 @@ impl Store for PgStore {
         for op in batches.iter().flat_map(|b| &b.ops) {
             op.validate()?;
         }
-        self.with_client(|c| commit_on(c, batches))
+        // A deadlock or serialization failure aborted the whole transaction on the server,
+        // so running it again is safe; other nodes' transactions went through meanwhile.
+        let mut tries = 0u32;
+        loop {
+            match self.with_client(|c| commit_on(c, batches)) {
+                Err(StoreError::Backend(message))
+                    if tries < MAX_COMMIT_RETRIES && is_retryable(&message) =>
+                {
+                    tries = tries.saturating_add(1);
+                }
+                other => return other,
+            }
+        }
     }
 
     fn tenant(&mut self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -1059,6 +1165,74 @@ impl Store for PgStore {
                 .into_record()
             })
             .collect()
+        })
+    }
+
+    fn revision(&mut self, key: &str) -> Result<u64, StoreError> {
+        validate_key(key)?;
+        self.with_client(|c| {
+            c.client
+                .query_opt("SELECT revision FROM revisions WHERE key = $1", &[&key])
+                .map_err(pg)?
+                .map(|r| r.try_get::<_, i64>(0))
+                .transpose()
+                .map_err(pg)?
+                .map_or(Ok(0), |v| from_i64(v, "revision"))
+        })
+    }
+
+    fn claim(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        validate_key(name)?;
+        validate_key(holder)?;
+        let (now, expires) = lease_expiry(now_ms, ttl_ms)?;
+        let claim = crate::sqlite::CLAIM.replace('?', "$");
+        self.with_client(|c| {
+            c.client
+                .query_opt(&claim, &[&name, &holder, &now, &expires])
+                .map_err(pg)?
+                .map(|r| {
+                    lease_row(
+                        name,
+                        r.try_get(0).map_err(pg)?,
+                        r.try_get(1).map_err(pg)?,
+                        r.try_get(2).map_err(pg)?,
+                    )
+                })
+                .transpose()
+        })
+    }
+
+    fn release(&mut self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        validate_key(name)?;
+        validate_key(holder)?;
+        let release = crate::sqlite::RELEASE.replace('?', "$");
+        self.with_client(|c| Ok(c.client.execute(&release, &[&name, &holder]).map_err(pg)? > 0))
+    }
+
+    fn lease(&mut self, name: &str) -> Result<Option<Lease>, StoreError> {
+        validate_key(name)?;
+        self.with_client(|c| {
+            c.client
+                .query_opt(
+                    "SELECT holder, expires_at_ms, fence FROM leases WHERE name = $1",
+                    &[&name],
+                )
+                .map_err(pg)?
+                .map(|r| {
+                    lease_row(
+                        name,
+                        r.try_get(0).map_err(pg)?,
+                        r.try_get(1).map_err(pg)?,
+                        r.try_get(2).map_err(pg)?,
+                    )
+                })
+                .transpose()
         })
     }
 }

@@ -13,16 +13,17 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 use crate::audit::{AuditEvent, AuditHead, AuditRecord, chain_hash};
 use crate::model::{
-    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, Op, OpOutcome, OtaProgress, Rollout,
-    Shadow, ShadowExpect, Tenant,
+    Batch, BatchMode, BatchOutcome, Challenge, DeviceRecord, Lease, Op, OpOutcome, OtaProgress,
+    Rollout, Shadow, ShadowExpect, Tenant, validate_key,
 };
-use crate::{SCHEMA_VERSION, Store, StoreError, from_i64, page_limit, to_i64};
+use crate::{SCHEMA_VERSION, Store, StoreError, from_i64, lease_expiry, page_limit, to_i64};
 
 /// The application name recorded in `store_meta`.
 pub(crate) const APP: &str = "iot-store";
 
 /// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tenants (id TEXT PRIMARY KEY, config BLOB NOT NULL);
 CREATE TABLE devices (
@@ -50,7 +51,13 @@ CREATE TABLE audit (
 CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
     hash BLOB NOT NULL);
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));
-"];
+",
+    "
+CREATE TABLE revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL, fence INTEGER NOT NULL);
+",
+];
 
 fn sql(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -409,9 +416,96 @@ fn exec(conn: &Connection, op: &Op) -> Result<OpOutcome, StoreError> {
             )?;
         }
         Op::Audit(event) => return append_audit(conn, event),
+        Op::Revise {
+            key,
+            expected,
+            bump,
+        } => {
+            let current: u64 = conn
+                .prepare_cached("SELECT revision FROM revisions WHERE key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get::<_, i64>(0)).optional())
+                .map_err(sql)?
+                .map_or(Ok(0), |v| from_i64(v, "revision"))?;
+            if current != *expected {
+                return Ok(OpOutcome::Conflict {
+                    current: Some(current),
+                });
+            }
+            if *bump {
+                let next = to_i64(expected.saturating_add(1), "revision")?;
+                conn.prepare_cached(
+                    "INSERT INTO revisions (key, revision) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+                )
+                .and_then(|mut s| s.execute(params![key, next]))
+                .map_err(sql)?;
+            }
+        }
+        Op::HoldsLease {
+            name,
+            holder,
+            fence,
+        } => {
+            let stored: Option<(String, i64)> = conn
+                .prepare_cached("SELECT holder, fence FROM leases WHERE name = ?1")
+                .and_then(|mut s| {
+                    s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql)?;
+            return lease_check(stored, holder, *fence);
+        }
     }
     Ok(OpOutcome::Applied)
 }
+
+/// The outcome of [`Op::HoldsLease`] given the stored `(holder, fence)`.
+pub(crate) fn lease_check(
+    stored: Option<(String, i64)>,
+    holder: &str,
+    fence: u64,
+) -> Result<OpOutcome, StoreError> {
+    match stored {
+        Some((h, f)) => {
+            let f: u64 = from_i64(f, "lease fence")?;
+            if h == holder && f == fence {
+                Ok(OpOutcome::Applied)
+            } else {
+                Ok(OpOutcome::Conflict { current: Some(f) })
+            }
+        }
+        None => Ok(OpOutcome::Conflict { current: None }),
+    }
+}
+
+/// A lease row as both databases return it.
+pub(crate) fn lease_row(
+    name: &str,
+    holder: String,
+    expires_at_ms: i64,
+    fence: i64,
+) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        name: name.to_owned(),
+        holder,
+        expires_at_ms: from_i64(expires_at_ms, "lease expiry")?,
+        fence: from_i64(fence, "lease fence")?,
+    })
+}
+
+/// Takes, renews or refuses a lease in one statement (the same text on both databases but
+/// for the parameter markers, which the caller substitutes).
+pub(crate) const CLAIM: &str = "INSERT INTO leases (name, holder, expires_at_ms, fence) \
+    VALUES (?1, ?2, ?4, 1) ON CONFLICT (name) DO UPDATE SET \
+    fence = CASE WHEN leases.holder = excluded.holder THEN leases.fence \
+    ELSE leases.fence + 1 END, \
+    holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+    WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?3 \
+    RETURNING holder, expires_at_ms, fence";
+
+/// Gives a lease up: it stays (so its token keeps growing) but has run out.
+pub(crate) const RELEASE: &str =
+    "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND expires_at_ms > 0";
 
 fn append_audit(conn: &Connection, event: &AuditEvent) -> Result<OpOutcome, StoreError> {
     let (seq, prev): (i64, Vec<u8>) = conn
@@ -808,6 +902,66 @@ impl Store for SqliteStore {
             })
             .map_err(sql)?;
         rows.map(|r| r.map_err(sql)?.into_record()).collect()
+    }
+
+    fn revision(&mut self, key: &str) -> Result<u64, StoreError> {
+        validate_key(key)?;
+        self.conn
+            .prepare_cached("SELECT revision FROM revisions WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get::<_, i64>(0)).optional())
+            .map_err(sql)?
+            .map_or(Ok(0), |v| from_i64(v, "revision"))
+    }
+
+    fn claim(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        validate_key(name)?;
+        validate_key(holder)?;
+        let (now, expires) = lease_expiry(now_ms, ttl_ms)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let row: Option<(String, i64, i64)> = tx
+            .prepare_cached(CLAIM)
+            .and_then(|mut s| {
+                s.query_row(params![name, holder, now, expires], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        row.map(|(h, e, f)| lease_row(name, h, e, f)).transpose()
+    }
+
+    fn release(&mut self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        validate_key(name)?;
+        validate_key(holder)?;
+        let changed = self
+            .conn
+            .prepare_cached(RELEASE)
+            .and_then(|mut s| s.execute([name, holder]))
+            .map_err(sql)?;
+        Ok(changed > 0)
+    }
+
+    fn lease(&mut self, name: &str) -> Result<Option<Lease>, StoreError> {
+        validate_key(name)?;
+        let row: Option<(String, i64, i64)> = self
+            .conn
+            .prepare_cached("SELECT holder, expires_at_ms, fence FROM leases WHERE name = ?1")
+            .and_then(|mut s| {
+                s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(sql)?;
+        row.map(|(h, e, f)| lease_row(name, h, e, f)).transpose()
     }
 }
 

@@ -95,10 +95,19 @@ pub fn register(i: u32, nonce: Option<[u8; 16]>) -> Uplinked {
 /// Never for the values these tests use (a one-field document always encodes).
 #[must_use]
 pub fn update(i: u32, value: i64, at_ms: u64) -> Uplinked {
+    update_field(i, FIELD, value, at_ms)
+}
+
+/// A reported update of `field` to `value`, stamped `at_ms`.
+///
+/// # Panics
+/// When `field` is not a valid shadow path.
+#[must_use]
+pub fn update_field(i: u32, field: &str, value: i64, at_ms: u64) -> Uplinked {
     let hlc = HlcTimestamp::from_parts(at_ms, 0, NodeId(7)).expect("valid stamp");
     let write = Write::new(
         Section::Reported,
-        Path::new(FIELD).expect("valid path"),
+        Path::new(field).expect("valid path"),
         Value::Int(value),
         Stamp::new(hlc, Policy::LastWriterWins, Origin::Device),
     );

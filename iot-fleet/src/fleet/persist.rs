@@ -80,6 +80,13 @@ impl<V: ProofVerifier> Fleet<V> {
         Ok(())
     }
 
+    /// Drops the device's shadow from memory (not audited, nothing else changes): a binding
+    /// that shares its store with other nodes forgets a stale copy before it puts back the
+    /// stored one with [`Fleet::restore_shadow`].
+    pub fn forget_shadow(&mut self, id: &DeviceId) {
+        self.shadows.remove(id);
+    }
+
     /// The device's shadow, for saving it.
     pub fn saved_shadow(&self, id: &DeviceId) -> Option<&ServerShadow> {
         self.shadows.get(id).map(|s| &**s)

@@ -682,6 +682,331 @@ pub(crate) fn concurrent_writers_never_lose_an_update<H: Harness>(h: Arc<H>) {
     let _ = conflicts;
 }
 
+/// Two handles (two backend nodes) read the same shadow version and both write: exactly one
+/// write lands, the other is told the version the first one wrote.
+pub(crate) fn two_handles_racing_on_one_shadow_lose_nothing<H: Harness>(h: &H) {
+    let mut a = h.open();
+    let mut b = h.open();
+    a.apply(Batch::independent(vec![put_shadow(
+        shadow(1, "", 1, b"base"),
+        ShadowExpect::Absent,
+    )]))
+    .unwrap();
+    let seen_a = a.shadow(&device(1), "").unwrap().unwrap();
+    let seen_b = b.shadow(&device(1), "").unwrap().unwrap();
+    assert_eq!(seen_a.version, seen_b.version);
+    a.apply(Batch::atomic(vec![put_shadow(
+        shadow(1, "", seen_a.version + 1, b"from a"),
+        ShadowExpect::Version(seen_a.version),
+    )]))
+    .unwrap();
+    assert_eq!(
+        b.apply(Batch::atomic(vec![put_shadow(
+            shadow(1, "", seen_b.version + 1, b"from b"),
+            ShadowExpect::Version(seen_b.version),
+        )])),
+        Err(StoreError::Conflict {
+            index: 0,
+            current: Some(seen_a.version + 1)
+        })
+    );
+    assert_eq!(
+        b.shadow(&device(1), "").unwrap().unwrap().document,
+        b"from a"
+    );
+    // Creating the same shadow twice: the second creator is told it exists.
+    assert!(matches!(
+        b.apply(Batch::independent(vec![put_shadow(
+            shadow(1, "", 1, b"again"),
+            ShadowExpect::Absent
+        )])),
+        Err(StoreError::Conflict {
+            current: Some(_),
+            ..
+        })
+    ));
+}
+
+/// Nodes commit batches that each write several shadows (in different orders, so row locks
+/// are taken in different orders) and append audit entries: every commit goes through, no
+/// increment is lost, and the audit trail is one chain with one entry per success.
+pub(crate) fn concurrent_multi_shadow_batches_keep_every_update<H: Harness>(h: Arc<H>) {
+    let shadows = 6u32;
+    let mut s = h.open();
+    let creates = (0..shadows)
+        .map(|n| put_shadow(shadow(n, "", 1, &0u64.to_be_bytes()), ShadowExpect::Absent))
+        .collect();
+    s.apply(Batch::independent(creates)).unwrap();
+    let writers = 3u32;
+    let rounds = 20u32;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                let mut s = h.open();
+                let mut appended = 0u64;
+                for round in 0..rounds {
+                    loop {
+                        assert!(Instant::now() < deadline, "writers made no progress");
+                        // Writer w walks the shadows from its own starting point.
+                        let order: Vec<u32> = (0..shadows)
+                            .map(|i| (i + w * 2 + round) % shadows)
+                            .collect();
+                        let mut ops = Vec::new();
+                        for n in &order {
+                            let cur = s.shadow(&device(*n), "").unwrap().unwrap();
+                            let count = u64::from_be_bytes(cur.document[..8].try_into().unwrap());
+                            ops.push(put_shadow(
+                                shadow(*n, "", cur.version + 1, &(count + 1).to_be_bytes()),
+                                ShadowExpect::Version(cur.version),
+                            ));
+                        }
+                        ops.push(Op::Audit(event(u64::from(w * 1_000 + round))));
+                        let outcome = s.commit(&[Batch::atomic(ops)]).unwrap();
+                        if outcome[0].committed {
+                            appended += 1;
+                            break;
+                        }
+                    }
+                }
+                appended
+            })
+        })
+        .collect();
+    let appended: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let total = u64::from(writers * rounds);
+    assert_eq!(appended, total);
+    for n in 0..shadows {
+        let end = s.shadow(&device(n), "").unwrap().unwrap();
+        assert_eq!(
+            u64::from_be_bytes(end.document[..8].try_into().unwrap()),
+            total,
+            "shadow {n}"
+        );
+        assert_eq!(end.version, 1 + total);
+    }
+    assert_eq!(s.verify_audit().unwrap().seq, total);
+}
+
+/// Revision counters: bump from what was read, check without bumping, conflicts name the
+/// stored revision, and racing bumpers lose nothing.
+pub(crate) fn revisions_compare_and_bump<H: Harness>(h: Arc<H>) {
+    let mut s = h.open();
+    assert_eq!(s.revision("device/1").unwrap(), 0);
+    let revise = |key: &str, expected: u64, bump: bool| Op::Revise {
+        key: key.into(),
+        expected,
+        bump,
+    };
+    s.apply(Batch::atomic(vec![revise("device/1", 0, true)]))
+        .unwrap();
+    assert_eq!(s.revision("device/1").unwrap(), 1);
+    // A check at the right revision passes and changes nothing.
+    s.apply(Batch::atomic(vec![revise("device/1", 1, false)]))
+        .unwrap();
+    assert_eq!(s.revision("device/1").unwrap(), 1);
+    // A stale bump or check conflicts, and an atomic batch takes its other ops back.
+    for bump in [true, false] {
+        let outcome = s
+            .commit(&[Batch::atomic(vec![
+                Op::PutTenant(Tenant {
+                    id: tenant("acme"),
+                    config: vec![9],
+                }),
+                revise("device/1", 0, bump),
+            ])])
+            .unwrap();
+        assert!(!outcome[0].committed);
+        assert_eq!(outcome[0].first_conflict(), Some((1, Some(1))));
+        assert_eq!(s.tenant(&tenant("acme")).unwrap(), None);
+    }
+    // A counter never bumped is at 0: expecting more conflicts.
+    assert_eq!(
+        s.apply(Batch::atomic(vec![revise("device/2", 3, true)])),
+        Err(StoreError::Conflict {
+            index: 0,
+            current: Some(0)
+        })
+    );
+    assert!(matches!(
+        s.apply(Batch::atomic(vec![revise("", 0, true)])),
+        Err(StoreError::InvalidInput(_))
+    ));
+
+    let writers = 3u64;
+    let bumps = 20u64;
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                let mut s = h.open();
+                let mut done = 0;
+                while done < bumps {
+                    let seen = s.revision("rollout/7").unwrap();
+                    let outcome = s
+                        .commit(&[Batch::atomic(vec![Op::Revise {
+                            key: "rollout/7".into(),
+                            expected: seen,
+                            bump: true,
+                        }])])
+                        .unwrap();
+                    if outcome[0].committed {
+                        done += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.revision("rollout/7").unwrap(), writers * bumps);
+}
+
+/// Leases: one holder at a time, renewal keeps the fencing token, expiry or release lets
+/// another claimer take over with a greater token, and effects committed with
+/// `HoldsLease` happen once: a former holder's commit is refused.
+pub(crate) fn leases_hand_work_over_once<H: Harness>(h: &H) {
+    let mut a = h.open();
+    let mut b = h.open();
+    assert_eq!(a.lease("rollout-ticks").unwrap(), None);
+    let first = a
+        .claim("rollout-ticks", "node-a", 1_000, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.holder, "node-a");
+    assert_eq!(first.expires_at_ms, 1_500);
+    // Held: another node is refused until it runs out.
+    assert_eq!(
+        b.claim("rollout-ticks", "node-b", 1_200, 500).unwrap(),
+        None
+    );
+    // Renewal keeps the token.
+    let renewed = a
+        .claim("rollout-ticks", "node-a", 1_400, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.fence, first.fence);
+    assert_eq!(renewed.expires_at_ms, 1_900);
+    assert_eq!(
+        b.claim("rollout-ticks", "node-b", 1_899, 500).unwrap(),
+        None
+    );
+
+    let effect = |n: u8, holder: &str, fence: u64| {
+        Batch::atomic(vec![
+            Op::HoldsLease {
+                name: "rollout-ticks".into(),
+                holder: holder.into(),
+                fence,
+            },
+            Op::PutTenant(Tenant {
+                id: tenant("acme"),
+                config: vec![n],
+            }),
+        ])
+    };
+    a.apply(effect(1, "node-a", first.fence)).unwrap();
+
+    // node-a stalls past its lease; node-b takes over with a greater token.
+    let taken = b
+        .claim("rollout-ticks", "node-b", 1_900, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.holder, "node-b");
+    assert!(taken.fence > first.fence);
+    // node-a wakes up and tries to do the work again: refused, nothing written.
+    assert_eq!(
+        a.apply(effect(2, "node-a", first.fence)),
+        Err(StoreError::Conflict {
+            index: 0,
+            current: Some(taken.fence)
+        })
+    );
+    assert_eq!(a.tenant(&tenant("acme")).unwrap().unwrap().config, vec![1]);
+    b.apply(effect(3, "node-b", taken.fence)).unwrap();
+    assert_eq!(a.tenant(&tenant("acme")).unwrap().unwrap().config, vec![3]);
+    // node-a cannot renew a lease it lost, nor release it.
+    assert_eq!(
+        a.claim("rollout-ticks", "node-a", 2_000, 500).unwrap(),
+        None
+    );
+    assert!(!a.release("rollout-ticks", "node-a").unwrap());
+    // Release hands over at once, before the expiry.
+    assert!(b.release("rollout-ticks", "node-b").unwrap());
+    assert!(
+        !b.release("rollout-ticks", "node-b").unwrap(),
+        "released twice"
+    );
+    let back = a
+        .claim("rollout-ticks", "node-a", 2_001, 500)
+        .unwrap()
+        .unwrap();
+    assert!(back.fence > taken.fence);
+    assert_eq!(a.lease("rollout-ticks").unwrap(), Some(back.clone()));
+    // A lease nobody claimed fences nothing.
+    assert_eq!(
+        a.apply(Batch::atomic(vec![Op::HoldsLease {
+            name: "never".into(),
+            holder: "node-a".into(),
+            fence: 1,
+        }])),
+        Err(StoreError::Conflict {
+            index: 0,
+            current: None
+        })
+    );
+    assert!(matches!(
+        a.claim("x", "node-a", u64::MAX, 1),
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
+/// Claimers on separate connections race for one free lease many times: each time exactly
+/// one wins.
+pub(crate) fn racing_claimers_get_one_holder<H: Harness>(h: Arc<H>) {
+    let claimers = 4u64;
+    let rounds = 15u64;
+    let barrier = Arc::new(std::sync::Barrier::new(claimers as usize));
+    let threads: Vec<_> = (0..claimers)
+        .map(|c| {
+            let h = Arc::clone(&h);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut s = h.open();
+                let mut won = Vec::new();
+                for round in 0..rounds {
+                    barrier.wait();
+                    // Each round starts after the previous lease ran out.
+                    let now = 10_000 * (round + 1);
+                    if let Some(lease) = s
+                        .claim("dispatch", &format!("node-{c}"), now, 5_000)
+                        .unwrap()
+                    {
+                        won.push((round, lease.fence));
+                    }
+                    barrier.wait();
+                }
+                won
+            })
+        })
+        .collect();
+    let mut wins: Vec<(u64, u64)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    wins.sort_unstable();
+    let rounds_won: Vec<u64> = wins.iter().map(|w| w.0).collect();
+    assert_eq!(
+        rounds_won,
+        (0..rounds).collect::<Vec<_>>(),
+        "one winner per round"
+    );
+    // Tokens never go back.
+    assert!(wins.windows(2).all(|w| w[0].1 <= w[1].1));
+}
+
 pub(crate) fn reopen_keeps_everything<H: Harness>(h: &H) {
     {
         let mut s = h.open();
@@ -803,6 +1128,25 @@ macro_rules! conformance_suite {
             case!(reopen_keeps_everything);
             case!(group_commit_answers_every_caller);
             case!(group_commit_after_shutdown_is_closed);
+            case!(two_handles_racing_on_one_shadow_lose_nothing);
+            case!(leases_hand_work_over_once);
+
+            #[test]
+            fn concurrent_multi_shadow_batches_keep_every_update() {
+                suite::concurrent_multi_shadow_batches_keep_every_update(Arc::new(
+                    <$harness>::create(),
+                ));
+            }
+
+            #[test]
+            fn revisions_compare_and_bump() {
+                suite::revisions_compare_and_bump(Arc::new(<$harness>::create()));
+            }
+
+            #[test]
+            fn racing_claimers_get_one_holder() {
+                suite::racing_claimers_get_one_holder(Arc::new(<$harness>::create()));
+            }
 
             #[test]
             fn audit_verifies_while_others_append() {
