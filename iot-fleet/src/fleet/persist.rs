@@ -76,13 +76,15 @@ impl<V: ProofVerifier> Fleet<V> {
         let mut writes: Vec<Write> = Vec::new();
         iot_shadow::cbor::decode_message(document, &mut writes)
             .map_err(|_| ShadowError::Storage)?;
-        self.shadow_mut(id).merge_writes(&writes, version)?;
+        self.shadow_mut(id)
+            .ok_or(ShadowError::Storage)?
+            .merge_writes(&writes, version)?;
         Ok(())
     }
 
     /// The device's shadow, for saving it.
     pub fn saved_shadow(&self, id: &DeviceId) -> Option<&ServerShadow> {
-        self.shadows.get(id).map(|s| &**s)
+        self.device_shadow(id)
     }
 
     /// Every rollout with its tenant and tenant-local id.
@@ -115,6 +117,6 @@ impl<V: ProofVerifier> Fleet<V> {
 
     /// How many shadows the fleet holds (for capacity reports).
     pub fn shadow_count(&self) -> usize {
-        self.shadows.len()
+        self.shadows.count
     }
 }
