@@ -90,6 +90,9 @@ pub enum DurableError {
     /// [`DurableServer::open`] was given a server whose fleet already holds devices.
     #[error("the server's fleet must be empty when it is opened from a store")]
     NotEmpty,
+    /// The operation is not available on a [`ShardedServer`] with more than one shard.
+    #[error("not supported by a sharded server: {0}")]
+    Sharded(&'static str),
 }
 
 /// One device message handed to [`DurableServer::submit`].
@@ -271,6 +274,7 @@ impl DurableServer {
             &mut server,
             &mut rollout_keys,
             &mut next_rollout_key,
+            &|_| true,
         ) {
             return Err((e, Some(store)));
         }
@@ -287,6 +291,49 @@ impl DurableServer {
             next_rollout_key,
             stopped: false,
         })
+    }
+
+    /// Restores from `store` into `server` (whose fleet must be empty) the devices `keep`
+    /// accepts and every tenant's rules, for one shard of a [`ShardedServer`]. Stored
+    /// rollouts are refused: a sharded server does not run them.
+    fn restore_shard(
+        store: &mut dyn Store,
+        server: &mut DeviceServer,
+        keep: &dyn Fn(&DeviceId) -> bool,
+    ) -> Result<(), DurableError> {
+        if server.fleet().registered_count() > 0 || server.fleet().all_rollouts().next().is_some() {
+            return Err(DurableError::NotEmpty);
+        }
+        server.fleet_mut().set_audit_journal(true);
+        let _ = server.fleet_mut().take_audit();
+        let mut rollout_keys = BTreeMap::new();
+        let mut next_rollout_key = 1u64;
+        restore(
+            store,
+            server,
+            &mut rollout_keys,
+            &mut next_rollout_key,
+            keep,
+        )?;
+        if server.fleet().all_rollouts().next().is_some() {
+            return Err(DurableError::Sharded("stored rollouts"));
+        }
+        let _ = server.fleet_mut().take_audit();
+        Ok(())
+    }
+
+    /// A restored shard submitting to the shared writer `handle`.
+    fn shard(server: DeviceServer, handle: GroupCommitHandle, config: GroupCommitConfig) -> Self {
+        Self {
+            server,
+            group: None,
+            parked: None,
+            config,
+            handle,
+            rollout_keys: BTreeMap::new(),
+            next_rollout_key: 1,
+            stopped: false,
+        }
     }
 
     /// [`DurableServer::open`], and every device that was online when its record was last
@@ -885,6 +932,7 @@ fn restore(
     server: &mut DeviceServer,
     rollout_keys: &mut BTreeMap<(TenantId, u32), u64>,
     next_rollout_key: &mut u64,
+    keep: &dyn Fn(&DeviceId) -> bool,
 ) -> Result<(), DurableError> {
     let fleet = server.fleet_mut();
     let mut after_tenant: Option<TenantId> = None;
@@ -901,6 +949,9 @@ fn restore(
                 let Some(last) = devices.last() else { break };
                 after_device = Some(last.id);
                 for device in devices {
+                    if !keep(&device.id) {
+                        continue;
+                    }
                     let saved: StoredCredential = decode("device record", &device.credential)?;
                     let registered = saved.identity.status == CredentialStatus::Registered;
                     fleet.restore_identity(device.id, saved.identity, saved.record);
@@ -935,6 +986,9 @@ fn restore(
     }
     Ok(())
 }
+
+mod sharded;
+pub use sharded::{DeviceState, ShardedServer, ShardedTicket};
 
 /// Convenience: a [`FleetError`] as the binding reports it.
 impl From<FleetError> for DurableError {
