@@ -617,6 +617,12 @@ fn reconciliation_1m(c: &mut Criterion) {
     g.finish();
 }
 
+/// The measured rounds of a callgrind run (`--toggle-collect='*measured*'` counts only them).
+#[inline(never)]
+fn measured(rounds: impl FnOnce()) {
+    rounds();
+}
+
 /// `RECONCILIATION_CALLGRIND=engine|typed|fleet` runs, instead of criterion, the set-up at
 /// 100,000 devices and then `CALLGRIND_ROUNDS` rounds in random order, for instruction
 /// counts under `valgrind --tool=callgrind --toggle-collect=...` (see BENCHMARKS.md §3).
@@ -630,23 +636,27 @@ fn callgrind_case(case: &str) {
     match case {
         "engine" | "typed" => {
             let (mut shadows, mut docs) = engine_and_peer(&devices, &random, &paths);
-            for _ in 0..CALLGRIND_ROUNDS {
-                t += 15_000;
-                if case == "engine" {
-                    engine_round(&mut shadows, &devices, &random, &paths, t);
-                } else {
-                    typed_round_all(&mut docs, &devices, &random, t);
+            measured(|| {
+                for _ in 0..CALLGRIND_ROUNDS {
+                    t += 15_000;
+                    if case == "engine" {
+                        engine_round(&mut shadows, &devices, &random, &paths, t);
+                    } else {
+                        typed_round_all(&mut docs, &devices, &random, t);
+                    }
                 }
-            }
+            });
         }
         "fleet" => {
             let mut fleet = registered_fleet(&devices);
             let in_order: Vec<usize> = (0..N).collect();
             fleet_round(&mut fleet, &devices, &in_order, &paths, T0_MS, true);
-            for _ in 0..CALLGRIND_ROUNDS {
-                t += 15_000;
-                fleet_round(&mut fleet, &devices, &random, &paths, t, false);
-            }
+            measured(|| {
+                for _ in 0..CALLGRIND_ROUNDS {
+                    t += 15_000;
+                    fleet_round(&mut fleet, &devices, &random, &paths, t, false);
+                }
+            });
         }
         other => panic!("unknown RECONCILIATION_CALLGRIND case {other}"),
     }
