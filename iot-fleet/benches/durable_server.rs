@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iot_core::time::HlcTimestamp;
 use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId};
-use iot_fleet::durable::{DurableServer, Message, Ticket};
+use iot_fleet::durable::{
+    DurableError, DurableServer, Message, ShardedServer, ShardedTicket, Ticket,
+};
 use iot_fleet::{
     DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope, Session, answer,
 };
@@ -62,12 +64,48 @@ fn session(i: usize) -> Session {
     Session::authenticated(id(i), i as u64)
 }
 
+/// The backend under test: one `DurableServer`, or a `ShardedServer` with N shards.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Plain(DurableServer),
+    Sharded(ShardedServer),
+}
+
+enum AnyTicket {
+    Plain(Ticket),
+    Sharded(ShardedTicket),
+}
+
+impl Backend {
+    fn submit(&mut self, messages: &[Message<'_>]) -> AnyTicket {
+        match self {
+            Self::Plain(s) => AnyTicket::Plain(s.submit(messages)),
+            Self::Sharded(s) => AnyTicket::Sharded(s.submit(messages)),
+        }
+    }
+
+    fn wait(&mut self, ticket: AnyTicket) -> Vec<Result<Handled, DurableError>> {
+        match (self, ticket) {
+            (Self::Plain(s), AnyTicket::Plain(t)) => s.wait(t),
+            (Self::Sharded(s), AnyTicket::Sharded(t)) => s.wait(t),
+            _ => unreachable!("a ticket of another backend"),
+        }
+    }
+
+    fn shutdown(self) -> Box<dyn Store + Send> {
+        match self {
+            Self::Plain(s) => s.shutdown().unwrap(),
+            Self::Sharded(s) => s.shutdown().unwrap(),
+        }
+    }
+}
+
 /// Hands `(device, message bytes, kind)` to the server as one submission.
 fn submit(
-    server: &mut DurableServer,
+    server: &mut Backend,
     batch: &[(usize, Vec<u8>, iot_core::MessageKind)],
     now: u64,
-) -> Ticket {
+) -> AnyTicket {
     let messages: Vec<Message<'_>> = batch
         .iter()
         .map(|(i, payload, kind)| Message {
@@ -118,18 +156,23 @@ fn update(i: usize, value: i64, at_ms: u64) -> (usize, Vec<u8>, iot_core::Messag
     (i, m.to_vec(), m.kind())
 }
 
-/// A backend with every device imported and registered.
-fn backend(store: Box<dyn Store + Send>) -> DurableServer {
+/// A backend (`shards == 0`: one `DurableServer`; otherwise a `ShardedServer`) with every
+/// device imported and registered.
+fn backend(store: Box<dyn Store + Send>, shards: usize) -> Backend {
     let config = DeviceConfig {
         version: 1,
         ..DeviceConfig::DEFAULT
     };
-    let server = DeviceServer::with_os_rng(Fleet::default(), config, NodeId(1));
+    let make = || DeviceServer::with_os_rng(Fleet::default(), config, NodeId(1));
     let group = GroupCommitConfig {
         queue_capacity: 64,
         max_batch_ops: 4_096,
     };
-    let mut server = DurableServer::open(store, server, group).unwrap();
+    let mut server = if shards == 0 {
+        Backend::Plain(DurableServer::open(store, make(), group).unwrap())
+    } else {
+        Backend::Sharded(ShardedServer::open(store, shards, make, group).unwrap())
+    };
     let admin = Principal::new(
         "ops",
         TenantId::new("acme").unwrap(),
@@ -146,9 +189,13 @@ fn backend(store: Box<dyn Store + Send>) -> DurableServer {
                 serial: i as u64,
             })
             .collect();
-        server
-            .import_manufacturing(&admin, &Scope::root(), records, START_MS)
-            .unwrap();
+        match &mut server {
+            Backend::Plain(s) => s.import_manufacturing(&admin, &Scope::root(), records, START_MS),
+            Backend::Sharded(s) => {
+                s.import_manufacturing(&admin, &Scope::root(), records, START_MS)
+            }
+        }
+        .unwrap();
     }
     for chunk in (0..DEVICES).collect::<Vec<_>>().chunks(BURST) {
         let asks: Vec<_> = chunk.iter().map(|&i| register(i, None)).collect();
@@ -172,12 +219,14 @@ fn backend(store: Box<dyn Store + Send>) -> DurableServer {
             r.unwrap();
         }
     }
-    assert_eq!(server.server().fleet().registered_count(), DEVICES);
+    if let Backend::Plain(s) = &server {
+        assert_eq!(s.server().fleet().registered_count(), DEVICES);
+    }
     server
 }
 
 struct Load {
-    server: DurableServer,
+    server: Backend,
     rng: u64,
     now: u64,
     value: i64,
@@ -200,7 +249,7 @@ impl Load {
     /// Runs `bursts` bursts, two in flight, and returns the time it took.
     fn run(&mut self, bursts: u64) -> Duration {
         let started = Instant::now();
-        let mut in_flight: VecDeque<(Instant, Ticket)> = VecDeque::new();
+        let mut in_flight: VecDeque<(Instant, AnyTicket)> = VecDeque::new();
         for _ in 0..bursts {
             self.now += 1;
             let now = self.now;
@@ -225,7 +274,7 @@ impl Load {
         started.elapsed()
     }
 
-    fn release(&mut self, (handed_in, ticket): (Instant, Ticket)) {
+    fn release(&mut self, (handed_in, ticket): (Instant, AnyTicket)) {
         let waiting = Instant::now();
         let results = self.server.wait(ticket);
         self.waiting += waiting.elapsed();
@@ -259,9 +308,10 @@ fn bench_store(
     c: &mut Criterion,
     label: &str,
     store: Box<dyn Store + Send>,
+    shards: usize,
 ) -> Box<dyn Store + Send> {
     let load = RefCell::new(Load {
-        server: backend(store),
+        server: backend(store, shards),
         rng: 0x2545_f491_4f6c_dd1d,
         now: START_MS,
         value: 0,
@@ -279,15 +329,40 @@ fn bench_store(
     group.finish();
     let mut load = load.into_inner();
     load.report(&format!("{label}/{name}"));
-    let mut store = load.server.shutdown().unwrap();
+    let mut store = load.server.shutdown();
     store.verify_audit().unwrap();
     store
 }
 
+/// Which backends run: `IOT_FLEET_BENCH_SHARDS` lists shard counts (0: one plain
+/// `DurableServer`), default `0,1,2`.
+fn shard_counts() -> Vec<usize> {
+    std::env::var("IOT_FLEET_BENCH_SHARDS")
+        .unwrap_or_else(|_| "0,1,2".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect()
+}
+
+fn label(store: &str, shards: usize) -> String {
+    match shards {
+        0 => store.to_string(),
+        1 => format!("{store}_1_shard"),
+        n => format!("{store}_{n}_shards"),
+    }
+}
+
 fn sqlite(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("bench.db")).unwrap();
-    drop(bench_store(c, "sqlite", Box::new(store)));
+    for shards in shard_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("bench.db")).unwrap();
+        drop(bench_store(
+            c,
+            &label("sqlite", shards),
+            Box::new(store),
+            shards,
+        ));
+    }
 }
 
 fn postgres(c: &mut Criterion) {
@@ -295,13 +370,20 @@ fn postgres(c: &mut Criterion) {
         println!("durable_server_shadow_update/postgres: set IOT_FLEET_BENCH_PG_URL to run it");
         return;
     };
-    let schema = format!("iot_fleet_bench_{}", std::process::id());
-    let store = PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap();
-    drop(bench_store(c, "postgres", Box::new(store)));
-    PgStore::connect(PgConfig::new(url, schema))
-        .unwrap()
-        .drop_schema()
-        .unwrap();
+    for shards in shard_counts() {
+        let schema = format!("iot_fleet_bench_{}_{shards}", std::process::id());
+        let store = PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap();
+        drop(bench_store(
+            c,
+            &label("postgres", shards),
+            Box::new(store),
+            shards,
+        ));
+        PgStore::connect(PgConfig::new(url.clone(), schema))
+            .unwrap()
+            .drop_schema()
+            .unwrap();
+    }
 }
 
 criterion_group!(benches, sqlite, postgres);

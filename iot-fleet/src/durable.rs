@@ -502,34 +502,7 @@ impl DurableServer {
     /// order: only now may the replies be sent. When the commit failed, or an earlier
     /// failure stopped the server, every result is an error.
     pub fn wait(&mut self, ticket: Ticket) -> Vec<Result<Handled, DurableError>> {
-        let Ticket {
-            pending,
-            mut results,
-            slots,
-        } = ticket;
-        let outcome = pending.map(PendingAll::wait);
-        match outcome {
-            Some(Ok(outcomes)) => {
-                let lost = slots
-                    .iter()
-                    .flatten()
-                    .any(|&i| outcomes.get(i).is_none_or(|o| !o.committed));
-                if lost {
-                    // Another writer changed a shadow under us: memory and store disagree.
-                    self.stopped = true;
-                }
-            }
-            Some(Err(e)) => {
-                self.stopped = true;
-                results.fill(Err(DurableError::Store(e)));
-                return results;
-            }
-            None => {}
-        }
-        if self.stopped {
-            results.fill(Err(DurableError::Stopped));
-        }
-        results
+        settle(ticket, &mut self.stopped)
     }
 
     fn shadow_version(&self, device: &DeviceId) -> u64 {
@@ -906,6 +879,39 @@ impl DurableServer {
     pub fn reported(&self, p: &Principal, device: &DeviceId, path: &str) -> Option<Value> {
         self.server.reported(p, device, path)
     }
+}
+
+/// Waits for a ticket's commit and returns its results; sets `stopped` when the commit
+/// failed or lost a compare-and-swap, and fails every result once it is set.
+fn settle(ticket: Ticket, stopped: &mut bool) -> Vec<Result<Handled, DurableError>> {
+    let Ticket {
+        pending,
+        mut results,
+        slots,
+    } = ticket;
+    let outcome = pending.map(PendingAll::wait);
+    match outcome {
+        Some(Ok(outcomes)) => {
+            let lost = slots
+                .iter()
+                .flatten()
+                .any(|&i| outcomes.get(i).is_none_or(|o| !o.committed));
+            if lost {
+                // Another writer changed a shadow under us: memory and store disagree.
+                *stopped = true;
+            }
+        }
+        Some(Err(e)) => {
+            *stopped = true;
+            results.fill(Err(DurableError::Store(e)));
+            return results;
+        }
+        None => {}
+    }
+    if *stopped {
+        results.fill(Err(DurableError::Stopped));
+    }
+    results
 }
 
 fn audit_event(entry: &AuditEntry) -> Result<AuditEvent, DurableError> {

@@ -24,7 +24,9 @@ use std::boxed::Box;
 use std::collections::VecDeque;
 use std::format;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::vec::Vec;
 
@@ -333,25 +335,33 @@ impl ShardedServer {
     }
 }
 
-/// A shard's thread: handles jobs in order, with up to two message submissions in flight
-/// (the next one is processed while the previous one commits).
+/// A shard's thread: handles jobs in order. Submitted messages go to the shard's releaser
+/// thread, which waits for their commit and sends the replies, so the shard processes the
+/// next messages while the previous ones commit.
 fn run_shard(mut shard: DurableServer, jobs: &Receiver<Job>) {
-    let mut in_flight: VecDeque<(Ticket, Sender<Results>)> = VecDeque::new();
-    loop {
-        let job = if in_flight.is_empty() {
-            match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            }
-        } else {
-            match jobs.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
-                    release(&mut shard, &mut in_flight);
-                    continue;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (to_release, tickets) = mpsc::channel::<(Ticket, Sender<Results>, Sender<()>)>();
+    let releaser = {
+        let stopped = Arc::clone(&stopped);
+        std::thread::spawn(move || {
+            let mut stop = false;
+            for (ticket, reply, done) in tickets {
+                let results = super::settle(ticket, &mut stop);
+                if stop {
+                    stopped.store(true, Ordering::Release);
                 }
+                // The caller may have dropped its ticket: nobody waits for these replies.
+                let _ = reply.send(results);
+                let _ = done.send(());
             }
-        };
+        })
+    };
+    // Completion signals of the submissions the releaser has not finished, oldest first.
+    let mut in_flight: VecDeque<Receiver<()>> = VecDeque::new();
+    while let Ok(job) = jobs.recv() {
+        if stopped.load(Ordering::Acquire) {
+            shard.stopped = true;
+        }
         match job {
             Job::Messages(owned, reply) => {
                 let messages: Vec<Message<'_>> = owned
@@ -370,29 +380,31 @@ fn run_shard(mut shard: DurableServer, jobs: &Receiver<Job>) {
                     })
                     .collect();
                 let ticket = shard.submit(&messages);
-                in_flight.push_back((ticket, reply));
-                if in_flight.len() > 1 {
-                    release(&mut shard, &mut in_flight);
+                let (done, finished) = mpsc::channel();
+                if to_release.send((ticket, reply, done)).is_ok() {
+                    in_flight.push_back(finished);
+                }
+                // Bounded: at most two submissions of this shard wait for their commit.
+                while in_flight.len() > 2 {
+                    if let Some(oldest) = in_flight.pop_front() {
+                        let _ = oldest.recv();
+                    }
                 }
             }
             other => {
-                while !in_flight.is_empty() {
-                    release(&mut shard, &mut in_flight);
+                // Operator actions see every earlier message committed.
+                for finished in in_flight.drain(..) {
+                    let _ = finished.recv();
+                }
+                if stopped.load(Ordering::Acquire) {
+                    shard.stopped = true;
                 }
                 run_job(&mut shard, other);
             }
         }
     }
-    while !in_flight.is_empty() {
-        release(&mut shard, &mut in_flight);
-    }
-}
-
-fn release(shard: &mut DurableServer, in_flight: &mut VecDeque<(Ticket, Sender<Results>)>) {
-    if let Some((ticket, reply)) = in_flight.pop_front() {
-        // The caller may have dropped its ticket: nobody waits for these replies then.
-        let _ = reply.send(shard.wait(ticket));
-    }
+    drop(to_release);
+    let _ = releaser.join();
 }
 
 fn run_job(shard: &mut DurableServer, job: Job) {
