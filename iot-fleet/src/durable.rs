@@ -993,7 +993,7 @@ fn restore(
     Ok(())
 }
 
-mod sharded;
+pub mod sharded;
 pub use sharded::{DeviceState, ShardedServer, ShardedTicket};
 
 /// Convenience: a [`FleetError`] as the binding reports it.
