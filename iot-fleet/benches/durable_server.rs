@@ -15,14 +15,6 @@
 //! SQLite always runs (temporary file, `synchronous = FULL`). PostgreSQL runs when
 //! `IOT_FLEET_BENCH_PG_URL` names a server (for example `host=127.0.0.1 user=postgres
 //! dbname=test`), in a schema of its own that is dropped afterwards.
-//!
-//! When `IOT_FLEET_BENCH_NODES_PG_URL` names a PostgreSQL server,
-//! `durable_server_shared_nodes` runs 1, 2 and 3 backend nodes
-//! ([`DurableServer::open_shared`], one thread each, in this process) on one schema of
-//! `NODES_DEVICES` devices; each node serves its own share of the devices (as a broker
-//! that keeps a device on one node would deliver them), bursts of `NODES_BURST`, two in
-//! flight per node, after a warm-up in which each node has read its devices once.
-//! Criterion's throughput is the updates of all nodes together.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -40,7 +32,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iot_core::time::HlcTimestamp;
 use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId};
-use iot_fleet::durable::{DurableServer, Message, Ticket};
+use iot_fleet::durable::{
+    DurableError, DurableServer, Message, ShardedServer, ShardedTicket, Ticket,
+};
 use iot_fleet::{
     DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope, Session, answer,
 };
@@ -52,8 +46,6 @@ use iot_shadow::{Origin, Path, Policy, Section, Stamp, Value, Write};
 use iot_store::{GroupCommitConfig, PgConfig, PgStore, SqliteStore, Store};
 
 const DEVICES: usize = 100_000;
-const NODES_DEVICES: usize = 1_536;
-const NODES_BURST: usize = 256;
 const BURST: usize = 1_024;
 const START_MS: u64 = 1_000_000;
 
@@ -72,12 +64,48 @@ fn session(i: usize) -> Session {
     Session::authenticated(id(i), i as u64)
 }
 
+/// The backend under test: one `DurableServer`, or a `ShardedServer` with N shards.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Plain(DurableServer),
+    Sharded(ShardedServer),
+}
+
+enum AnyTicket {
+    Plain(Ticket),
+    Sharded(ShardedTicket),
+}
+
+impl Backend {
+    fn submit(&mut self, messages: &[Message<'_>]) -> AnyTicket {
+        match self {
+            Self::Plain(s) => AnyTicket::Plain(s.submit(messages)),
+            Self::Sharded(s) => AnyTicket::Sharded(s.submit(messages)),
+        }
+    }
+
+    fn wait(&mut self, ticket: AnyTicket) -> Vec<Result<Handled, DurableError>> {
+        match (self, ticket) {
+            (Self::Plain(s), AnyTicket::Plain(t)) => s.wait(t),
+            (Self::Sharded(s), AnyTicket::Sharded(t)) => s.wait(t),
+            _ => unreachable!("a ticket of another backend"),
+        }
+    }
+
+    fn shutdown(self) -> Box<dyn Store + Send> {
+        match self {
+            Self::Plain(s) => s.shutdown().unwrap(),
+            Self::Sharded(s) => s.shutdown().unwrap(),
+        }
+    }
+}
+
 /// Hands `(device, message bytes, kind)` to the server as one submission.
 fn submit(
-    server: &mut DurableServer,
+    server: &mut Backend,
     batch: &[(usize, Vec<u8>, iot_core::MessageKind)],
     now: u64,
-) -> Ticket {
+) -> AnyTicket {
     let messages: Vec<Message<'_>> = batch
         .iter()
         .map(|(i, payload, kind)| Message {
@@ -128,36 +156,30 @@ fn update(i: usize, value: i64, at_ms: u64) -> (usize, Vec<u8>, iot_core::Messag
     (i, m.to_vec(), m.kind())
 }
 
-fn group_config() -> GroupCommitConfig {
-    GroupCommitConfig {
-        queue_capacity: 64,
-        max_batch_ops: 4_096,
-    }
-}
-
-fn fresh_server() -> DeviceServer {
+/// A backend (`shards == 0`: one `DurableServer`; otherwise a `ShardedServer`) with every
+/// device imported and registered.
+fn backend(store: Box<dyn Store + Send>, shards: usize) -> Backend {
     let config = DeviceConfig {
         version: 1,
         ..DeviceConfig::DEFAULT
     };
-    DeviceServer::with_os_rng(Fleet::default(), config, NodeId(1))
-}
-
-/// A backend with every device imported and registered.
-fn backend(store: Box<dyn Store + Send>) -> DurableServer {
-    backend_of(store, DEVICES, BURST)
-}
-
-/// A backend with `devices` devices imported and registered, `burst` at a time.
-fn backend_of(store: Box<dyn Store + Send>, devices: usize, burst: usize) -> DurableServer {
-    let mut server = DurableServer::open(store, fresh_server(), group_config()).unwrap();
+    let make = || DeviceServer::with_os_rng(Fleet::default(), config, NodeId(1));
+    let group = GroupCommitConfig {
+        queue_capacity: 64,
+        max_batch_ops: 4_096,
+    };
+    let mut server = if shards == 0 {
+        Backend::Plain(DurableServer::open(store, make(), group).unwrap())
+    } else {
+        Backend::Sharded(ShardedServer::open(store, shards, make, group).unwrap())
+    };
     let admin = Principal::new(
         "ops",
         TenantId::new("acme").unwrap(),
         Scope::root(),
         Role::Admin,
     );
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(10_000) {
+    for chunk in (0..DEVICES).collect::<Vec<_>>().chunks(10_000) {
         let records = chunk
             .iter()
             .map(|&i| ManufacturingRecord {
@@ -167,11 +189,15 @@ fn backend_of(store: Box<dyn Store + Send>, devices: usize, burst: usize) -> Dur
                 serial: i as u64,
             })
             .collect();
-        server
-            .import_manufacturing(&admin, &Scope::root(), records, START_MS)
-            .unwrap();
+        match &mut server {
+            Backend::Plain(s) => s.import_manufacturing(&admin, &Scope::root(), records, START_MS),
+            Backend::Sharded(s) => {
+                s.import_manufacturing(&admin, &Scope::root(), records, START_MS)
+            }
+        }
+        .unwrap();
     }
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(burst) {
+    for chunk in (0..DEVICES).collect::<Vec<_>>().chunks(BURST) {
         let asks: Vec<_> = chunk.iter().map(|&i| register(i, None)).collect();
         let ticket = submit(&mut server, &asks, START_MS);
         let answers: Vec<_> = server
@@ -193,16 +219,14 @@ fn backend_of(store: Box<dyn Store + Send>, devices: usize, burst: usize) -> Dur
             r.unwrap();
         }
     }
-    assert_eq!(server.server().fleet().registered_count(), devices);
+    if let Backend::Plain(s) = &server {
+        assert_eq!(s.server().fleet().registered_count(), DEVICES);
+    }
     server
 }
 
 struct Load {
-    server: DurableServer,
-    /// The devices this load updates: `first..first + count`.
-    first: usize,
-    count: usize,
-    burst: usize,
+    server: Backend,
     rng: u64,
     now: u64,
     value: i64,
@@ -219,17 +243,17 @@ impl Load {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        self.first + (self.rng % self.count as u64) as usize
+        (self.rng % DEVICES as u64) as usize
     }
 
     /// Runs `bursts` bursts, two in flight, and returns the time it took.
     fn run(&mut self, bursts: u64) -> Duration {
         let started = Instant::now();
-        let mut in_flight: VecDeque<(Instant, Ticket)> = VecDeque::new();
+        let mut in_flight: VecDeque<(Instant, AnyTicket)> = VecDeque::new();
         for _ in 0..bursts {
             self.now += 1;
             let now = self.now;
-            let burst: Vec<_> = (0..self.burst)
+            let burst: Vec<_> = (0..BURST)
                 .map(|_| {
                     self.value += 1;
                     let (i, v) = (self.next(), self.value);
@@ -250,7 +274,7 @@ impl Load {
         started.elapsed()
     }
 
-    fn release(&mut self, (handed_in, ticket): (Instant, Ticket)) {
+    fn release(&mut self, (handed_in, ticket): (Instant, AnyTicket)) {
         let waiting = Instant::now();
         let results = self.server.wait(ticket);
         self.waiting += waiting.elapsed();
@@ -259,16 +283,11 @@ impl Load {
             assert!(matches!(r, Ok(Handled::Replies(_))), "{r:?}");
         }
         if self.latencies.len() < 4_000_000 {
-            self.latencies
-                .extend(std::iter::repeat_n(latency, self.burst));
+            self.latencies.extend(std::iter::repeat_n(latency, BURST));
         }
     }
 
     fn report(&mut self, label: &str) {
-        if self.latencies.is_empty() {
-            // Filtered out on the command line: nothing ran.
-            return;
-        }
         self.latencies.sort_unstable();
         let at = |q: f64| self.latencies[((self.latencies.len() - 1) as f64 * q) as usize];
         println!(
@@ -289,12 +308,10 @@ fn bench_store(
     c: &mut Criterion,
     label: &str,
     store: Box<dyn Store + Send>,
+    shards: usize,
 ) -> Box<dyn Store + Send> {
     let load = RefCell::new(Load {
-        server: backend(store),
-        first: 0,
-        count: DEVICES,
-        burst: BURST,
+        server: backend(store, shards),
         rng: 0x2545_f491_4f6c_dd1d,
         now: START_MS,
         value: 0,
@@ -312,15 +329,40 @@ fn bench_store(
     group.finish();
     let mut load = load.into_inner();
     load.report(&format!("{label}/{name}"));
-    let mut store = load.server.shutdown().unwrap();
+    let mut store = load.server.shutdown();
     store.verify_audit().unwrap();
     store
 }
 
+/// Which backends run: `IOT_FLEET_BENCH_SHARDS` lists shard counts (0: one plain
+/// `DurableServer`), default `0,1,2`.
+fn shard_counts() -> Vec<usize> {
+    std::env::var("IOT_FLEET_BENCH_SHARDS")
+        .unwrap_or_else(|_| "0,1,2".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect()
+}
+
+fn label(store: &str, shards: usize) -> String {
+    match shards {
+        0 => store.to_string(),
+        1 => format!("{store}_1_shard"),
+        n => format!("{store}_{n}_shards"),
+    }
+}
+
 fn sqlite(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("bench.db")).unwrap();
-    drop(bench_store(c, "sqlite", Box::new(store)));
+    for shards in shard_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("bench.db")).unwrap();
+        drop(bench_store(
+            c,
+            &label("sqlite", shards),
+            Box::new(store),
+            shards,
+        ));
+    }
 }
 
 fn postgres(c: &mut Criterion) {
@@ -328,92 +370,21 @@ fn postgres(c: &mut Criterion) {
         println!("durable_server_shadow_update/postgres: set IOT_FLEET_BENCH_PG_URL to run it");
         return;
     };
-    let schema = format!("iot_fleet_bench_{}", std::process::id());
-    let store = PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap();
-    drop(bench_store(c, "postgres", Box::new(store)));
-    PgStore::connect(PgConfig::new(url, schema))
-        .unwrap()
-        .drop_schema()
-        .unwrap();
-}
-
-/// 1, 2 and 3 shared nodes on one PostgreSQL schema (see the module docs).
-fn postgres_nodes(c: &mut Criterion) {
-    let Ok(url) = std::env::var("IOT_FLEET_BENCH_NODES_PG_URL") else {
-        println!("durable_server_shared_nodes: set IOT_FLEET_BENCH_NODES_PG_URL to run it");
-        return;
-    };
-    let schema = format!("iot_fleet_bench_nodes_{}", std::process::id());
-    let connect =
-        || Box::new(PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap());
-    drop(
-        backend_of(connect(), NODES_DEVICES, NODES_BURST)
-            .shutdown()
-            .unwrap(),
-    );
-    let mut group = c.benchmark_group("durable_server_shared_nodes");
-    group.sample_size(10);
-    for nodes in 1..=3usize {
-        let share = NODES_DEVICES / nodes;
-        let loads: Vec<Load> = (0..nodes)
-            .map(|k| Load {
-                server: DurableServer::open_shared(
-                    connect(),
-                    connect(),
-                    fresh_server(),
-                    group_config(),
-                )
-                .unwrap(),
-                first: k * share,
-                count: share,
-                burst: NODES_BURST,
-                rng: 0x2545_f491_4f6c_dd1d ^ (k as u64 + 1),
-                now: START_MS + 10_000_000 * nodes as u64,
-                value: 0,
-                latencies: Vec::new(),
-                handling: Duration::ZERO,
-                waiting: Duration::ZERO,
-            })
-            .collect();
-        // Warm the caches: a node reads each device of its share once before it serves it
-        // the first time, which is not what this measures.
-        let mut loads = loads;
-        std::thread::scope(|scope| {
-            for load in &mut loads {
-                scope.spawn(move || load.run((share / NODES_BURST * 4) as u64));
-            }
-        });
-        for load in &mut loads {
-            load.latencies.clear();
-            load.handling = Duration::ZERO;
-            load.waiting = Duration::ZERO;
-        }
-        let loads = RefCell::new(loads);
-        group.throughput(Throughput::Elements((NODES_BURST * nodes) as u64));
-        let name =
-            format!("postgres_{nodes}_nodes_{NODES_DEVICES}_devices_bursts_of_{NODES_BURST}");
-        group.bench_function(&name, |b| {
-            b.iter_custom(|bursts| {
-                let mut loads = loads.borrow_mut();
-                let started = Instant::now();
-                std::thread::scope(|scope| {
-                    for load in loads.iter_mut() {
-                        scope.spawn(move || load.run(bursts));
-                    }
-                });
-                started.elapsed()
-            });
-        });
-        for (k, mut load) in loads.into_inner().into_iter().enumerate() {
-            load.report(&format!("{name}/node {k}"));
-            drop(load.server.shutdown().unwrap());
-        }
+    for shards in shard_counts() {
+        let schema = format!("iot_fleet_bench_{}_{shards}", std::process::id());
+        let store = PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap();
+        drop(bench_store(
+            c,
+            &label("postgres", shards),
+            Box::new(store),
+            shards,
+        ));
+        PgStore::connect(PgConfig::new(url.clone(), schema))
+            .unwrap()
+            .drop_schema()
+            .unwrap();
     }
-    group.finish();
-    let mut store = PgStore::connect(PgConfig::new(url.clone(), schema.clone())).unwrap();
-    store.verify_audit().unwrap();
-    store.drop_schema().unwrap();
 }
 
-criterion_group!(benches, sqlite, postgres, postgres_nodes);
+criterion_group!(benches, sqlite, postgres);
 criterion_main!(benches);

@@ -27,11 +27,11 @@
 )]
 
 use std::alloc::System;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use iot_core::{DeviceId, HlcTimestamp, NodeId, TenantId};
 use iot_fleet::{
     AssignmentRule, Fleet, ManufacturingRecord, Matcher, Principal, Role, Scope, ServerShadow,
@@ -107,24 +107,54 @@ fn live_bytes(region: &Region<'_, System>) -> isize {
     s.bytes_allocated as isize - s.bytes_deallocated as isize
 }
 
+/// A fixed pseudo-random permutation of `0..n` (Fisher-Yates over xorshift64), the device
+/// order of the random-order rounds.
+fn random_order(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 // ---------------------------------------------------------------- engine
 
-type Shadows = BTreeMap<DeviceId, Box<ServerShadow>>;
+/// The server-side shadows as `Fleet` keeps them: one keyed hash index (SipHash-1-3, as
+/// std's `HashMap`) into dense storage.
+struct Shadows {
+    index: HashMap<DeviceId, u32>,
+    slots: Vec<ServerShadow>,
+}
 
-fn new_shadow() -> Box<ServerShadow> {
-    Box::new(Shadow::new(
+impl Shadows {
+    fn get_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
+        &mut self.slots[self.index[id] as usize]
+    }
+}
+
+fn new_shadow() -> ServerShadow {
+    Shadow::new(
         MapStore::new(),
         iot_fleet::ClassPolicies::Uniform(Policy::LastWriterWins),
         Limits::DEFAULT,
-    ))
+    )
 }
 
 fn engine_fleet(devices: &[(DeviceId, NodeId)], paths: &[Path]) -> Shadows {
     let region = Region::new(GLOBAL);
-    let mut shadows = Shadows::new();
+    let mut shadows = Shadows {
+        index: HashMap::new(),
+        slots: Vec::new(),
+    };
     for (k, (id, node)) in devices.iter().enumerate() {
         let writes = full_report(paths, *node, k, T0_MS);
-        let s = shadows.entry(*id).or_insert_with(new_shadow);
+        shadows.index.insert(*id, shadows.slots.len() as u32);
+        shadows.slots.push(new_shadow());
+        let s = shadows.get_mut(id);
         s.apply(&Update::new(&writes), T0_MS).unwrap();
     }
     let n = devices.len();
@@ -138,13 +168,219 @@ fn engine_fleet(devices: &[(DeviceId, NodeId)], paths: &[Path]) -> Shadows {
     shadows
 }
 
-fn engine_round(shadows: &mut Shadows, devices: &[(DeviceId, NodeId)], paths: &[Path], t_ms: u64) {
-    for (k, (id, node)) in devices.iter().enumerate() {
+/// One update per device, devices visited in `order`.
+#[inline(never)]
+fn engine_round(
+    shadows: &mut Shadows,
+    devices: &[(DeviceId, NodeId)],
+    order: &[usize],
+    paths: &[Path],
+    t_ms: u64,
+) {
+    for &k in order {
+        let (id, node) = &devices[k];
         let writes = round_writes(paths, *node, k, t_ms);
-        let s = shadows.get_mut(id).unwrap();
+        let s = shadows.get_mut(id);
         let outcome = s.apply(&Update::new(&writes), t_ms).unwrap();
         debug_assert!(outcome.changed);
         black_box(outcome);
+    }
+}
+
+// ---------------------------------------------------------------- typed HashMap LWW peer
+
+/// One field's last-writer-wins register: the value and the (HLC time, node) that wrote it.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Lww<T> {
+    value: T,
+    at: (u64, NodeId),
+}
+
+impl<T: PartialEq> Lww<T> {
+    /// Takes `value` if its stamp is newer; `true` when the field changed.
+    fn write(&mut self, value: T, at: (u64, NodeId)) -> bool {
+        if at <= self.at {
+            return false;
+        }
+        self.at = at;
+        let changed = self.value != value;
+        self.value = value;
+        changed
+    }
+}
+
+/// What a competent user writes without the engine: the device class's fields as a typed
+/// struct, each a last-writer-wins register, and a version raised by every change.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct TypedShadow {
+    temperature: Lww<f64>,
+    humidity: Lww<f64>,
+    battery: Lww<i64>,
+    led: Lww<bool>,
+    firmware: Lww<String>,
+    rssi: Lww<i64>,
+    uptime: Lww<i64>,
+    telemetry_interval: Lww<i64>,
+    heartbeat_interval: Lww<i64>,
+    mode: Lww<String>,
+    version: u64,
+}
+
+/// A typed update (what serde would decode the device's message into): only the fields
+/// that changed, with the update's stamp.
+#[derive(Default)]
+struct TypedUpdate {
+    at: (u64, NodeId),
+    temperature: Option<f64>,
+    humidity: Option<f64>,
+    battery: Option<i64>,
+    led: Option<bool>,
+    firmware: Option<String>,
+    rssi: Option<i64>,
+    uptime: Option<i64>,
+    telemetry_interval: Option<i64>,
+    heartbeat_interval: Option<i64>,
+    mode: Option<String>,
+}
+
+impl TypedShadow {
+    fn apply(&mut self, u: TypedUpdate) -> bool {
+        let at = u.at;
+        let mut changed = false;
+        macro_rules! field {
+            ($($f:ident),*) => {$(
+                if let Some(v) = u.$f {
+                    changed |= self.$f.write(v, at);
+                }
+            )*};
+        }
+        field!(
+            temperature,
+            humidity,
+            battery,
+            led,
+            firmware,
+            rssi,
+            uptime,
+            telemetry_interval,
+            heartbeat_interval,
+            mode
+        );
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+}
+
+fn typed_float(field: usize, k: usize, t_ms: u64) -> f64 {
+    match value(field, k, t_ms) {
+        Value::Float(f) => f.get(),
+        other => panic!("field {field} is {other:?}"),
+    }
+}
+
+fn typed_int(field: usize, k: usize, t_ms: u64) -> i64 {
+    match value(field, k, t_ms) {
+        Value::Int(i) => i,
+        other => panic!("field {field} is {other:?}"),
+    }
+}
+
+fn typed_full(node: NodeId, k: usize, t_ms: u64) -> TypedUpdate {
+    let x = (t_ms / 1000) as i64 + k as i64;
+    TypedUpdate {
+        at: (stamp(t_ms, node).time, node),
+        temperature: Some(typed_float(0, k, t_ms)),
+        humidity: Some(typed_float(1, k, t_ms)),
+        battery: Some(typed_int(2, k, t_ms)),
+        led: Some(x % 2 == 0),
+        firmware: Some("1.4.2".into()),
+        rssi: Some(typed_int(5, k, t_ms)),
+        uptime: Some(typed_int(6, k, t_ms)),
+        telemetry_interval: Some(typed_int(7, k, t_ms)),
+        heartbeat_interval: Some(typed_int(8, k, t_ms)),
+        mode: Some("eco".into()),
+    }
+}
+
+/// The round's update of device `k`, built as cheaply as the peer can: the same values as
+/// [`round_writes`], computed directly as typed fields.
+fn typed_round(node: NodeId, k: usize, t_ms: u64) -> TypedUpdate {
+    let x = (t_ms / 1000) as i64 + k as i64;
+    let float = (x % 400) as f64 / 10.0;
+    TypedUpdate {
+        at: (stamp(t_ms, node).time, node),
+        temperature: Some(float),
+        humidity: Some(float),
+        uptime: Some(x % 10_000),
+        ..TypedUpdate::default()
+    }
+}
+
+type TypedShadows = HashMap<DeviceId, TypedShadow>;
+
+fn typed_fleet(devices: &[(DeviceId, NodeId)]) -> TypedShadows {
+    let region = Region::new(GLOBAL);
+    let mut docs = TypedShadows::new();
+    for (k, (id, node)) in devices.iter().enumerate() {
+        docs.entry(*id)
+            .or_default()
+            .apply(typed_full(*node, k, T0_MS));
+    }
+    let n = devices.len();
+    eprintln!(
+        "typed HashMap LWW peer: {} bytes of live heap per device ({n} devices)",
+        live_bytes(&region) / n as isize
+    );
+    docs
+}
+
+#[inline(never)]
+fn typed_round_all(
+    docs: &mut TypedShadows,
+    devices: &[(DeviceId, NodeId)],
+    order: &[usize],
+    t_ms: u64,
+) {
+    for &k in order {
+        let (id, node) = &devices[k];
+        let changed = docs.get_mut(id).unwrap().apply(typed_round(*node, k, t_ms));
+        debug_assert!(changed);
+        black_box(changed);
+    }
+}
+
+/// Both sides hold the same values and versions for every device.
+fn assert_agree(shadows: &mut Shadows, docs: &TypedShadows, devices: &[(DeviceId, NodeId)]) {
+    let paths = paths();
+    for (id, _) in devices {
+        let ours = shadows.get_mut(id);
+        let peer = &docs[id];
+        assert_eq!(ours.version(), peer.version, "{id}: version");
+        let got = |f: usize| ours.value(Section::Reported, &paths[f]).cloned().unwrap();
+        let float = |v: Value| match v {
+            Value::Float(f) => f.get(),
+            other => panic!("{other:?}"),
+        };
+        let int = |v: Value| match v {
+            Value::Int(i) => i,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(float(got(0)), peer.temperature.value, "{id}: temperature");
+        assert_eq!(float(got(1)), peer.humidity.value, "{id}: humidity");
+        assert_eq!(int(got(2)), peer.battery.value, "{id}: battery");
+        assert_eq!(got(3), Value::Bool(peer.led.value), "{id}: led");
+        assert_eq!(
+            got(4),
+            Value::text(&peer.firmware.value).unwrap(),
+            "{id}: firmware"
+        );
+        assert_eq!(int(got(5)), peer.rssi.value, "{id}: rssi");
+        assert_eq!(int(got(6)), peer.uptime.value, "{id}: uptime");
+        assert_eq!(int(got(7)), peer.telemetry_interval.value);
+        assert_eq!(int(got(8)), peer.heartbeat_interval.value);
+        assert_eq!(got(9), Value::text(&peer.mode.value).unwrap(), "{id}: mode");
     }
 }
 
@@ -187,14 +423,17 @@ fn registered_fleet(devices: &[(DeviceId, NodeId)]) -> Fleet {
     fleet
 }
 
+#[inline(never)]
 fn fleet_round(
     fleet: &mut Fleet,
     devices: &[(DeviceId, NodeId)],
+    order: &[usize],
     paths: &[Path],
     t_ms: u64,
     full: bool,
 ) {
-    for (k, (id, node)) in devices.iter().enumerate() {
+    for &k in order {
+        let (id, node) = &devices[k];
         let outcome = if full {
             let writes = full_report(paths, *node, k, t_ms);
             fleet.device_shadow_update(id, &Update::new(&writes), t_ms)
@@ -274,6 +513,52 @@ fn timed(iters: u64, t_ms: &mut u64, mut round: impl FnMut(u64)) -> Duration {
     total
 }
 
+/// Sets both sides up for `devices`, runs one round in `order` on each at the same time
+/// and checks that they agree (values and versions of every device).
+fn engine_and_peer(
+    devices: &[(DeviceId, NodeId)],
+    order: &[usize],
+    paths: &[Path],
+) -> (Shadows, TypedShadows) {
+    let mut shadows = engine_fleet(devices, paths);
+    let mut docs = typed_fleet(devices);
+    assert_agree(&mut shadows, &docs, devices);
+    engine_round(&mut shadows, devices, order, paths, T0_MS + 1_000);
+    typed_round_all(&mut docs, devices, order, T0_MS + 1_000);
+    assert_agree(&mut shadows, &docs, devices);
+    (shadows, docs)
+}
+
+/// Benchmarks the engine and the typed peer on `devices`, in key order and in random order.
+fn engine_vs_peer(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    devices: &[(DeviceId, NodeId)],
+    paths: &[Path],
+) {
+    let random = random_order(devices.len());
+    let in_order: Vec<usize> = (0..devices.len()).collect();
+    let (mut shadows, mut docs) = engine_and_peer(devices, &random, paths);
+    let mut t_ours = T0_MS + 1_000;
+    let mut t_peer = T0_MS + 1_000;
+    for (name, order) in [("in_order", &in_order), ("random", &random)] {
+        g.bench_function(format!("engine/{name}/{label}"), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, &mut t_ours, |t| {
+                    engine_round(&mut shadows, devices, order, paths, t)
+                })
+            })
+        });
+        g.bench_function(format!("typed_hashmap_lww/{name}/{label}"), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, &mut t_peer, |t| {
+                    typed_round_all(&mut docs, devices, order, t)
+                })
+            })
+        });
+    }
+}
+
 fn reconciliation_100k(c: &mut Criterion) {
     const N: usize = 100_000;
     let paths = paths();
@@ -284,20 +569,12 @@ fn reconciliation_100k(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(N as u64));
 
-    let mut shadows = engine_fleet(&devices, &paths);
-    let mut t = T0_MS;
-    g.bench_function("engine/100k", |b| {
-        b.iter_custom(|iters| {
-            timed(iters, &mut t, |t| {
-                engine_round(&mut shadows, &devices, &paths, t)
-            })
-        })
-    });
-    drop(shadows);
+    engine_vs_peer(&mut g, "100k", &devices, &paths);
 
+    let in_order: Vec<usize> = (0..N).collect();
     let mut docs = json_fleet(&devices, &paths);
     let mut t = T0_MS;
-    g.bench_function("serde_json/100k", |b| {
+    g.bench_function("serde_json/in_order/100k", |b| {
         b.iter_custom(|iters| {
             timed(iters, &mut t, |t| {
                 json_round(&mut docs, &devices, &paths, t)
@@ -308,19 +585,22 @@ fn reconciliation_100k(c: &mut Criterion) {
 
     let mut fleet = registered_fleet(&devices);
     let region = Region::new(GLOBAL);
-    fleet_round(&mut fleet, &devices, &paths, T0_MS, true);
+    fleet_round(&mut fleet, &devices, &in_order, &paths, T0_MS, true);
     eprintln!(
         "fleet: {} bytes of live heap per device for the first full report (shadow plus its audit entry)",
         live_bytes(&region) / N as isize
     );
+    let random = random_order(N);
     let mut t = T0_MS;
-    g.bench_function("fleet/100k", |b| {
-        b.iter_custom(|iters| {
-            timed(iters, &mut t, |t| {
-                fleet_round(&mut fleet, &devices, &paths, t, false)
+    for (name, order) in [("in_order", &in_order), ("random", &random)] {
+        g.bench_function(format!("fleet/{name}/100k"), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, &mut t, |t| {
+                    fleet_round(&mut fleet, &devices, order, &paths, t, false)
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
 }
 
@@ -333,17 +613,63 @@ fn reconciliation_1m(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(10));
     g.throughput(Throughput::Elements(N as u64));
-    let mut shadows = engine_fleet(&devices, &paths);
-    let mut t = T0_MS;
-    g.bench_function("engine/1m", |b| {
-        b.iter_custom(|iters| {
-            timed(iters, &mut t, |t| {
-                engine_round(&mut shadows, &devices, &paths, t)
-            })
-        })
-    });
+    engine_vs_peer(&mut g, "1m", &devices, &paths);
     g.finish();
 }
 
+/// The measured rounds of a callgrind run (`--toggle-collect='*measured*'` counts only them).
+#[inline(never)]
+fn measured(rounds: impl FnOnce()) {
+    rounds();
+}
+
+/// `RECONCILIATION_CALLGRIND=engine|typed|fleet` runs, instead of criterion, the set-up at
+/// 100,000 devices and then `CALLGRIND_ROUNDS` rounds in random order, for instruction
+/// counts under `valgrind --tool=callgrind --toggle-collect=...` (see BENCHMARKS.md §3).
+fn callgrind_case(case: &str) {
+    const N: usize = 100_000;
+    const CALLGRIND_ROUNDS: u64 = 2;
+    let paths = paths();
+    let devices = device_ids(N);
+    let random = random_order(N);
+    let mut t = T0_MS + 1_000;
+    match case {
+        "engine" | "typed" => {
+            let (mut shadows, mut docs) = engine_and_peer(&devices, &random, &paths);
+            measured(|| {
+                for _ in 0..CALLGRIND_ROUNDS {
+                    t += 15_000;
+                    if case == "engine" {
+                        engine_round(&mut shadows, &devices, &random, &paths, t);
+                    } else {
+                        typed_round_all(&mut docs, &devices, &random, t);
+                    }
+                }
+            });
+        }
+        "fleet" => {
+            let mut fleet = registered_fleet(&devices);
+            let in_order: Vec<usize> = (0..N).collect();
+            fleet_round(&mut fleet, &devices, &in_order, &paths, T0_MS, true);
+            measured(|| {
+                for _ in 0..CALLGRIND_ROUNDS {
+                    t += 15_000;
+                    fleet_round(&mut fleet, &devices, &random, &paths, t, false);
+                }
+            });
+        }
+        other => panic!("unknown RECONCILIATION_CALLGRIND case {other}"),
+    }
+    eprintln!("{case}: {CALLGRIND_ROUNDS} rounds of {N} updates in random order");
+}
+
 criterion_group!(benches, reconciliation_100k, reconciliation_1m);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(case) = std::env::var("RECONCILIATION_CALLGRIND") {
+        callgrind_case(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -95,6 +95,9 @@ pub enum DurableError {
     /// acknowledged, the node read those records again, and it may be sent again.
     #[error("another node changed the records this needs; they were read again, send it again")]
     Conflict,
+    /// The operation is not available on a [`ShardedServer`] with more than one shard.
+    #[error("not supported by a sharded server: {0}")]
+    Sharded(&'static str),
 }
 
 /// One device message handed to [`DurableServer::submit`].
@@ -312,6 +315,7 @@ impl DurableServer {
             &mut server,
             &mut rollout_keys,
             &mut next_rollout_key,
+            &|_| true,
         ) {
             return Err((e, Some(store)));
         }
@@ -499,6 +503,50 @@ impl DurableServer {
                 self.stopped = true;
                 e
             }
+        }
+    }
+
+    /// Restores from `store` into `server` (whose fleet must be empty) the devices `keep`
+    /// accepts and every tenant's rules, for one shard of a [`ShardedServer`]. Stored
+    /// rollouts are refused: a sharded server does not run them.
+    fn restore_shard(
+        store: &mut dyn Store,
+        server: &mut DeviceServer,
+        keep: &dyn Fn(&DeviceId) -> bool,
+    ) -> Result<(), DurableError> {
+        if server.fleet().registered_count() > 0 || server.fleet().all_rollouts().next().is_some() {
+            return Err(DurableError::NotEmpty);
+        }
+        server.fleet_mut().set_audit_journal(true);
+        let _ = server.fleet_mut().take_audit();
+        let mut rollout_keys = BTreeMap::new();
+        let mut next_rollout_key = 1u64;
+        restore(
+            store,
+            server,
+            &mut rollout_keys,
+            &mut next_rollout_key,
+            keep,
+        )?;
+        if server.fleet().all_rollouts().next().is_some() {
+            return Err(DurableError::Sharded("stored rollouts"));
+        }
+        let _ = server.fleet_mut().take_audit();
+        Ok(())
+    }
+
+    /// A restored shard submitting to the shared writer `handle`.
+    fn shard(server: DeviceServer, handle: GroupCommitHandle, config: GroupCommitConfig) -> Self {
+        Self {
+            server,
+            group: None,
+            parked: None,
+            config,
+            handle,
+            rollout_keys: BTreeMap::new(),
+            next_rollout_key: 1,
+            stopped: false,
+            shared: None,
         }
     }
 
@@ -696,6 +744,9 @@ impl DurableServer {
     /// order: only now may the replies be sent. When the commit failed, or an earlier
     /// failure stopped the server, every result is an error.
     pub fn wait(&mut self, ticket: Ticket) -> Vec<Result<Handled, DurableError>> {
+        if self.shared.is_none() {
+            return settle(ticket, &mut self.stopped);
+        }
         let Ticket {
             pending,
             mut results,
@@ -704,7 +755,7 @@ impl DurableServer {
         } = ticket;
         let outcome = pending.map(PendingAll::wait);
         match outcome {
-            Some(Ok(outcomes)) if self.shared.is_some() => {
+            Some(Ok(outcomes)) => {
                 // Another node changed what a batch relied on: read it again, and refuse
                 // (without a reply) the messages of the batches that were not kept.
                 let failed: BTreeSet<usize> = outcomes
@@ -727,16 +778,6 @@ impl DurableServer {
                             *result = Err(error.clone());
                         }
                     }
-                }
-            }
-            Some(Ok(outcomes)) => {
-                let lost = slots
-                    .iter()
-                    .flatten()
-                    .any(|&i| outcomes.get(i).is_none_or(|o| !o.committed));
-                if lost {
-                    // Another writer changed a shadow under us: memory and store disagree.
-                    self.stopped = true;
                 }
             }
             Some(Err(e)) => {
@@ -1197,6 +1238,40 @@ impl DurableServer {
     }
 }
 
+/// Waits for a ticket's commit and returns its results; sets `stopped` when the commit
+/// failed or lost a compare-and-swap, and fails every result once it is set.
+fn settle(ticket: Ticket, stopped: &mut bool) -> Vec<Result<Handled, DurableError>> {
+    let Ticket {
+        pending,
+        mut results,
+        slots,
+        touched: _,
+    } = ticket;
+    let outcome = pending.map(PendingAll::wait);
+    match outcome {
+        Some(Ok(outcomes)) => {
+            let lost = slots
+                .iter()
+                .flatten()
+                .any(|&i| outcomes.get(i).is_none_or(|o| !o.committed));
+            if lost {
+                // Another writer changed a shadow under us: memory and store disagree.
+                *stopped = true;
+            }
+        }
+        Some(Err(e)) => {
+            *stopped = true;
+            results.fill(Err(DurableError::Store(e)));
+            return results;
+        }
+        None => {}
+    }
+    if *stopped {
+        results.fill(Err(DurableError::Stopped));
+    }
+    results
+}
+
 fn audit_event(entry: &AuditEntry) -> Result<AuditEvent, DurableError> {
     let payload = encode(
         "audit entry",
@@ -1221,6 +1296,7 @@ fn restore(
     server: &mut DeviceServer,
     rollout_keys: &mut BTreeMap<(TenantId, u32), u64>,
     next_rollout_key: &mut u64,
+    keep: &dyn Fn(&DeviceId) -> bool,
 ) -> Result<(), DurableError> {
     let fleet = server.fleet_mut();
     let mut after_tenant: Option<TenantId> = None;
@@ -1237,6 +1313,9 @@ fn restore(
                 let Some(last) = devices.last() else { break };
                 after_device = Some(last.id);
                 for device in devices {
+                    if !keep(&device.id) {
+                        continue;
+                    }
                     let saved: StoredCredential = decode("device record", &device.credential)?;
                     let registered = saved.identity.status == CredentialStatus::Registered;
                     fleet.restore_identity(device.id, saved.identity, saved.record);
@@ -1271,6 +1350,9 @@ fn restore(
     }
     Ok(())
 }
+
+pub mod sharded;
+pub use sharded::{DeviceState, ShardedServer, ShardedTicket};
 
 /// Convenience: a [`FleetError`] as the binding reports it.
 impl From<FleetError> for DurableError {

@@ -22,8 +22,7 @@
 //! the device's id: the device proved its identity when registering, and the transport
 //! session (for example mutual TLS) is expected to bind later messages to that id.
 
-use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, btree_map};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -170,7 +169,8 @@ pub struct Fleet<V: ProofVerifier = LifecycleHmac> {
     rollouts: BTreeMap<(TenantId, u32), ScopedRollout>,
     next_rollout: BTreeMap<TenantId, u32>,
     retired: BTreeMap<(TenantId, Scope), TenantMetering>,
-    shadows: BTreeMap<DeviceId, Box<ServerShadow>>,
+    /// Shadows by the registry's slot numbers (the registry's one index finds both).
+    shadows: Shadows,
     /// Field-policy tables of device classes, by fingerprint.
     schemas: BTreeMap<u32, FieldTable>,
 }
@@ -233,7 +233,7 @@ impl<V: ProofVerifier> Fleet<V> {
             rollouts: BTreeMap::new(),
             next_rollout: BTreeMap::new(),
             retired: BTreeMap::new(),
-            shadows: BTreeMap::new(),
+            shadows: Shadows::new(),
             schemas: BTreeMap::new(),
         }
     }
@@ -246,6 +246,14 @@ impl<V: ProofVerifier> Fleet<V> {
     /// The audit log (for the backend operator; tenants use [`Fleet::audit_trail`]).
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Keys the device index with a secret 128-bit `key` and rebuilds it (see
+    /// [`crate::index`] for why the index hash is keyed). With the `std` feature the key is
+    /// drawn from the operating system when the first device is imported; a no_std gateway
+    /// that serves untrusted tenants calls this once with bytes from its hardware RNG.
+    pub fn set_index_key(&mut self, key: [u8; 16]) {
+        self.registry.set_index_key(key);
     }
 
     /// How many devices are registered across all tenants.
@@ -435,18 +443,18 @@ impl<V: ProofVerifier> Fleet<V> {
     }
 
     fn touch(&mut self, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
-        let tenant = self
+        let slot = self
             .registry
-            .identity_tenant(id)
+            .slot_of(id)
             .ok_or(ReportError::NotRegistered)?;
-        self.touch_in(tenant, id, now_ms)
+        self.touch_at(slot, id, now_ms)
     }
 
-    /// [`Fleet::touch`] of a device whose tenant the caller already looked up.
-    fn touch_in(&mut self, tenant: TenantId, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
+    /// [`Fleet::touch`] of a device whose slot the caller already looked up.
+    fn touch_at(&mut self, slot: usize, id: &DeviceId, now_ms: u64) -> Result<(), FleetError> {
         let record = self
             .registry
-            .tenant_device_mut(&tenant, id)
+            .record_at_mut(slot)
             .ok_or(ReportError::NotRegistered)?;
         let came_back = !record.online;
         if came_back {
@@ -630,34 +638,32 @@ impl<V: ProofVerifier> Fleet<V> {
         Ok(())
     }
 
-    fn shadow_mut(&mut self, id: &DeviceId) -> &mut ServerShadow {
-        self.shadow_entry(id).0
+    /// The shadow of an imported device (`None` for an id the registry does not hold).
+    fn shadow_mut(&mut self, id: &DeviceId) -> Option<&mut ServerShadow> {
+        let slot = self.registry.slot_of(id)?;
+        Some(self.shadow_entry(slot)?.0)
     }
 
-    /// The device's shadow, created empty (with its schema's policies) when it has none;
-    /// `true` when it was created. One lookup when the shadow exists.
-    fn shadow_entry(&mut self, id: &DeviceId) -> (&mut ServerShadow, bool) {
+    /// The shadow of the device in `slot`, created empty (with its schema's policies) when
+    /// it has none; `true` when it was created.
+    fn shadow_entry(&mut self, slot: usize) -> Option<(&mut ServerShadow, bool)> {
         let Self {
             shadows,
             registry,
             schemas,
             ..
         } = self;
-        match shadows.entry(*id) {
-            btree_map::Entry::Occupied(e) => (e.into_mut(), false),
-            btree_map::Entry::Vacant(v) => {
-                let policies = registry
-                    .device(id)
-                    .and_then(|r| policies_of(schemas, r.schema))
-                    .unwrap_or_default();
-                let shadow = v.insert(Box::new(Shadow::new(
-                    MapStore::new(),
-                    policies,
-                    Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
-                )));
-                (shadow, true)
-            }
-        }
+        shadows.entry(slot, || {
+            let policies = registry
+                .record_at(slot)
+                .and_then(|r| policies_of(schemas, r.schema))
+                .unwrap_or_default();
+            Shadow::new(
+                MapStore::new(),
+                policies,
+                Limits::DEFAULT.with_max_drift(MAX_CLOCK_DRIFT_MS),
+            )
+        })
     }
 
     /// Registers a device class's field-policy table (its `shadow_state!` struct's
@@ -682,11 +688,14 @@ impl<V: ProofVerifier> Fleet<V> {
         let Some(policies) = self.schema_policies(schema) else {
             return false;
         };
-        let Some(record) = self.registry.device_mut(id) else {
+        let Some(slot) = self.registry.slot_of(id) else {
+            return false;
+        };
+        let Some(record) = self.registry.record_at_mut(slot) else {
             return false;
         };
         record.schema = schema;
-        if let Some(shadow) = self.shadows.get_mut(id) {
+        if let Some(shadow) = self.shadows.get_mut(slot) {
             shadow.set_resolver(policies);
         }
         true
@@ -700,7 +709,7 @@ impl<V: ProofVerifier> Fleet<V> {
     /// The device's own shadow, for answering the device itself (its transport session
     /// authenticated it; tenants read shadows with [`Fleet::shadow`]).
     pub fn device_shadow(&self, id: &DeviceId) -> Option<&ServerShadow> {
-        self.shadows.get(id).map(|s| &**s)
+        self.shadows.get(self.registry.slot_of(id)?)
     }
 
     /// The device updates its shadow (normally its `reported` half). Every write must be
@@ -716,12 +725,14 @@ impl<V: ProofVerifier> Fleet<V> {
     ) -> Result<Outcome, FleetError> {
         // Every check before anything changes: registered, device origin, then the
         // engine's own (limits, drift, version), which change nothing when they refuse.
-        // The tenant is looked up once: the record is then found in its tenant's map.
-        let tenant = self
+        // The device is looked up once: its record and shadow share its slot.
+        let slot = self
             .registry
-            .device(id)
-            .ok_or(ReportError::NotRegistered)?
-            .tenant;
+            .slot_of(id)
+            .ok_or(ReportError::NotRegistered)?;
+        if self.registry.record_at(slot).is_none() {
+            return Err(ReportError::NotRegistered.into());
+        }
         if update
             .writes
             .iter()
@@ -729,20 +740,20 @@ impl<V: ProofVerifier> Fleet<V> {
         {
             return Err(AccessError::Forbidden.into());
         }
-        let (shadow, created) = self.shadow_entry(id);
+        let (shadow, created) = self.shadow_entry(slot).ok_or(ShadowError::Storage)?;
         let outcome = match shadow.apply(update, now_ms) {
             Ok(outcome) => outcome,
             Err(e) => {
                 if created {
                     // The refused update leaves no empty document behind either.
-                    self.shadows.remove(id);
+                    self.shadows.remove(slot);
                 }
                 return Err(e.into());
             }
         };
-        self.touch_in(tenant, id, now_ms)?;
+        self.touch_at(slot, id, now_ms)?;
         if outcome.changed
-            && let Some(record) = self.registry.tenant_device(&tenant, id)
+            && let Some(record) = self.registry.record_at(slot)
         {
             let (tenant, scope) = (record.tenant, record.scope.clone());
             self.log(
@@ -770,6 +781,8 @@ impl<V: ProofVerifier> Fleet<V> {
                 newly.push((record.id, record.tenant, record.scope.clone()));
             }
         }
+        // Audited in (tenant, device id) order, whatever the storage order.
+        newly.sort_unstable_by_key(|(id, tenant, _)| (*tenant, *id));
         let mut ids = Vec::with_capacity(newly.len());
         for (id, tenant, scope) in newly {
             self.log(
@@ -1033,7 +1046,7 @@ impl<V: ProofVerifier> Fleet<V> {
         id: &DeviceId,
     ) -> Result<Option<&ServerShadow>, FleetError> {
         self.visible_device(p, id, Role::Viewer)?;
-        Ok(self.shadows.get(id).map(|s| &**s))
+        Ok(self.device_shadow(id))
     }
 
     /// A rollout, if the caller may see its scope.
@@ -1104,7 +1117,10 @@ impl<V: ProofVerifier> Fleet<V> {
         {
             return Err(AccessError::Forbidden.into());
         }
-        let outcome = self.shadow_mut(id).apply(update, now_ms)?;
+        let outcome = self
+            .shadow_mut(id)
+            .ok_or(AccessError::NotFound)?
+            .apply(update, now_ms)?;
         if outcome.changed {
             self.log(
                 now_ms,
@@ -1302,7 +1318,9 @@ impl<V: ProofVerifier> Fleet<V> {
         retired.usage.add(record.usage);
         retired.availability.add(availability_of(&record, now_ms));
         // The backend's copy of the device's state is wiped with it.
-        self.shadows.remove(id);
+        if let Some(slot) = self.registry.slot_of(id) {
+            self.shadows.remove(slot);
+        }
         let mut decisions = Vec::new();
         for ((_, rollout), scoped) in self
             .rollouts
@@ -1328,6 +1346,56 @@ impl<V: ProofVerifier> Fleet<V> {
 }
 
 mod persist;
+
+/// Device shadows in dense storage, by the registry's slot numbers.
+#[derive(Debug)]
+struct Shadows {
+    slots: Vec<Option<ServerShadow>>,
+    count: usize,
+}
+
+impl Shadows {
+    const fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            count: 0,
+        }
+    }
+
+    fn get(&self, slot: usize) -> Option<&ServerShadow> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut ServerShadow> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(shadow) = self.slots.get_mut(slot)
+            && shadow.take().is_some()
+        {
+            self.count = self.count.saturating_sub(1);
+        }
+    }
+
+    /// The shadow in `slot`, made by `make` when there is none; `true` when it was made
+    /// (`None` only when the slot number cannot be addressed).
+    fn entry(
+        &mut self,
+        slot: usize,
+        make: impl FnOnce() -> ServerShadow,
+    ) -> Option<(&mut ServerShadow, bool)> {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot.checked_add(1)?, || None);
+        }
+        let entry = self.slots.get_mut(slot)?;
+        let created = entry.is_none();
+        if created {
+            self.count = self.count.saturating_add(1);
+        }
+        Some((entry.get_or_insert_with(make), created))
+    }
+}
 
 /// The policies of schema `schema` among `schemas` (see [`Fleet::schema_policies`]).
 fn policies_of(schemas: &BTreeMap<u32, FieldTable>, schema: u32) -> Option<ClassPolicies> {

@@ -24,6 +24,7 @@ pub mod durable;
 pub mod fleet;
 pub mod gateway;
 pub mod health;
+pub mod index;
 pub mod metering;
 pub mod proof;
 pub mod registry;

@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::access::Scope;
 use crate::health::BatteryHistory;
+use crate::index::DeviceIndex;
 use crate::metering::Usage;
 use crate::proof::{ChallengeAnswer, Nonce, ProofVerifier, SECRET_LEN};
 
@@ -106,6 +107,9 @@ pub enum ImportError {
     /// The record's secret is all zeros (a wiped or unset secret).
     #[error("device {0} has an all-zero secret")]
     ZeroSecret(DeviceId),
+    /// The registry holds as many identities as its slot numbers (`u32`) can address.
+    #[error("the registry is full")]
+    Full,
 }
 
 impl Error for ImportError {
@@ -113,6 +117,7 @@ impl Error for ImportError {
         match self {
             Self::Duplicate(_) => ErrorKind::Conflict,
             Self::ZeroSecret(_) => ErrorKind::InvalidInput,
+            Self::Full => ErrorKind::Capacity,
         }
     }
 }
@@ -330,19 +335,34 @@ pub struct Registration {
     pub first: bool,
 }
 
+/// One imported device: its identity and, once it registered, its record.
+struct Slot {
+    id: DeviceId,
+    identity: Identity,
+    record: Option<DeviceRecord>,
+}
+
 /// Identities, assignment rules and device records of every tenant.
+///
+/// Devices live in dense storage (one slot per imported identity, never removed: a revoked
+/// identity stays to refuse later registrations) found through one keyed hash index (see
+/// [`crate::index`] for the hasher and why). Listings by id go through a per-tenant
+/// ordered index of the registered devices, which only registrations and revocations
+/// write.
 #[derive(Default)]
 pub struct Registry {
-    identities: BTreeMap<DeviceId, Identity>,
+    index: DeviceIndex,
+    slots: Vec<Slot>,
     rules: BTreeMap<TenantId, Vec<AssignmentRule>>,
-    devices: BTreeMap<TenantId, BTreeMap<DeviceId, DeviceRecord>>,
+    /// Registered devices of each tenant, by id: id -> slot.
+    listing: BTreeMap<TenantId, BTreeMap<DeviceId, u32>>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("identities", &self.identities.len())
-            .field("tenants", &self.devices.len())
+            .field("identities", &self.slots.len())
+            .field("tenants", &self.listing.len())
             .finish()
     }
 }
@@ -351,10 +371,63 @@ impl Registry {
     /// An empty registry.
     pub const fn new() -> Self {
         Self {
-            identities: BTreeMap::new(),
+            index: DeviceIndex::new(),
+            slots: Vec::new(),
             rules: BTreeMap::new(),
-            devices: BTreeMap::new(),
+            listing: BTreeMap::new(),
         }
+    }
+
+    /// The slot number of `id` in the dense storage (stable for the registry's lifetime:
+    /// slots are never removed), if it was imported.
+    pub(crate) fn slot_of(&self, id: &DeviceId) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(id, |s| slots.get(s as usize).map(|slot| &slot.id))
+            .map(|s| s as usize)
+    }
+
+    /// The record of slot `slot`, if the device is registered.
+    pub(crate) fn record_at(&self, slot: usize) -> Option<&DeviceRecord> {
+        self.slots.get(slot)?.record.as_ref()
+    }
+
+    /// The record of slot `slot`, mutable.
+    pub(crate) fn record_at_mut(&mut self, slot: usize) -> Option<&mut DeviceRecord> {
+        self.slots.get_mut(slot)?.record.as_mut()
+    }
+
+    /// Re-keys the device index with a secret 128-bit `key` (see [`crate::index`]); the
+    /// index is rebuilt.
+    pub fn set_index_key(&mut self, key: [u8; 16]) {
+        let slots = &self.slots;
+        let count = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+        self.index
+            .rekey(key, count, |s| slots.get(s as usize).map(|slot| &slot.id));
+    }
+
+    fn identity(&self, id: &DeviceId) -> Option<&Identity> {
+        let slot = self.slot_of(id)?;
+        self.slots.get(slot).map(|s| &s.identity)
+    }
+
+    fn identity_mut(&mut self, id: &DeviceId) -> Option<&mut Identity> {
+        let slot = self.slot_of(id)?;
+        self.slots.get_mut(slot).map(|s| &mut s.identity)
+    }
+
+    /// Adds a slot for `id` (not imported yet) and returns its number.
+    fn push_slot(&mut self, id: DeviceId, identity: Identity) -> u32 {
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push(Slot {
+            id,
+            identity,
+            record: None,
+        });
+        let slots = &self.slots;
+        self.index
+            .insert(&id, slot, |s| slots.get(s as usize).map(|slot| &slot.id));
+        slot
     }
 
     /// Imports `records` for `tenant`; devices no rule matches go to `scope`. All or nothing.
@@ -369,13 +442,17 @@ impl Registry {
             if r.secret.iter().all(|b| *b == 0) {
                 return Err(ImportError::ZeroSecret(r.device_id));
             }
-            if self.identities.contains_key(&r.device_id) || !seen.insert(r.device_id) {
+            if self.slot_of(&r.device_id).is_some() || !seen.insert(r.device_id) {
                 return Err(ImportError::Duplicate(r.device_id));
             }
         }
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        if self.slots.len().saturating_add(records.len()) > u32::MAX as usize {
+            return Err(ImportError::Full);
+        }
+        self.slots.reserve(records.len());
         for r in records {
-            self.identities.insert(
+            self.push_slot(
                 r.device_id,
                 Identity {
                     tenant,
@@ -398,13 +475,12 @@ impl Registry {
 
     /// The tenant an identity was imported for, whatever its status.
     pub fn identity_tenant(&self, id: &DeviceId) -> Option<TenantId> {
-        self.identities.get(id).map(|i| i.tenant)
+        self.identity(id).map(|i| i.tenant)
     }
 
     /// Whether the identity was revoked.
     pub fn is_revoked(&self, id: &DeviceId) -> bool {
-        self.identities
-            .get(id)
+        self.identity(id)
             .is_some_and(|i| i.status == IdentityStatus::Revoked)
     }
 
@@ -422,8 +498,7 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Nonce, RegistrationError> {
         let identity = self
-            .identities
-            .get_mut(id)
+            .identity_mut(id)
             .ok_or(RegistrationError::UnknownDevice)?;
         if identity.status == IdentityStatus::Revoked {
             return Err(RegistrationError::Revoked);
@@ -452,10 +527,17 @@ impl Registry {
         verifier: &V,
         now_ms: u64,
     ) -> Result<Registration, RegistrationError> {
-        let identity = self
-            .identities
-            .get_mut(id)
+        let slot_no = self.slot_of(id).ok_or(RegistrationError::UnknownDevice)?;
+        let Self {
+            slots,
+            rules,
+            listing,
+            ..
+        } = self;
+        let slot = slots
+            .get_mut(slot_no)
             .ok_or(RegistrationError::UnknownDevice)?;
+        let identity = &mut slot.identity;
         if identity.status == IdentityStatus::Revoked {
             return Err(RegistrationError::Revoked);
         }
@@ -477,9 +559,8 @@ impl Registry {
             return Err(RegistrationError::InvalidProof);
         }
         let tenant = identity.tenant;
-        let devices = self.devices.entry(tenant).or_default();
         if identity.status == IdentityStatus::Registered
-            && let Some(record) = devices.get_mut(id)
+            && let Some(record) = slot.record.as_mut()
         {
             record.last_seen_ms = record.last_seen_ms.max(now_ms);
             return Ok(Registration {
@@ -489,8 +570,7 @@ impl Registry {
                 first: false,
             });
         }
-        let scope = self
-            .rules
+        let scope = rules
             .get(&tenant)
             .and_then(|rules| {
                 rules
@@ -502,28 +582,29 @@ impl Registry {
         let state = transition(State::Unprovisioned, Event::RegistrationInitiated)
             .unwrap_or(State::Provisioning);
         identity.status = IdentityStatus::Registered;
-        devices.insert(
-            *id,
-            DeviceRecord {
-                id: *id,
-                tenant,
-                scope: scope.clone(),
-                sku: identity.sku.clone(),
-                serial: identity.serial,
-                state,
-                registered_at_ms: now_ms,
-                last_seen_ms: now_ms,
-                online: true,
-                downtime_ms: 0,
-                battery: BatteryHistory::new(),
-                firmware: None,
-                illegal_transitions: 0,
-                last_flag: None,
-                usage: Usage::default(),
-                schema: 0,
-                readings: None,
-            },
-        );
+        listing
+            .entry(tenant)
+            .or_default()
+            .insert(*id, u32::try_from(slot_no).unwrap_or(u32::MAX));
+        slot.record = Some(DeviceRecord {
+            id: *id,
+            tenant,
+            scope: scope.clone(),
+            sku: identity.sku.clone(),
+            serial: identity.serial,
+            state,
+            registered_at_ms: now_ms,
+            last_seen_ms: now_ms,
+            online: true,
+            downtime_ms: 0,
+            battery: BatteryHistory::new(),
+            firmware: None,
+            illegal_transitions: 0,
+            last_flag: None,
+            usage: Usage::default(),
+            schema: 0,
+            readings: None,
+        });
         Ok(Registration {
             tenant,
             scope,
@@ -534,58 +615,57 @@ impl Registry {
 
     /// The device's record, whatever its tenant (for the device-facing path).
     pub fn device(&self, id: &DeviceId) -> Option<&DeviceRecord> {
-        let tenant = self.identity_tenant(id)?;
-        self.devices.get(&tenant)?.get(id)
+        self.record_at(self.slot_of(id)?)
     }
 
     /// The device's record, mutable.
     pub fn device_mut(&mut self, id: &DeviceId) -> Option<&mut DeviceRecord> {
-        let tenant = self.identity_tenant(id)?;
-        self.devices.get_mut(&tenant)?.get_mut(id)
+        let slot = self.slot_of(id)?;
+        self.record_at_mut(slot)
     }
 
-    /// The device's record if it belongs to `tenant` (other tenants are not searched).
+    /// The device's record if it belongs to `tenant` (another tenant's device is `None`).
     pub fn tenant_device(&self, tenant: &TenantId, id: &DeviceId) -> Option<&DeviceRecord> {
-        self.devices.get(tenant)?.get(id)
+        self.device(id).filter(|r| r.tenant == *tenant)
     }
 
-    /// The device's record if it belongs to `tenant`, mutable (other tenants are not
-    /// searched).
+    /// The device's record if it belongs to `tenant`, mutable (another tenant's device is
+    /// `None`).
     pub fn tenant_device_mut(
         &mut self,
         tenant: &TenantId,
         id: &DeviceId,
     ) -> Option<&mut DeviceRecord> {
-        self.devices.get_mut(tenant)?.get_mut(id)
+        self.device_mut(id).filter(|r| r.tenant == *tenant)
     }
 
     /// Every registered device of `tenant`, by id.
     pub fn tenant_devices(&self, tenant: &TenantId) -> impl Iterator<Item = &DeviceRecord> + '_ {
-        self.devices
+        self.listing
             .get(tenant)
             .into_iter()
             .flat_map(|m| m.values())
+            .filter_map(|&slot| self.record_at(slot as usize))
     }
 
-    /// Every registered device of `tenant`, mutable.
+    /// Every registered device of `tenant`, mutable, in no particular order.
     pub fn tenant_devices_mut(
         &mut self,
         tenant: &TenantId,
     ) -> impl Iterator<Item = &mut DeviceRecord> + '_ {
-        self.devices
-            .get_mut(tenant)
-            .into_iter()
-            .flat_map(|m| m.values_mut())
+        let tenant = *tenant;
+        self.all_devices_mut().filter(move |r| r.tenant == tenant)
     }
 
-    /// Every registered device of every tenant, mutable (heartbeat sweeps).
+    /// Every registered device of every tenant, mutable (heartbeat sweeps), in no
+    /// particular order.
     pub fn all_devices_mut(&mut self) -> impl Iterator<Item = &mut DeviceRecord> + '_ {
-        self.devices.values_mut().flat_map(|m| m.values_mut())
+        self.slots.iter_mut().filter_map(|s| s.record.as_mut())
     }
 
     /// How many devices are registered (all tenants).
     pub fn registered_count(&self) -> usize {
-        self.devices.values().map(BTreeMap::len).sum()
+        self.listing.values().map(BTreeMap::len).sum()
     }
 
     /// Validates a transition the device reports (`event`, ending in `claimed`) with the
@@ -674,13 +754,22 @@ impl Registry {
     /// Revokes the identity (the secret is zeroed and dropped) and removes the device
     /// record, which is returned. Later registrations fail with `Revoked`.
     pub fn revoke(&mut self, id: &DeviceId) -> Option<DeviceRecord> {
-        let identity = self.identities.get_mut(id)?;
+        let slot_no = self.slot_of(id)?;
+        let slot = self.slots.get_mut(slot_no)?;
+        let identity = &mut slot.identity;
         identity.status = IdentityStatus::Revoked;
         // `Zeroizing` wipes the old secret when it is replaced.
         identity.secret = Zeroizing::new([0; SECRET_LEN]);
         identity.challenge = None;
         let tenant = identity.tenant;
-        self.devices.get_mut(&tenant)?.remove(id)
+        let record = slot.record.take();
+        if let Some(listed) = self.listing.get_mut(&tenant) {
+            listed.remove(id);
+            if listed.is_empty() {
+                self.listing.remove(&tenant);
+            }
+        }
+        record
     }
 }
 

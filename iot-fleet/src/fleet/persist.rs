@@ -76,7 +76,9 @@ impl<V: ProofVerifier> Fleet<V> {
         let mut writes: Vec<Write> = Vec::new();
         iot_shadow::cbor::decode_message(document, &mut writes)
             .map_err(|_| ShadowError::Storage)?;
-        self.shadow_mut(id).merge_writes(&writes, version)?;
+        self.shadow_mut(id)
+            .ok_or(ShadowError::Storage)?
+            .merge_writes(&writes, version)?;
         Ok(())
     }
 
@@ -84,12 +86,14 @@ impl<V: ProofVerifier> Fleet<V> {
     /// that shares its store with other nodes forgets a stale copy before it puts back the
     /// stored one with [`Fleet::restore_shadow`].
     pub fn forget_shadow(&mut self, id: &DeviceId) {
-        self.shadows.remove(id);
+        if let Some(slot) = self.registry.slot_of(id) {
+            self.shadows.remove(slot);
+        }
     }
 
     /// The device's shadow, for saving it.
     pub fn saved_shadow(&self, id: &DeviceId) -> Option<&ServerShadow> {
-        self.shadows.get(id).map(|s| &**s)
+        self.device_shadow(id)
     }
 
     /// Every rollout with its tenant and tenant-local id.
@@ -122,6 +126,6 @@ impl<V: ProofVerifier> Fleet<V> {
 
     /// How many shadows the fleet holds (for capacity reports).
     pub fn shadow_count(&self) -> usize {
-        self.shadows.len()
+        self.shadows.count
     }
 }

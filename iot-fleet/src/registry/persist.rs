@@ -58,7 +58,7 @@ impl core::fmt::Debug for SavedIdentity {
 impl Registry {
     /// The identity of `id` as it should be saved, if it was imported.
     pub fn saved_identity(&self, id: &DeviceId) -> Option<SavedIdentity> {
-        let identity = self.identities.get(id)?;
+        let identity = self.identity(id)?;
         Some(SavedIdentity {
             tenant: identity.tenant,
             secret: *identity.secret,
@@ -87,31 +87,49 @@ impl Registry {
             CredentialStatus::Revoked => IdentityStatus::Revoked,
         };
         let tenant = saved.tenant;
-        self.identities.insert(
-            id,
-            Identity {
-                tenant,
-                secret: Zeroizing::new(saved.secret),
-                sku: saved.sku,
-                serial: saved.serial,
-                import_scope: saved.import_scope,
-                status,
-                challenge: None,
-            },
-        );
-        match record {
+        let identity = Identity {
+            tenant,
+            secret: Zeroizing::new(saved.secret),
+            sku: saved.sku,
+            serial: saved.serial,
+            import_scope: saved.import_scope,
+            status,
+            challenge: None,
+        };
+        let mut old_tenant = tenant;
+        let slot_no = match self.slot_of(&id) {
+            Some(slot_no) => {
+                if let Some(slot) = self.slots.get_mut(slot_no) {
+                    old_tenant = core::mem::replace(&mut slot.identity, identity).tenant;
+                }
+                slot_no
+            }
+            None => self.push_slot(id, identity) as usize,
+        };
+        let Some(slot) = self.slots.get_mut(slot_no) else {
+            return;
+        };
+        slot.record = match record {
             Some(record)
                 if status == IdentityStatus::Registered
                     && record.id == id
                     && record.tenant == tenant =>
             {
-                self.devices.entry(tenant).or_default().insert(id, record);
+                Some(record)
             }
-            _ => {
-                if let Some(devices) = self.devices.get_mut(&tenant) {
-                    devices.remove(&id);
-                }
+            _ => None,
+        };
+        if let Some(listed) = self.listing.get_mut(&old_tenant) {
+            listed.remove(&id);
+            if listed.is_empty() {
+                self.listing.remove(&old_tenant);
             }
+        }
+        if slot.record.is_some() {
+            self.listing
+                .entry(tenant)
+                .or_default()
+                .insert(id, u32::try_from(slot_no).unwrap_or(u32::MAX));
         }
     }
 
