@@ -6,10 +6,16 @@
 //! [`AuditLog::verify_chain`] detects an entry that was altered, removed or reordered in a
 //! copy of the log (for example one exported to storage). The log has no method that
 //! changes or removes an entry; decommissioning a device keeps its entries.
+//!
+//! The digest is taken over a fixed binary encoding (never `Debug` text, which may change
+//! between compiler or crate versions): `seq` and `at_ms` as 8 big-endian bytes each, then
+//! canonical CBOR of the actor (`0` and the principal's name, `1` and the device id, or `2`),
+//! the tenant id, the scope, the device id or `null`, and the action: its
+//! [`action_code`] followed by its fields in declaration order (states and events by their
+//! wire codes, texts as CBOR text, counts as unsigned integers).
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt::{self, Write as _};
 
 use iot_core::{DeviceId, TenantId};
 use iot_lifecycle::{Event, State, TransitionError};
@@ -190,11 +196,14 @@ pub struct AuditEntry {
     pub digest: [u8; 32],
 }
 
-struct HashWriter<'a>(&'a mut Sha256);
+/// A SHA-256 as the sink of a CBOR encoder.
+struct HashSink<'a>(&'a mut Sha256);
 
-impl fmt::Write for HashWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.update(s.as_bytes());
+impl minicbor::encode::Write for HashSink<'_> {
+    type Error = core::convert::Infallible;
+
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        self.0.update(buf);
         Ok(())
     }
 }
@@ -204,18 +213,129 @@ fn chain_digest(previous: &[u8; 32], entry: &AuditEntry) -> [u8; 32] {
     hasher.update(previous);
     hasher.update(entry.seq.to_be_bytes());
     hasher.update(entry.at_ms.to_be_bytes());
-    // The Debug rendering of the remaining fields is unambiguous (quoted strings, named
-    // fields) and covers every variant without a hand-written encoder per action.
-    let _ = write!(
-        HashWriter(&mut hasher),
-        "{:?}|{}|{}|{:?}|{:?}",
-        entry.actor,
-        entry.tenant,
-        entry.scope,
-        entry.device,
-        entry.action
-    );
+    let mut e = minicbor::Encoder::new(HashSink(&mut hasher));
+    // Writing into a hash cannot fail.
+    let _ = encode_fields(&mut e, entry);
     hasher.finalize().into()
+}
+
+/// The fixed binary encoding of an entry's fields after `seq` and `at_ms` (module docs).
+fn encode_fields<W: minicbor::encode::Write>(
+    e: &mut minicbor::Encoder<W>,
+    entry: &AuditEntry,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    match &entry.actor {
+        Actor::Principal(name) => e.u8(0)?.str(name)?,
+        Actor::Device(id) => e.u8(1)?.str(id.as_str())?,
+        Actor::System => e.u8(2)?,
+    };
+    e.str(entry.tenant.as_str())?.str(entry.scope.as_str())?;
+    match &entry.device {
+        Some(id) => e.str(id.as_str())?,
+        None => e.null()?,
+    };
+    let action = &entry.action;
+    e.u16(action_code(action))?;
+    match action {
+        AuditAction::ManufacturingImported { count } => {
+            e.u32(*count)?;
+        }
+        AuditAction::RegistrationRejected(error) => {
+            e.u8(registration_error_code(*error))?;
+        }
+        AuditAction::Transition { from, event, to } => {
+            e.encode(from)?.encode(event)?.encode(to)?;
+        }
+        AuditAction::IllegalTransitionFlagged { error, claimed } => {
+            e.encode(error.state)?
+                .encode(error.event)?
+                .encode(claimed)?;
+        }
+        AuditAction::TransitionsMissed {
+            held,
+            reported_from,
+        } => {
+            e.encode(held)?.encode(reported_from)?;
+        }
+        AuditAction::Moved { from } => {
+            e.str(from.as_str())?;
+        }
+        AuditAction::ShadowUpdated { version } => {
+            e.u64(*version)?;
+        }
+        AuditAction::RolloutStarted { rollout, version } => {
+            e.u32(*rollout)?.str(version)?;
+        }
+        AuditAction::UpdateReported { rollout, success } => {
+            e.u32(*rollout)?.bool(*success)?;
+        }
+        AuditAction::UpdateTimedOut { rollout }
+        | AuditAction::RolloutPaused { rollout }
+        | AuditAction::RolloutResumed { rollout }
+        | AuditAction::RolloutCompleted { rollout } => {
+            e.u32(*rollout)?;
+        }
+        AuditAction::RolloutAborted { rollout, stage }
+        | AuditAction::RolloutAdvanced { rollout, stage }
+        | AuditAction::RolloutHalted { rollout, stage } => {
+            e.u32(*rollout)?
+                .u64(u64::try_from(*stage).unwrap_or(u64::MAX))?;
+        }
+        AuditAction::UsageRecorded { usage } => {
+            e.u64(usage.messages)?.u64(usage.stored_bytes)?;
+        }
+        AuditAction::Decommissioned { previous, forced } => {
+            e.encode(previous)?.bool(*forced)?;
+        }
+        AuditAction::AssignmentRuleAdded
+        | AuditAction::Registered
+        | AuditAction::ReRegistered
+        | AuditAction::MarkedOffline
+        | AuditAction::BackOnline => {}
+    }
+    Ok(())
+}
+
+/// A registration refusal's code in the audit encoding (stable: codes are never reused).
+const fn registration_error_code(error: RegistrationError) -> u8 {
+    match error {
+        RegistrationError::UnknownDevice => 0,
+        RegistrationError::Revoked => 1,
+        RegistrationError::InvalidProof => 2,
+        RegistrationError::StaleNonce => 3,
+        RegistrationError::ChallengeExpired => 4,
+        RegistrationError::ChallengePending => 5,
+    }
+}
+
+/// The store's action code of an audit action (stable: codes are never reused).
+#[must_use]
+pub const fn action_code(action: &AuditAction) -> u16 {
+    match action {
+        AuditAction::ManufacturingImported { .. } => 1,
+        AuditAction::AssignmentRuleAdded => 2,
+        AuditAction::Registered => 3,
+        AuditAction::ReRegistered => 4,
+        AuditAction::RegistrationRejected(_) => 5,
+        AuditAction::Transition { .. } => 6,
+        AuditAction::IllegalTransitionFlagged { .. } => 7,
+        AuditAction::TransitionsMissed { .. } => 8,
+        AuditAction::MarkedOffline => 9,
+        AuditAction::BackOnline => 10,
+        AuditAction::Moved { .. } => 11,
+        AuditAction::ShadowUpdated { .. } => 12,
+        AuditAction::RolloutStarted { .. } => 13,
+        AuditAction::UpdateReported { .. } => 14,
+        AuditAction::UpdateTimedOut { .. } => 15,
+        AuditAction::RolloutPaused { .. } => 16,
+        AuditAction::RolloutResumed { .. } => 17,
+        AuditAction::RolloutAborted { .. } => 18,
+        AuditAction::UsageRecorded { .. } => 19,
+        AuditAction::RolloutAdvanced { .. } => 20,
+        AuditAction::RolloutHalted { .. } => 21,
+        AuditAction::RolloutCompleted { .. } => 22,
+        AuditAction::Decommissioned { .. } => 23,
+    }
 }
 
 /// The append-only audit log.
@@ -357,6 +477,56 @@ impl AuditLog {
 mod tests {
     use super::*;
     use crate::access::Role;
+
+    /// CBOR text of fewer than 24 bytes: its head, then the bytes.
+    fn text(s: &str) -> Vec<u8> {
+        let mut out = alloc::vec![0x60 + u8::try_from(s.len()).unwrap()];
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    #[test]
+    fn the_digest_is_taken_over_the_documented_binary_encoding() {
+        let scope: Scope = "plant/east".parse().unwrap();
+        let entry = AuditEntry {
+            seq: 7,
+            at_ms: 1_000,
+            actor: Actor::Principal("ops".into()),
+            tenant: TenantId::new("acme").unwrap(),
+            scope: scope.clone(),
+            device: Some(DeviceId::new("dev-1").unwrap()),
+            action: AuditAction::RolloutStarted {
+                rollout: 3,
+                version: "2.0.0".into(),
+            },
+            digest: [0; 32],
+        };
+        let previous = [0xab; 32];
+        // By hand, from the module docs: previous digest, seq and at_ms big-endian, then
+        // CBOR: actor 0 and name, tenant, scope, device, action code 13, rollout 3, version.
+        let mut bytes = previous.to_vec();
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.extend_from_slice(&1_000u64.to_be_bytes());
+        bytes.push(0x00);
+        bytes.extend(text("ops"));
+        bytes.extend(text("acme"));
+        bytes.extend(text(scope.as_str()));
+        bytes.extend(text("dev-1"));
+        bytes.extend([0x0d, 0x03]);
+        bytes.extend(text("2.0.0"));
+        let expected: [u8; 32] = Sha256::digest(&bytes).into();
+        assert_eq!(chain_digest(&previous, &entry), expected);
+        // Every field takes part: another device, or none, changes the digest.
+        let mut other = entry.clone();
+        other.device = None;
+        assert_ne!(chain_digest(&previous, &other), expected);
+        let mut other = entry;
+        other.action = AuditAction::RolloutStarted {
+            rollout: 3,
+            version: "2.0.1".into(),
+        };
+        assert_ne!(chain_digest(&previous, &other), expected);
+    }
 
     fn log_with_three() -> AuditLog {
         let acme = TenantId::new("acme").unwrap();

@@ -177,42 +177,14 @@ struct StoredRollout {
     scoped: ScopedRollout,
 }
 
+pub use crate::audit::action_code;
+
 /// An audit entry's payload: what the fixed fields of the store's entry do not say.
 #[derive(serde::Serialize)]
 struct AuditPayload<'a> {
     actor: &'a Actor,
     scope: &'a Scope,
     action: &'a AuditAction,
-}
-
-/// The store's action code of an audit action (stable: codes are never reused).
-#[must_use]
-pub const fn action_code(action: &AuditAction) -> u16 {
-    match action {
-        AuditAction::ManufacturingImported { .. } => 1,
-        AuditAction::AssignmentRuleAdded => 2,
-        AuditAction::Registered => 3,
-        AuditAction::ReRegistered => 4,
-        AuditAction::RegistrationRejected(_) => 5,
-        AuditAction::Transition { .. } => 6,
-        AuditAction::IllegalTransitionFlagged { .. } => 7,
-        AuditAction::TransitionsMissed { .. } => 8,
-        AuditAction::MarkedOffline => 9,
-        AuditAction::BackOnline => 10,
-        AuditAction::Moved { .. } => 11,
-        AuditAction::ShadowUpdated { .. } => 12,
-        AuditAction::RolloutStarted { .. } => 13,
-        AuditAction::UpdateReported { .. } => 14,
-        AuditAction::UpdateTimedOut { .. } => 15,
-        AuditAction::RolloutPaused { .. } => 16,
-        AuditAction::RolloutResumed { .. } => 17,
-        AuditAction::RolloutAborted { .. } => 18,
-        AuditAction::UsageRecorded { .. } => 19,
-        AuditAction::RolloutAdvanced { .. } => 20,
-        AuditAction::RolloutHalted { .. } => 21,
-        AuditAction::RolloutCompleted { .. } => 22,
-        AuditAction::Decommissioned { .. } => 23,
-    }
 }
 
 /// The rollout an audit action concerns, if any.
