@@ -1093,7 +1093,7 @@ fn summary(
         .filter(|d| d.gateway.is_some())
         .map(|d| &d.id)
         .collect();
-    let (fog_sampled, fog_sent) = reading_counts(sim.backend.server().fleet(), &admin, |id| {
+    let (fog_sampled, fog_sent) = reading_counts(sim.backend.server().fleet(), admin, |id| {
         behind_gateway.contains(id)
     });
     path.record_in(Tier::Edge, fog_sampled);
