@@ -2,13 +2,14 @@
 # Footprint of the device stack on riscv32imc (issue 9): builds examples/footprint (agent,
 # shadow, lifecycle, CBOR, outbox, framing) at opt-level "s" with fat LTO, prints the flash
 # (.text, .rodata) and static RAM (.data, .bss) sections, a per-crate breakdown from the
-# symbol table, and the stack high-water mark measured by painting the stack and running
-# the firmware on QEMU riscv32 `virt`.
+# symbol table (scripts/footprint-by-crate.sh), and the stack high-water mark measured by
+# painting the stack and running the firmware on QEMU riscv32 `virt`.
 #
 # Needs: the riscv32imc-unknown-none-elf target, binutils-riscv64-unknown-elf,
 # qemu-system-riscv32 (Debian: qemu-system-misc). Prints "KEY=VALUE" summary lines last.
 set -euo pipefail
-cd "$(dirname "$0")/../examples/footprint"
+scripts=$(cd "$(dirname "$0")" && pwd)
+cd "$scripts/../examples/footprint"
 
 cargo build --release --quiet
 elf=target/riscv32imc-unknown-none-elf/release/iot-footprint
@@ -19,26 +20,11 @@ section() { riscv64-unknown-elf-size -A "$elf" | awk -v s="$1" '$1 == s { print 
 text=$(section .text); rodata=$(section .rodata); data=$(section .data); bss=$(section .bss)
 
 echo
-echo "== per crate (symbol sizes from nm; a generic or derived function counts for the first"
-echo "   crate named in its demangled path, e.g. <iot_lifecycle::X as minicbor::Encode>::encode"
-echo "   counts for iot_lifecycle)"
-riscv64-unknown-elf-nm --size-sort -S -C -t d "$elf" | awk '
-  NF >= 4 {
-    size = $2 + 0; kind = tolower($3);
-    name = $0; sub(/^[0-9]+ [0-9]+ [A-Za-z] /, "", name);
-    crate = "other";
-    if (match(name, /[a-z_][a-z0-9_]*::/)) { crate = substr(name, RSTART, RLENGTH - 2) }
-    if (kind == "t" || kind == "w") sec = "text";
-    else if (kind == "r") sec = "rodata";
-    else if (kind == "d") sec = "data";
-    else if (kind == "b") sec = "bss";
-    else next;
-    total[crate, sec] += size; crates[crate] = 1;
-  }
-  END {
-    printf "%-20s %8s %8s %8s %8s\n", "crate", ".text", ".rodata", ".data", ".bss";
-    for (c in crates) printf "%-20s %8d %8d %8d %8d\n", c, total[c, "text"], total[c, "rodata"], total[c, "data"], total[c, "bss"] | "sort -k2 -n -r";
-  }'
+echo "== per crate (scripts/footprint-by-crate.sh: symbol sizes from nm, attribution rules there)"
+"$scripts/footprint-by-crate.sh" "$elf"
+echo
+echo "== largest statics (.bss/.data symbols)"
+riscv64-unknown-elf-nm --size-sort -S -C -t d -r "$elf" | awk 'tolower($3) ~ /^[bd]$/ && $2 + 0 >= 64 { printf "%8d %s\n", $2, $4 }'
 
 echo
 echo "== stack high-water mark (QEMU riscv32 virt, stack painted before the workload)"

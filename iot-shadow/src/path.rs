@@ -160,11 +160,36 @@ impl Path {
     }
 }
 
+/// Byte order of two texts of equal length. On 64-bit targets the texts are read a word at a
+/// time ([`cmp_words`]); on smaller ones (the devices) one out-of-line byte comparison
+/// ([`cmp_bytes`], `memcmp`) replaces the word code, which the 64-bit shifts would make large
+/// at every one of its inlined uses. Both give the same order.
+#[cfg(target_pointer_width = "64")]
+#[inline]
+fn cmp_equal_len(a: &[u8], b: &[u8]) -> Ordering {
+    cmp_words(a, b)
+}
+
+/// See the 64-bit variant.
+#[cfg(not(target_pointer_width = "64"))]
+#[inline]
+fn cmp_equal_len(a: &[u8], b: &[u8]) -> Ordering {
+    cmp_bytes(a, b)
+}
+
+/// Byte order of two texts, byte by byte (`memcmp`), compiled once.
+#[cfg_attr(target_pointer_width = "64", allow(dead_code))]
+#[inline(never)]
+fn cmp_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    a.cmp(b)
+}
+
 /// Byte order of two texts of equal length, read as big-endian integers (so integer order
 /// is byte order) instead of calling `memcmp`: a path is usually one or two words, and
 /// stores compare paths on every lookup.
+#[cfg(any(target_pointer_width = "64", test))]
 #[inline]
-fn cmp_equal_len(a: &[u8], b: &[u8]) -> Ordering {
+fn cmp_words(a: &[u8], b: &[u8]) -> Ordering {
     if a.len() >= 8 {
         let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
         for (p, q) in (&mut x).zip(&mut y) {
@@ -297,6 +322,27 @@ mod tests {
             let prefix = |x: &str, y: &str| y.len() > x.len() && y.starts_with(x)
                 && y.as_bytes().get(x.len()) == Some(&b'.');
             proptest::prop_assert_eq!(p.overlaps(&q), prefix(&a, &b) || prefix(&b, &a));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The word-at-a-time comparison (64-bit targets) and the byte comparison (smaller
+        /// targets) order equal-length texts alike, at every length around the word sizes;
+        /// `b` is `a` with one byte changed, so the first difference falls anywhere.
+        #[test]
+        fn word_and_byte_comparisons_agree(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut b = a.clone();
+            if !b.is_empty() {
+                b[at.index(a.len())] = byte;
+            }
+            proptest::prop_assert_eq!(cmp_words(&a, &b), a.cmp(&b));
+            proptest::prop_assert_eq!(cmp_bytes(&a, &b), a.cmp(&b));
+            proptest::prop_assert_eq!(cmp_words(&b, &a), cmp_bytes(&b, &a));
         }
     }
 

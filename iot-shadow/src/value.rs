@@ -27,6 +27,8 @@ use minicbor::data::Type;
 use minicbor::encode::Write;
 use minicbor::{Decoder, Encoder};
 
+use crate::cbor::SliceWriter;
+
 /// Maximum length of a text value in bytes.
 pub const TEXT_CAPACITY: usize = 48;
 /// Maximum length of an array value's canonical CBOR encoding in bytes.
@@ -136,8 +138,13 @@ impl Array {
         len: u16,
         next: &mut dyn FnMut() -> Result<Option<Scalar<'s>>, ValueError>,
     ) -> Result<Self, ValueError> {
-        let mut bytes = heapless::Vec::new();
-        let mut enc = Encoder::new(VecWriter(&mut bytes));
+        // Encoded through the same slice writer as whole messages, so a device links one
+        // copy of minicbor's encoder functions instead of a second one for a vector writer.
+        let mut buf = [0u8; ARRAY_CAPACITY];
+        let mut enc = Encoder::new(SliceWriter {
+            buf: &mut buf,
+            pos: 0,
+        });
         let too_large = |_| ValueError::ArrayTooLarge {
             max: ARRAY_CAPACITY,
         };
@@ -162,6 +169,13 @@ impl Array {
             }
             .map_err(too_large)?;
         }
+        let written = enc.writer().pos;
+        let bytes = buf
+            .get(..written)
+            .and_then(|b| heapless::Vec::from_slice(b).ok())
+            .ok_or(ValueError::ArrayTooLarge {
+                max: ARRAY_CAPACITY,
+            })?;
         Ok(Self { len, bytes })
     }
 
@@ -437,14 +451,17 @@ pub(crate) fn decode_value(d: &mut Decoder<'_>) -> Result<Value, minicbor::decod
 }
 
 /// A minicbor writer appending to a fixed-capacity vector.
+#[cfg(test)]
 pub(crate) struct VecWriter<'a, const N: usize, L: heapless::LenType = usize>(
     pub(crate) &'a mut heapless::Vec<u8, N, L>,
 );
 
 /// The fixed-capacity vector is full.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Full;
 
+#[cfg(test)]
 impl<const N: usize, L: heapless::LenType> Write for VecWriter<'_, N, L> {
     type Error = Full;
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Full> {

@@ -20,6 +20,21 @@ pub fn decode_message<'b, K: WriteSink + ?Sized>(
     bytes: &'b [u8],
     sink: &mut K,
 ) -> Result<Header<'b>, DecodeError> {
+    decode_into(bytes, &mut Sink(sink))
+}
+
+/// Forwards to a sink of any type, so that the decoder below is compiled once for every
+/// sink type (a device links one copy whatever vectors its shadows decode into).
+struct Sink<'a, K: ?Sized>(&'a mut K);
+
+impl<K: WriteSink + ?Sized> WriteSink for Sink<'_, K> {
+    fn push_write(&mut self, write: Write) -> Result<(), super::SinkFull> {
+        self.0.push_write(write)
+    }
+}
+
+#[inline(never)]
+fn decode_into<'b>(bytes: &'b [u8], sink: &mut dyn WriteSink) -> Result<Header<'b>, DecodeError> {
     let mut d = Decoder::new(bytes);
     let n = d.map()?.ok_or(DecodeError::Malformed)?;
     let mut last_key = None;
@@ -131,11 +146,11 @@ impl<'b> Clocks<'b> {
     }
 }
 
-pub(super) fn decode_section<K: WriteSink + ?Sized>(
+pub(super) fn decode_section(
     d: &mut Decoder<'_>,
     clocks: &Clocks<'_>,
     section: Section,
-    sink: &mut K,
+    sink: &mut dyn WriteSink,
 ) -> Result<(), DecodeError> {
     let n = d.map()?.ok_or(DecodeError::Malformed)?;
     if n == 0 {

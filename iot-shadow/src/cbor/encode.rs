@@ -344,14 +344,14 @@ pub(super) fn length_bound(header: &Header<'_>, leaves: usize) -> usize {
 /// A minicbor writer into a byte slice. CBOR is written in pieces of 1 to 9 bytes (heads,
 /// numbers) and short texts; each of those sizes is copied as a fixed-size block, which
 /// compiles to a few moves instead of a call into `memcpy` per piece.
-pub(super) struct SliceWriter<'b> {
-    pub(super) buf: &'b mut [u8],
-    pub(super) pos: usize,
+pub(crate) struct SliceWriter<'b> {
+    pub(crate) buf: &'b mut [u8],
+    pub(crate) pos: usize,
 }
 
 /// The slice has no room left.
 #[derive(Debug)]
-pub(super) struct EndOfSlice;
+pub(crate) struct EndOfSlice;
 
 pub(super) fn copy_block<const K: usize>(dst: &mut [u8], src: &[u8]) -> Result<(), EndOfSlice> {
     let d = <&mut [u8; K]>::try_from(dst).map_err(|_| EndOfSlice)?;
