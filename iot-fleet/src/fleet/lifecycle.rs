@@ -9,6 +9,8 @@ use super::{Fleet, FleetError};
 use crate::access::{Principal, Role};
 use crate::audit::AuditAction;
 use crate::proof::ProofVerifier;
+#[cfg(doc)]
+use crate::registry::Registry;
 use crate::registry::ReportError;
 
 impl<V: ProofVerifier> Fleet<V> {
