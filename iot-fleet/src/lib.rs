@@ -19,6 +19,7 @@ pub use iot_core;
 
 pub mod access;
 pub mod audit;
+pub mod battery;
 #[cfg(feature = "durable")]
 pub mod durable;
 pub mod fleet;

@@ -28,7 +28,7 @@ use iot_lifecycle::{Event, State, TransitionError, transition};
 use zeroize::Zeroizing;
 
 use crate::access::Scope;
-use crate::health::BatteryHistory;
+use crate::battery::BatteryHistory;
 use crate::index::DeviceIndex;
 use crate::metering::Usage;
 use crate::proof::{ChallengeAnswer, Nonce, ProofVerifier, SECRET_LEN};
