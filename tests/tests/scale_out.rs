@@ -154,6 +154,12 @@ impl Drop for Node {
 struct Probe {
     blinks: AtomicU32,
     led: AtomicBool,
+    /// The agent is `Active` (as of its last step).
+    active: AtomicBool,
+    /// The agent has shadow changes no node acknowledged yet (as of its last step).
+    pending: AtomicBool,
+    /// Registration requests the agent sent.
+    registration_requests: AtomicU32,
 }
 
 struct Lab {
@@ -191,6 +197,19 @@ impl AgentHost for SimDevice {
     fn parts(&mut self) -> (&mut LabAgent, &mut Lab) {
         (&mut self.agent, &mut self.board)
     }
+
+    fn after_step(&mut self, _now_ms: u64, _outbox: &mut AgentOutbox) {
+        let probe = &self.board.probe;
+        probe
+            .active
+            .store(self.agent.state() == State::Active, Ordering::SeqCst);
+        probe
+            .pending
+            .store(self.agent.shadow().has_pending(), Ordering::SeqCst);
+        probe
+            .registration_requests
+            .store(self.agent.stats().registration_requests, Ordering::SeqCst);
+    }
 }
 
 /// Runs device `i` with the real agent until `stop` turns true.
@@ -200,6 +219,8 @@ async fn run_device(
     probe: Arc<Probe>,
     mut stop: watch::Receiver<bool>,
 ) -> (DriveEnd, DriveStats) {
+    // Devices come up over a few seconds, not all in one millisecond.
+    tokio::time::sleep(Duration::from_millis(20 * u64::from(i))).await;
     let device = id(i);
     let mut rx = vec![0u8; 2_048];
     let mut tx = vec![0u8; 8_192];
@@ -247,7 +268,7 @@ fn spawn_devices(
     broker: SocketAddr,
     probes: &[Arc<Probe>],
     stop: &watch::Receiver<bool>,
-) -> Vec<std::thread::JoinHandle<Vec<(DriveEnd, DriveStats)>>> {
+) -> Vec<std::thread::JoinHandle<Vec<(u32, DriveEnd, DriveStats)>>> {
     (0..DEVICE_THREADS)
         .map(|t| {
             let mine: Vec<(u32, Arc<Probe>)> = probes
@@ -267,7 +288,11 @@ fn spawn_devices(
                     let tasks: Vec<_> = mine
                         .into_iter()
                         .map(|(i, probe)| {
-                            tokio::task::spawn_local(run_device(broker, i, probe, stop.clone()))
+                            let run = run_device(broker, i, probe, stop.clone());
+                            tokio::task::spawn_local(async move {
+                                let (end, stats) = run.await;
+                                (i, end, stats)
+                            })
                         })
                         .collect();
                     let mut ends = Vec::new();
@@ -409,6 +434,12 @@ fn a_node_killed_mid_round_loses_nothing_and_the_others_serve_every_device() {
             .is_ok_and(|r| r.state == State::Active)
     });
 
+    let start = Instant::now();
+    while probes.iter().any(|p| !p.active.load(Ordering::SeqCst)) {
+        assert!(start.elapsed() < WAIT, "devices not Active on their side");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Two more nodes join; from now on each gets a share of the devices' messages.
     nodes.push(Node::start(&schema, broker.addr, &group, "node-2"));
     nodes.push(Node::start(&schema, broker.addr, &group, "node-3"));
@@ -463,15 +494,12 @@ fn a_node_killed_mid_round_loses_nothing_and_the_others_serve_every_device() {
         let probes = &probes;
         move || {
             wait_store(schema, n, &format!("LED {on} reported"), |fleet, i| {
-                let device = probes[i as usize].led.load(Ordering::SeqCst);
-                let kept = led_stored(fleet, i, on);
-                if !(kept && device == on) {
-                    eprintln!(
-                        "device {i}: device LED {device}, stored {:?}",
-                        fleet.reported(&admin(), &id(i), "led")
-                    );
-                }
-                kept && device == on
+                // The device took the desired state, no change of its waits for an
+                // acknowledgement, and the store holds what it reported.
+                let probe = &probes[i as usize];
+                probe.led.load(Ordering::SeqCst) == on
+                    && !probe.pending.load(Ordering::SeqCst)
+                    && led_stored(fleet, i, on)
             });
         }
     };
@@ -511,9 +539,16 @@ fn a_node_killed_mid_round_loses_nothing_and_the_others_serve_every_device() {
     stop.send(true).unwrap();
     for thread in device_threads {
         let ends = thread.join().unwrap();
-        for (end, stats) in ends {
+        for (i, end, stats) in ends {
             assert_eq!(end, DriveEnd::Stopped);
-            assert_eq!(stats.agent_errors, 0, "{stats:?}");
+            // The only message a device may refuse is the answer to a registration request
+            // it repeated (the first answer came late and moved it on): one at most per
+            // repeat.
+            let repeats = probes[i as usize]
+                .registration_requests
+                .load(Ordering::SeqCst)
+                .saturating_sub(1);
+            assert!(stats.agent_errors <= repeats, "device {i}: {stats:?}");
         }
     }
     events.abort();
