@@ -19,3 +19,8 @@ cargo test -p iot-store --features postgres-tests --test postgres
 # several nodes sharing one fleet (stale copies refused and read again, work under leases).
 cargo clippy -p iot-tests --all-targets --features postgres-tests -- -D warnings
 cargo test -p iot-tests --features postgres-tests --test durable_postgres --test durable_nodes
+
+# Three backend nodes (fleet-node processes) on one PostgreSQL schema behind a mosquitto the
+# test starts, the real agent on 100 devices, one node killed with SIGKILL mid-round (issue 20).
+cargo clippy -p iot-tests --all-targets --features postgres-tests,mosquitto-tests -- -D warnings
+cargo test -p iot-tests --features postgres-tests,mosquitto-tests --test scale_out

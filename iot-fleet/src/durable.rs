@@ -311,9 +311,10 @@ impl DurableServer {
     /// database (PostgreSQL), each with its own fleet in memory. The fleet is then a cache:
     ///
     /// - every batch carries, beside the shadow compare-and-swap, a revision check
-    ///   ([`Op::Revise`]) of the served device's record and a revision bump of every device
-    ///   record and rollout it rewrites, so a node whose copy is stale cannot overwrite
-    ///   another node's change;
+    ///   ([`Op::Revise`]) of the served device and a revision bump of every device whose
+    ///   record or shadow it rewrites and of every rollout it rewrites, so a node whose copy
+    ///   is stale cannot overwrite another node's change, nor answer a message that changes
+    ///   nothing from a stale copy;
     /// - when a batch finds another node's change, nothing of it is kept, the node reads the
     ///   records it touched again through `reader` (a second connection to the same
     ///   database), and the message is answered with [`DurableError::Conflict`] instead of
@@ -371,11 +372,14 @@ impl DurableServer {
                 Op::PutDevice(d) => {
                     written.insert(d.id);
                 }
+                // A shadow write moves the device's revision too: a node whose shadow copy is
+                // stale then finds out on any message of the device, also one that changes
+                // nothing (whose answer would otherwise come from the stale copy).
                 Op::PutShadow { shadow, .. } => {
-                    touched.devices.insert(shadow.device);
+                    written.insert(shadow.device);
                 }
                 Op::DeleteShadow { device, .. } => {
-                    touched.devices.insert(*device);
+                    written.insert(*device);
                 }
                 Op::PutRollout(r) => {
                     touched.rollouts.insert(r.id);

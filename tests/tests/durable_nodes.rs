@@ -112,13 +112,17 @@ fn a_stale_node_is_refused_reads_again_and_serves_the_resent_message() {
     send_until_kept(&mut b, &update_field(1, "temp", 1, T0 + 50), T0 + 50)
         .0
         .unwrap();
-    a.decommission(
-        &admin(),
-        &id(1),
-        DecommissionReason::OperatorRequest,
-        T0 + 60,
-    )
-    .unwrap();
+    // a's copy of device 1 predates b's shadow write: refused once, read again, then kept.
+    let decommission = |node: &mut DurableServer| {
+        node.decommission(
+            &admin(),
+            &id(1),
+            DecommissionReason::OperatorRequest,
+            T0 + 60,
+        )
+    };
+    assert_eq!(decommission(&mut a).unwrap_err(), DurableError::Conflict);
+    decommission(&mut a).unwrap();
     let after = update_field(1, "temp", 2, T0 + 70);
     assert_eq!(
         exchange(&mut b, std::slice::from_ref(&after), T0 + 70),
