@@ -1,7 +1,7 @@
 //! Test doubles (feature `testkit`): simulated links and serial wires with loss, latency,
 //! jitter (reordering), duplication and outages, all driven by an injected clock and seed,
-//! and a simulated implementation of each medium control trait ([`SimWifi`], [`SimLora`],
-//! [`SimCellular`]).
+//! and a simulated implementation of each medium control trait ([`SimWifi`](crate::sim::SimWifi), [`SimLora`](crate::sim::SimLora),
+//! [`SimCellular`](crate::sim::SimCellular)).
 //!
 //! Nothing here sleeps. Time moves when the test moves its [`iot_core::ManualClock`];
 //! randomness comes from a seeded [`SplitMix64`], so every run is reproducible.
