@@ -25,44 +25,27 @@
     missing_docs
 )]
 
+mod common;
+
+use common::{id, register, secret, session, update};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iot_core::time::HlcTimestamp;
-use iot_core::{DeviceId, EnvelopeRef, MessageId, NodeId, TenantId};
+use iot_core::{EnvelopeRef, MessageId, NodeId, TenantId};
 use iot_fleet::durable::{
     DurableError, DurableServer, Message, ShardedServer, ShardedTicket, Ticket,
 };
-use iot_fleet::{
-    DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope, Session, answer,
-};
+use iot_fleet::{DeviceServer, Fleet, Handled, ManufacturingRecord, Principal, Role, Scope};
 use iot_lifecycle::config::DeviceConfig;
-use iot_lifecycle::registration::{RegistrationRequest, RegistrationResponse};
-use iot_protocol::{Downlink, PROTOCOL_VERSION, Register, ShadowBytes, Uplink};
-use iot_shadow::cbor::{Header, Kind, encode_writes_to_vec};
-use iot_shadow::{Origin, Path, Policy, Section, Stamp, Value, Write};
+use iot_lifecycle::registration::RegistrationResponse;
+use iot_protocol::Downlink;
 use iot_store::{GroupCommitConfig, PgConfig, PgStore, SqliteStore, Store};
 
 const DEVICES: usize = 100_000;
 const BURST: usize = 1_024;
 const START_MS: u64 = 1_000_000;
-
-fn id(i: usize) -> DeviceId {
-    let b = (i as u32).to_be_bytes();
-    DeviceId::from_mac([0x24, 0x0a, b[0], b[1], b[2], b[3]])
-}
-
-fn secret(i: usize) -> [u8; 32] {
-    let mut s = [0xa5; 32];
-    s[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-    s
-}
-
-fn session(i: usize) -> Session {
-    Session::authenticated(id(i), i as u64)
-}
 
 /// The backend under test: one `DurableServer`, or a `ShardedServer` with N shards.
 #[allow(clippy::large_enum_variant)]
@@ -122,38 +105,6 @@ fn submit(
         })
         .collect();
     server.submit(&messages)
-}
-
-fn register(i: usize, nonce: Option<[u8; 16]>) -> (usize, Vec<u8>, iot_core::MessageKind) {
-    let device = id(i);
-    let m: Uplink<&[u8]> = Uplink::Register(Register {
-        protocol: PROTOCOL_VERSION,
-        schema: 0,
-        request: RegistrationRequest {
-            device,
-            firmware_version: 1,
-            answer: nonce.map(|n| answer(&secret(i), &device, &n)),
-        },
-    });
-    (i, m.to_vec(), m.kind())
-}
-
-fn update(i: usize, value: i64, at_ms: u64) -> (usize, Vec<u8>, iot_core::MessageKind) {
-    let hlc = HlcTimestamp::from_parts(at_ms, 0, NodeId(7)).unwrap();
-    let write = Write::new(
-        Section::Reported,
-        Path::new("temp").unwrap(),
-        Value::Int(value),
-        Stamp::new(hlc, Policy::LastWriterWins, Origin::Device),
-    );
-    let header = Header {
-        kind: Kind::Update,
-        version: None,
-        client_token: None,
-    };
-    let doc = encode_writes_to_vec(&header, &[write]).unwrap();
-    let m = Uplink::ShadowUpdate(ShadowBytes::new(doc.as_slice()).unwrap());
-    (i, m.to_vec(), m.kind())
 }
 
 /// A backend (`shards == 0`: one `DurableServer`; otherwise a `ShardedServer`) with every
