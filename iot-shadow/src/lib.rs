@@ -28,6 +28,7 @@ pub mod path;
 pub mod policy;
 #[cfg(feature = "protobuf")]
 pub mod proto;
+mod slice_writer;
 pub mod stamp;
 pub mod store;
 pub mod typed;

@@ -27,7 +27,7 @@ use minicbor::data::Type;
 use minicbor::encode::Write;
 use minicbor::{Decoder, Encoder};
 
-use crate::cbor::SliceWriter;
+use crate::slice_writer::SliceWriter;
 
 /// Maximum length of a text value in bytes.
 pub const TEXT_CAPACITY: usize = 48;

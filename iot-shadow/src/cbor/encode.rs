@@ -6,6 +6,7 @@ use minicbor::Encoder;
 use super::compress::*;
 use super::{Header, Item};
 use crate::path::Path;
+use crate::slice_writer::SliceWriter;
 use crate::store::{Leaf, Section};
 use crate::update::Write;
 use crate::value::{encode_value, text_len, uint_len};
@@ -339,42 +340,6 @@ pub(super) fn length_bound(header: &Header<'_>, leaves: usize) -> usize {
     FIXED
         .saturating_add(token)
         .saturating_add(leaves.saturating_mul(LEAF))
-}
-
-/// A minicbor writer into a byte slice. CBOR is written in pieces of 1 to 9 bytes (heads,
-/// numbers) and short texts; each of those sizes is copied as a fixed-size block, which
-/// compiles to a few moves instead of a call into `memcpy` per piece.
-pub(crate) struct SliceWriter<'b> {
-    pub(crate) buf: &'b mut [u8],
-    pub(crate) pos: usize,
-}
-
-/// The slice has no room left.
-#[derive(Debug)]
-pub(crate) struct EndOfSlice;
-
-pub(super) fn copy_block<const K: usize>(dst: &mut [u8], src: &[u8]) -> Result<(), EndOfSlice> {
-    let d = <&mut [u8; K]>::try_from(dst).map_err(|_| EndOfSlice)?;
-    *d = <[u8; K]>::try_from(src).map_err(|_| EndOfSlice)?;
-    Ok(())
-}
-
-impl minicbor::encode::Write for SliceWriter<'_> {
-    type Error = EndOfSlice;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), EndOfSlice> {
-        let end = self.pos.checked_add(data.len()).ok_or(EndOfSlice)?;
-        let dst = self.buf.get_mut(self.pos..end).ok_or(EndOfSlice)?;
-        match data.len() {
-            1 => copy_block::<1>(dst, data)?,
-            2 => copy_block::<2>(dst, data)?,
-            3 => copy_block::<3>(dst, data)?,
-            5 => copy_block::<5>(dst, data)?,
-            9 => copy_block::<9>(dst, data)?,
-            _ => dst.copy_from_slice(data),
-        }
-        self.pos = end;
-        Ok(())
-    }
 }
 
 /// The writes of one section in canonical path order, whatever order the slice has.

@@ -59,8 +59,8 @@ pub(crate) use compress::LeafCost;
 pub use decode::decode_message;
 #[cfg(feature = "alloc")]
 pub use encode::encode_writes_to_vec;
-pub(crate) use encode::{SliceWriter, leaf_item, message_len};
 pub use encode::{Sorted, encode_into, encode_writes, encoded_len};
+pub(crate) use encode::{leaf_item, message_len};
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
